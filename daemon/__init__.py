@@ -1,0 +1,1 @@
+"""textback: texts back the callers an office did not answer."""

@@ -1,0 +1,117 @@
+"""The `textback` command line: argument parsing and dispatch, nothing else.
+
+Each command lives in its own module with a `main(args) -> int` function, imported only
+when that command runs, so `textback replay` never loads serial code and so on.
+Exit codes: 0 ok, 1 a user error explained in one clear line, 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# command -> "module:function"
+_COMMANDS = {
+    "run": "daemon.service:main",
+    "check": "daemon.check:main",
+    "demo": "daemon.demo:main",
+    "replay": "daemon.replay:main",
+    "send-test": "daemon.modemcli:send_test_main",
+    "modem": "daemon.modemcli:modem_main",
+    "stats": "daemon.reports:stats_main",
+    "history": "daemon.reports:history_main",
+    "optout": "daemon.reports:optout_main",
+}
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="config file (default /etc/textback/textback.toml)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, as in DESIGN.md."""
+    parser = argparse.ArgumentParser(
+        prog="textback",
+        description="Texts back the callers an office did not answer (Asterisk AMI + GSM modem).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="the daemon (systemd runs this)")
+    _add_config(p)
+
+    p = sub.add_parser("check", help="validate the config; exit 1 on any problem")
+    _add_config(p)
+
+    p = sub.add_parser("demo", help="the whole pipeline on built-in data, no PBX, no modem")
+    p.add_argument("--json", action="store_true", help="print JSON lines")
+
+    p = sub.add_parser("replay", help="run a recorded AMI trace through intake, tracker, policy")
+    p.add_argument("trace", metavar="TRACE", help="a recorded AMI byte stream (.ami)")
+    _add_config(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per finished call")
+    p.add_argument(
+        "--chunk", type=int, default=65536, metavar="N", help="bytes per read (default 65536)"
+    )
+    p.add_argument("--region", metavar="CC", help="home region, e.g. US (overrides config)")
+    p.add_argument(
+        "--ring-timeout", metavar="DURATION", help="e.g. 5s (overrides config [calls])"
+    )
+
+    p = sub.add_parser("send-test", help="send one real SMS now")
+    p.add_argument("number", metavar="NUMBER", help="destination, e.g. +12025550123")
+    _add_config(p)
+    p.add_argument("--device", metavar="PATH", help="serial device (overrides config)")
+    p.add_argument("--text", metavar="TEXT", help="the text (default: the rendered template)")
+
+    p = sub.add_parser("modem", help="probe the modem")
+    _add_config(p)
+    p.add_argument("--device", metavar="PATH", help="serial device (overrides config)")
+
+    p = sub.add_parser("stats", help="counters: today, 7 and 30 days")
+    _add_config(p)
+    p.add_argument("--json", action="store_true", help="JSON output")
+
+    p = sub.add_parser("history", help="recent calls with decision and message state")
+    _add_config(p)
+    p.add_argument("--caller", metavar="N", help="only this caller")
+    p.add_argument("--since", metavar="T", help="e.g. 2h, 7d, or 2026-11-22")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N calls")
+    p.add_argument("--json", action="store_true", help="JSON output")
+
+    p = sub.add_parser("optout", help="the office's do-not-text list")
+    _add_config(p)
+    p.add_argument("action", choices=["add", "remove", "list"])
+    p.add_argument("number", nargs="?", metavar="NUMBER")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `textback` console script."""
+    args = build_parser().parse_args(argv)
+    target = _COMMANDS[args.command]
+    module_name, _, func_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        print(f"textback: '{args.command}' is not built yet", file=sys.stderr)
+        return 1
+    func = getattr(module, func_name)
+    try:
+        rc: int = func(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""The config schema: one TOML file plus TEXTBACK_<SECTION>__<KEY> environment overrides.
+
+The pydantic models are the schema and the manual: every field has a description, a unit
+and a default. `config/textback.toml` must match them (a test checks it).
+"""
+
+from __future__ import annotations
+
+import re
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG_PATH = Path("/etc/textback/textback.toml")
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
+
+
+def parse_duration(value: object) -> float:
+    """Read "30s", "24h", "1h30m", "500ms" or a plain number of seconds; return seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration such as '30s' or '24h', not true/false")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError("a duration such as '30s' or '24h'")
+    text = value.strip().lower().replace(" ", "")
+    if not text:
+        raise ValueError("empty duration: write e.g. '30s'")
+    try:
+        return parse_duration(float(text))
+    except ValueError:
+        pass
+    pos, total = 0, 0.0
+    for m in _DURATION_RE.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(text):
+        raise ValueError(f"cannot read {value!r} as a duration: use a unit, e.g. '30s', '5m', '24h'")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest readable form of a duration, as written in the config."""
+    if seconds and seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AmiConfig(_Section):
+    """[ami]: the Asterisk Manager Interface connection and what counts as inbound."""
+
+    host: str = Field("127.0.0.1", description="Asterisk host running AMI")
+    port: int = Field(5038, ge=1, le=65535, description="AMI TCP port")
+    username: str = Field("textback", description="manager.conf user")
+    secret: str = Field("", description="manager.conf secret (never logged)", repr=False)
+    keepalive: Duration = Field(20.0, description="interval between Ping actions")
+    ping_timeout: Duration = Field(10.0, description="a Ping unanswered this long: link dead")
+    max_backoff: Duration = Field(30.0, description="longest wait between reconnect attempts")
+    inbound_contexts: list[str] = Field(
+        default_factory=lambda: [
+            "from-trunk",
+            "from-pstn",
+            "from-did-direct",
+            "ext-did",
+            "from-external",
+            "from-sip-external",
+        ],
+        description="dialplan contexts where calls from the outside world start",
+    )
+    inbound_trunks: list[str] = Field(
+        default_factory=list,
+        description="trunk endpoint names (PJSIP/<name>-...) whose calls are inbound",
+    )
+    inbound_dids: list[str] = Field(
+        default_factory=list, description="dialled numbers (DIDs) that are inbound lines"
+    )
+
+
+class CallsConfig(_Section):
+    """[calls]: how the tracker judges a call."""
+
+    ring_timeout: Duration = Field(20.0, description="the office's time to pick up")
+    min_ring: Duration = Field(1.0, description="a hang-up before this is short_abandon")
+    carrier_voicemail_after: Duration | None = Field(
+        None,
+        description="an outside leg answered after this much ringing is carrier voicemail "
+        "(default: ring_timeout)",
+    )
+    enforce_ring_timeout: bool = Field(
+        False, description="Redirect calls still ringing after ring_timeout to voicemail_target"
+    )
+    voicemail_target: str = Field(
+        "", description="context,exten,priority for enforce_ring_timeout, e.g. 'vm,100,1'"
+    )
+    max_call_age: Duration = Field(
+        6 * 3600.0, description="a call with no end seen after this long is dropped"
+    )
+
+    @property
+    def carrier_voicemail_seconds(self) -> float:
+        """The effective carrier_voicemail_after."""
+        if self.carrier_voicemail_after is None:
+            return self.ring_timeout
+        return self.carrier_voicemail_after
+
+
+class ModemConfig(_Section):
+    """[modem]: the GSM modem on a serial port."""
+
+    device: str = Field("/dev/ttyUSB0", description="serial device; prefer /dev/serial/by-id/...")
+    baudrate: int = Field(115200, description="serial speed")
+    pin: str = Field("", description="SIM PIN, if the SIM asks for one (never logged)", repr=False)
+    mode: Literal["pdu", "text"] = Field("pdu", description="SMS mode; text only if PDU fails")
+    smsc: str = Field("", description="SMS centre number, only if the SIM lacks one")
+    status_reports: bool = Field(True, description="ask the network for delivery reports")
+    send_timeout: Duration = Field(60.0, description="longest wait for AT+CMGS to finish")
+
+
+class TextbackConfig(_Section):
+    """[textback]: who gets a text, when, and what it says."""
+
+    enabled: bool = Field(True, description="master switch; off: decide and record, send none")
+    delay: Duration = Field(30.0, description="wait step before sending (cancellable)")
+    cooldown: Duration = Field(86400.0, description="at most one text per caller in this window")
+    max_age: Duration = Field(7200.0, description="a text not sent by then expires")
+    max_attempts: int = Field(5, ge=1, description="send attempts before a text fails")
+    retry_backoff: Duration = Field(30.0, description="first retry delay; doubles each time")
+    resend_uncertain: bool = Field(
+        False, description="resend a text whose send was in flight at a crash"
+    )
+    home_region: str = Field("US", description="ISO country of the office, for local numbers")
+    allowed_countries: list[str] = Field(
+        default_factory=list, description="ISO countries texts may go to (default: home_region)"
+    )
+    allowed_number_types: list[
+        Literal["mobile", "fixed_line_or_mobile", "fixed_line", "voip", "personal_number"]
+    ] = Field(
+        default_factory=lambda: ["mobile", "fixed_line_or_mobile"],
+        description="phonenumbers number types that may be texted",
+    )
+    blocklist: list[str] = Field(default_factory=list, description="numbers never texted")
+    max_per_hour: int = Field(30, ge=0, description="cap on texts per hour (0: no cap)")
+    max_per_day: int = Field(200, ge=0, description="cap on texts per day (0: no cap)")
+    max_per_month: int = Field(3000, ge=0, description="cap per calendar month: the SIM plan")
+    pumping_window: Duration = Field(600.0, description="window of the SMS-pumping guard")
+    pumping_max_per_range: int = Field(
+        5, ge=0, description="distinct numbers in one range within the window that pause sending"
+    )
+    pumping_prefix_digits: int = Field(
+        8, ge=3, description="E.164 digits that make a 'number range' for the pumping guard"
+    )
+    business_name: str = Field("our office", description="{business_name} when no line sets one")
+    caller_name_fallback: str = Field("", description="{caller_name} when the PBX has no name")
+    template: str = Field(
+        "Sorry we missed your call to {business_name}. We will call you back soon.",
+        description="text for a missed call in business hours",
+    )
+    template_after_hours: str = Field(
+        "Thanks for calling {business_name}. We are closed now and will call you back "
+        "on the next business day.",
+        description="text for a missed call outside business hours",
+    )
+    template_voicemail: str = Field(
+        "Thanks for your message to {business_name}. We will call you back soon.",
+        description="text when the caller left a voicemail",
+    )
+
+
+class HoursConfig(_Section):
+    """[hours]: business hours, for the after-hours wording."""
+
+    timezone: str = Field("America/New_York", description="IANA time zone of the office")
+    mon: list[str] = Field(default_factory=lambda: ["09:00-17:00"], description="open spans")
+    tue: list[str] = Field(default_factory=lambda: ["09:00-17:00"], description="open spans")
+    wed: list[str] = Field(default_factory=lambda: ["09:00-17:00"], description="open spans")
+    thu: list[str] = Field(default_factory=lambda: ["09:00-17:00"], description="open spans")
+    fri: list[str] = Field(default_factory=lambda: ["09:00-17:00"], description="open spans")
+    sat: list[str] = Field(default_factory=list, description="open spans")
+    sun: list[str] = Field(default_factory=list, description="open spans")
+    holidays: list[str] = Field(default_factory=list, description="closed dates, YYYY-MM-DD")
+
+
+class LineConfig(_Section):
+    """[[lines]]: one inbound DID with its own name and wording."""
+
+    did: str = Field(description="the dialled number as the PBX shows it")
+    business_name: str | None = Field(None, description="overrides [textback] business_name")
+    template: str | None = Field(None, description="overrides [textback] template")
+    template_after_hours: str | None = Field(None, description="overrides template_after_hours")
+    template_voicemail: str | None = Field(None, description="overrides template_voicemail")
+    callback_number: str = Field("", description="{callback_number}: the number to call back")
+    enabled: bool = Field(True, description="off: never text callers of this line")
+
+
+class DatabaseConfig(_Section):
+    """[database]: where everything is kept."""
+
+    path: str = Field("/var/lib/textback/textback.db", description="SQLite file (WAL)")
+
+
+class LogConfig(_Section):
+    """[log]: how much the daemon says."""
+
+    level: Literal["trace", "debug", "info", "warning", "error"] = Field(
+        "info", description="lowest level logged; trace shows raw AMI and AT bytes"
+    )
+
+
+_toml_path: ContextVar[Path | None] = ContextVar("_toml_path", default=None)
+
+
+class Config(BaseSettings):
+    """The whole configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TEXTBACK_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    ami: AmiConfig = Field(default_factory=AmiConfig)  # type: ignore[arg-type]
+    calls: CallsConfig = Field(default_factory=CallsConfig)  # type: ignore[arg-type]
+    modem: ModemConfig = Field(default_factory=ModemConfig)  # type: ignore[arg-type]
+    textback: TextbackConfig = Field(default_factory=TextbackConfig)  # type: ignore[arg-type]
+    hours: HoursConfig = Field(default_factory=HoursConfig)  # type: ignore[arg-type]
+    lines: list[LineConfig] = Field(default_factory=list)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)  # type: ignore[arg-type]
+    log: LogConfig = Field(default_factory=LogConfig)  # type: ignore[arg-type]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Init values, then the environment, then the TOML file (highest first)."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _toml_path.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    def line_for(self, did: str) -> LineConfig | None:
+        """The [[lines]] entry of a DID, if any."""
+        for line in self.lines:
+            if line.did == did:
+                return line
+        return None
+
+
+class ConfigError(Exception):
+    """The config cannot be used; `problems` lists (key path, message) pairs."""
+
+    def __init__(self, path: Path | None, problems: list[tuple[str, str]]) -> None:
+        self.path = path
+        self.problems = problems
+        where = str(path) if path else "config"
+        lines = [f"{where}: {key}: {msg}" for key, msg in problems]
+        super().__init__("\n".join(lines))
+
+
+def _problems(err: ValidationError) -> list[tuple[str, str]]:
+    out = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see config/textback.toml)"
+        out.append((key, msg))
+    return out
+
+
+def load_config(path: Path | str | None, *, overrides: dict[str, Any] | None = None) -> Config:
+    """Load the TOML file at `path` (None: defaults and environment only).
+
+    Raises ConfigError listing every problem with its key path.
+    """
+    p = Path(path) if path is not None else None
+    if p is not None:
+        if not p.exists():
+            raise ConfigError(p, [("(file)", "no such file")])
+        try:
+            import tomllib
+
+            with p.open("rb") as fh:
+                tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(p, [("(file)", f"cannot read: {exc.strerror}")]) from exc
+        except ValueError as exc:
+            raise ConfigError(p, [("(syntax)", str(exc))]) from exc
+    token = _toml_path.set(p)
+    try:
+        return Config(**(overrides or {}))
+    except ValidationError as exc:
+        raise ConfigError(p, _problems(exc)) from exc
+    finally:
+        _toml_path.reset(token)

@@ -1,0 +1,97 @@
+"""Typed values that flow from the tracker to policy, outbox, store and any event sink."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Outcome(StrEnum):
+    """How a call ended; exactly one per finished call (DESIGN.md, Outcome words)."""
+
+    ANSWERED = "answered"
+    VOICEMAIL = "voicemail"
+    NO_ANSWER = "no_answer"
+    ABANDONED = "abandoned"
+    SHORT_ABANDON = "short_abandon"
+    BUSY = "busy"
+    QUEUE_ABANDON = "queue_abandon"
+    IVR_ABANDON = "ivr_abandon"
+    CARRIER_VOICEMAIL = "carrier_voicemail"
+    NOT_INBOUND = "not_inbound"
+
+
+#: Outcomes that count as "missed": the caller may get a text.
+MISSED_OUTCOMES = frozenset(
+    {
+        Outcome.VOICEMAIL,
+        Outcome.NO_ANSWER,
+        Outcome.ABANDONED,
+        Outcome.BUSY,
+        Outcome.QUEUE_ABANDON,
+        Outcome.IVR_ABANDON,
+        Outcome.CARRIER_VOICEMAIL,
+    }
+)
+
+
+class Reason(StrEnum):
+    """The one reason word of a decision (DESIGN.md, Decisions)."""
+
+    MISSED = "missed"  # the reason attached to `send`
+    ANSWERED = "answered"
+    NOT_INBOUND = "not_inbound"
+    ANONYMOUS = "anonymous"
+    INVALID_NUMBER = "invalid_number"
+    SHORT_ABANDON = "short_abandon"
+    COOLDOWN = "cooldown"
+    OPTED_OUT = "opted_out"
+    DESTINATION_NOT_ALLOWED = "destination_not_allowed"
+    NOT_MOBILE = "not_mobile"
+    CAP_REACHED = "cap_reached"
+    DISABLED = "disabled"
+    CALLED_BACK = "called_back"
+    ANSWERED_ON_RETRY = "answered_on_retry"
+    BLOCKED = "blocked"
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedCall:
+    """One call (one Linkedid), finished: the tracker emits exactly one per call."""
+
+    linkedid: str
+    caller: str  # caller ID number exactly as the PBX gave it (untrusted)
+    caller_name: str  # caller ID name as the PBX gave it, "" when none (untrusted)
+    did: str  # the number dialled on the inbound trunk, "" when unknown
+    inbound: bool
+    outcome: Outcome
+    started_at: float  # epoch seconds of the first event of the call
+    ended_at: float  # epoch seconds of the last hang-up
+    ring_seconds: float  # first ring to answer, voicemail or hang-up
+    voicemail_left: bool | None  # None when unknowable or no voicemail
+    withheld: bool  # the caller asked for privacy (CALLERID(pres) prohib*, "anonymous")
+    dialled: str = ""  # outbound calls: the number an office phone dialled
+    answered_by: str = ""  # the channel/agent that answered, when a person did
+    channel: str = ""  # the originating channel
+
+
+@dataclass(frozen=True, slots=True)
+class InboundAnswered:
+    """A person answered an inbound call (emitted at answer time, before the hang-up)."""
+
+    linkedid: str
+    caller: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundDialled:
+    """An office phone dialled an outside number (emitted when the dial starts)."""
+
+    linkedid: str
+    number: str
+    at: float
+
+
+#: Everything the tracker can emit.
+TrackerEvent = FinishedCall | InboundAnswered | OutboundDialled

@@ -1,0 +1,1 @@
+"""gsm: an asyncio GSM modem driver (AT commands, SMS PDU encoding, simulator)."""
