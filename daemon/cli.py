@@ -59,9 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk", type=int, default=65536, metavar="N", help="bytes per read (default 65536)"
     )
     p.add_argument("--region", metavar="CC", help="home region, e.g. US (overrides config)")
-    p.add_argument(
-        "--ring-timeout", metavar="DURATION", help="e.g. 5s (overrides config [calls])"
-    )
+    p.add_argument("--ring-timeout", metavar="DURATION", help="e.g. 5s (overrides config [calls])")
 
     p = sub.add_parser("send-test", help="send one real SMS now")
     p.add_argument("number", metavar="NUMBER", help="destination, e.g. +12025550123")

@@ -7,6 +7,7 @@ and a default. `config/textback.toml` must match them (a test checks it).
 from __future__ import annotations
 
 import re
+import tomllib
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -49,7 +50,9 @@ def parse_duration(value: object) -> float:
         total += float(m.group(1)) * _UNITS[m.group(2)]
         pos = m.end()
     if pos != len(text):
-        raise ValueError(f"cannot read {value!r} as a duration: use a unit, e.g. '30s', '5m', '24h'")
+        raise ValueError(
+            f"cannot read {value!r} as a duration: use a unit, e.g. '30s', '5m', '24h'"
+        )
     return total
 
 
@@ -309,8 +312,6 @@ def load_config(path: Path | str | None, *, overrides: dict[str, Any] | None = N
         if not p.exists():
             raise ConfigError(p, [("(file)", "no such file")])
         try:
-            import tomllib
-
             with p.open("rb") as fh:
                 tomllib.load(fh)
         except OSError as exc:

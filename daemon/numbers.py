@@ -68,6 +68,4 @@ def classify_caller(raw: str, *, home_region: str, withheld: bool = False) -> Ca
 
 def is_safe_destination(number: str) -> bool:
     """True when `number` is '+' and 8-15 digits: the only shape that may reach an AT line."""
-    return (
-        len(number) >= 9 and len(number) <= 16 and number[0] == "+" and number[1:].isdigit()
-    )
+    return len(number) >= 9 and len(number) <= 16 and number[0] == "+" and number[1:].isdigit()
