@@ -67,6 +67,7 @@ def format_duration(seconds: float) -> str:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+NumberType = Literal["mobile", "fixed_line_or_mobile", "fixed_line", "voip", "personal_number"]
 
 
 class _Section(BaseModel):
@@ -159,10 +160,8 @@ class TextbackConfig(_Section):
     allowed_countries: list[str] = Field(
         default_factory=list, description="ISO countries texts may go to (default: home_region)"
     )
-    allowed_number_types: list[
-        Literal["mobile", "fixed_line_or_mobile", "fixed_line", "voip", "personal_number"]
-    ] = Field(
-        default_factory=lambda: ["mobile", "fixed_line_or_mobile"],
+    allowed_number_types: list[NumberType] = Field(
+        default_factory=lambda: list[NumberType](["mobile", "fixed_line_or_mobile"]),
         description="phonenumbers number types that may be texted",
     )
     blocklist: list[str] = Field(default_factory=list, description="numbers never texted")
