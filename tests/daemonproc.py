@@ -89,7 +89,8 @@ class Daemon:
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
+        assert self.proc is not None
+        assert self.proc.stderr is not None
         while line := await self.proc.stderr.readline():
             self.lines.append(line.decode(errors="replace").rstrip("\n"))
             self._new.set()
