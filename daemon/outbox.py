@@ -1,0 +1,488 @@
+"""The durable outbox: wait, cancel, send, retry, give up, all recorded in SQLite.
+
+A text is written (state `waiting`) before anything is sent. Its life:
+
+    waiting --delay--> queued --> sending --> sent
+       |                 |  ^        |
+       |                 |  +-retry--+  (retryable error, exponential backoff)
+       |                 |           +--> failed     (permanent error, or max_attempts)
+       +-----------------+--> cancelled (called back / answered on retry in the wait step)
+       +-----------------+--> expired   (not sent within max_age)
+    sending at a restart --> uncertain  (or back to queued with resend_uncertain)
+
+The outbox owns no modem: it sends through an `SmsSender`, which the gsm driver fulfils.
+One send at a time. Time comes only from the injected clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+from daemon.clock import Clock
+from daemon.config import Config
+from daemon.logsetup import kv
+from daemon.store import PENDING_STATES, Message, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+#: How often to look again when the sender is down and texts are queued (and may expire).
+NOT_READY_POLL = 5.0
+#: First and longest wait before retrying after the database refused a write.
+STORE_RETRY_FIRST = 1.0
+STORE_RETRY_MAX = 60.0
+
+
+@runtime_checkable
+class SmsSender(Protocol):
+    """What the outbox needs from a modem: send one text, get its message references."""
+
+    async def send_sms(self, number: str, text: str, *, status_report: bool = True) -> list[int]:
+        """Send `text` to `number` (E.164); return the modem's reference of each part."""
+        ...
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Timeouts, OS errors and errors flagged `retryable` are worth another try."""
+    if isinstance(exc, TimeoutError | OSError):
+        return True
+    return bool(getattr(exc, "retryable", False))
+
+
+def sender_ready(sender: SmsSender | None) -> bool:
+    """A sender is ready unless absent or it says otherwise through a `ready` attribute."""
+    if sender is None:
+        return False
+    ready = getattr(sender, "ready", True)
+    if callable(ready):
+        ready = ready()
+    return bool(ready)
+
+
+class Outbox:
+    """The queue of texts; `run()` is its worker, `process_due()` one pass of it."""
+
+    def __init__(
+        self, cfg: Config, store: Store, clock: Clock, sender: SmsSender | None = None
+    ) -> None:
+        self._cfg = cfg
+        self._store = store
+        self._clock = clock
+        self._sender = sender
+        self._send_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._cond = asyncio.Condition()
+        self._loops_started = 0
+        self._loops_done = 0
+        self._store_retry = STORE_RETRY_FIRST
+        self._recovered = False
+        #: Store errors seen (kept in memory: the database may be what is failing).
+        self.store_errors = 0
+
+    # -- wiring ------------------------------------------------------------------------------
+
+    def reconfigure(self, cfg: Config) -> None:
+        """Use a new config (delay, max_age, retries) from now on."""
+        self._cfg = cfg
+        self.wake()
+
+    def set_sender(self, sender: SmsSender | None) -> None:
+        """Attach (or detach, with None) the modem; texts stay queued while there is none."""
+        self._sender = sender
+        self.wake()
+
+    def wake(self) -> None:
+        """Make the worker look at the queue now (new text, modem back, config change)."""
+        self._wake.set()
+
+    # -- writing and cancelling ----------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        *,
+        destination: str,
+        text: str,
+        template_kind: str | None,
+        call_ids: Sequence[int],
+        parts: int = 0,
+        encoding: str = "",
+        now: float | None = None,
+    ) -> int:
+        """Write a new text in the `waiting` state; it is due after the configured delay."""
+        at = self._clock.now() if now is None else now
+        due = at + self._cfg.textback.delay
+        mid = await self._store.add_message(
+            destination=destination,
+            text=text,
+            template_kind=template_kind,
+            call_ids=call_ids,
+            parts=parts,
+            encoding=encoding,
+            now=at,
+            due_at=due,
+        )
+        log.info(
+            kv(
+                event="message",
+                id=mid,
+                destination=destination,
+                state="waiting",
+                due_in=f"{due - at:g}s",
+                calls=",".join(str(c) for c in call_ids),
+            )
+        )
+        self.wake()
+        return mid
+
+    async def pending_for(self, destination: str) -> Message | None:
+        """The text still waiting or queued for `destination`, if any."""
+        return await self._store.pending_for(destination)
+
+    async def join(self, message: Message, call_id: int, *, now: float | None = None) -> None:
+        """Join another missed call to a pending text: one text, not two.
+
+        A text still in its wait step waits again from now, so a caller ringing twice
+        gets the full wait step after the last ring (max_age still bounds it).
+        """
+        at = self._clock.now() if now is None else now
+        calls = [*message.call_ids, call_id]
+        if message.state == "waiting":
+            due = max(message.due_at, at + self._cfg.textback.delay)
+            await self._store.update_message(
+                message.id, now=at, call_ids=calls, due_at=due, next_attempt_at=due
+            )
+        else:
+            await self._store.update_message(message.id, now=at, call_ids=calls)
+        log.info(
+            kv(
+                event="message",
+                id=message.id,
+                destination=message.destination,
+                state=message.state,
+                merged_call=call_id,
+                calls=len(calls),
+            )
+        )
+
+    async def cancel(self, destination: str, reason: str, *, now: float | None = None) -> list[int]:
+        """Cancel every pending text to `destination`; returns the ids cancelled."""
+        at = self._clock.now() if now is None else now
+        done = []
+        for m in await self._store.messages(PENDING_STATES, destination):
+            await self._store.update_message(m.id, now=at, state="cancelled", reason=reason)
+            log.info(
+                kv(
+                    event="message",
+                    id=m.id,
+                    destination=destination,
+                    state="cancelled",
+                    reason=reason,
+                )
+            )
+            done.append(m.id)
+        return done
+
+    # -- restart -------------------------------------------------------------------------------
+
+    async def recover(self) -> dict[str, int]:
+        """At start: the send in flight at a crash becomes `uncertain` (or is requeued).
+
+        Returns counts by what was done, for the start-up log line.
+        """
+        now = self._clock.now()
+        counts = {"uncertain": 0, "requeued": 0, "pending": 0}
+        for m in await self._store.messages(["sending"]):
+            if self._cfg.textback.resend_uncertain:
+                await self._store.update_message(
+                    m.id,
+                    now=now,
+                    state="queued",
+                    next_attempt_at=now,
+                    last_error="in flight at a restart; resending (resend_uncertain)",
+                )
+                log.warning(
+                    kv(
+                        event="message",
+                        id=m.id,
+                        destination=m.destination,
+                        state="queued",
+                        reason="resend_uncertain",
+                    )
+                )
+                counts["requeued"] += 1
+            else:
+                await self._store.update_message(
+                    m.id,
+                    now=now,
+                    state="uncertain",
+                    reason="in_flight_at_restart",
+                    last_error="in flight at a restart; not resent (resend_uncertain is off)",
+                )
+                log.warning(
+                    kv(
+                        event="message",
+                        id=m.id,
+                        destination=m.destination,
+                        state="uncertain",
+                        reason="in_flight_at_restart",
+                    )
+                )
+                counts["uncertain"] += 1
+        counts["pending"] = len(await self._store.messages(PENDING_STATES))
+        self._recovered = True
+        log.info(kv(event="outbox_recovered", **counts))
+        return counts
+
+    # -- the worker ----------------------------------------------------------------------------
+
+    async def process_due(self) -> int:
+        """One pass: expire what is too old, end wait steps, send what is due.
+
+        Returns how many send attempts were made. Raises StoreError if the database
+        refuses a write before a send (nothing is sent then).
+        """
+        now = self._clock.now()
+        tb = self._cfg.textback
+        for m in await self._store.messages(PENDING_STATES):
+            if now - m.created_at > tb.max_age:
+                await self._expire(m, now)
+            elif m.state == "waiting" and m.due_at <= now:
+                await self._store.update_message(m.id, now=now, state="queued", next_attempt_at=now)
+                log.info(kv(event="message", id=m.id, destination=m.destination, state="queued"))
+        attempts = 0
+        for m in await self._store.messages(["queued"]):
+            if not sender_ready(self._sender):
+                break
+            if m.next_attempt_at is not None and m.next_attempt_at > self._clock.now():
+                continue
+            if await self._send_one(m.id):
+                attempts += 1
+        return attempts
+
+    async def _expire(self, m: Message, now: float) -> None:
+        await self._store.update_message(
+            m.id,
+            now=now,
+            state="expired",
+            reason=f"not sent within max_age {self._cfg.textback.max_age:g}s",
+        )
+        log.warning(
+            kv(
+                event="message",
+                id=m.id,
+                destination=m.destination,
+                state="expired",
+                reason="max_age",
+                age=f"{now - m.created_at:.0f}s",
+                last_error=m.last_error,
+            )
+        )
+
+    async def _send_one(self, message_id: int) -> bool:
+        """Send one queued text; True when the modem was asked to send it."""
+        async with self._send_lock:
+            m = await self._store.get_message(message_id)
+            sender = self._sender
+            if m is None or m.state != "queued" or sender is None:
+                return False  # cancelled or sent while an earlier send ran
+            now = self._clock.now()
+            tb = self._cfg.textback
+            if now - m.created_at > tb.max_age:
+                await self._expire(m, now)
+                return False
+            attempt = m.attempts + 1
+            # Durable before the modem hears of it: a crash from here on means `uncertain`.
+            await self._store.update_message(m.id, now=now, state="sending", attempts=attempt)
+            log.info(
+                kv(
+                    event="message",
+                    id=m.id,
+                    destination=m.destination,
+                    state="sending",
+                    attempt=attempt,
+                )
+            )
+            try:
+                refs = await sender.send_sms(
+                    m.destination, m.text, status_report=self._cfg.modem.status_reports
+                )
+            except asyncio.CancelledError:
+                # Shutting down mid-send: the row stays `sending`, so the next start
+                # marks it uncertain rather than guessing.
+                raise
+            except Exception as exc:
+                await self._after_error(m, attempt, exc)
+                return True
+            await self._durably(self._record_sent, m, refs)
+            return True
+
+    async def _record_sent(self, m: Message, refs: list[int]) -> None:
+        now = self._clock.now()
+        async with self._store.transaction():
+            await self._store.update_message(
+                m.id, now=now, state="sent", sent_at=now, last_error=None
+            )
+            await self._store.add_parts(m.id, refs, now)
+        log.info(
+            kv(
+                event="message",
+                id=m.id,
+                destination=m.destination,
+                state="sent",
+                refs=",".join(str(r) for r in refs),
+            )
+        )
+
+    async def _after_error(self, m: Message, attempt: int, exc: Exception) -> None:
+        tb = self._cfg.textback
+        err = f"{type(exc).__name__}: {exc}"[:500]
+        now = self._clock.now()
+        if is_retryable(exc) and attempt < tb.max_attempts:
+            wait = tb.retry_backoff * 2 ** (attempt - 1)
+            await self._durably(
+                self._store.update_message,
+                m.id,
+                now=now,
+                state="queued",
+                last_error=err,
+                next_attempt_at=now + wait,
+            )
+            # First retry at WARNING, repeats at DEBUG (STYLE.md: logs).
+            level = logging.WARNING if attempt == 1 else logging.DEBUG
+            log.log(
+                level,
+                kv(
+                    event="message",
+                    id=m.id,
+                    destination=m.destination,
+                    state="queued",
+                    reason="retry",
+                    attempt=attempt,
+                    retry_in=f"{wait:g}s",
+                    error=err,
+                ),
+            )
+            return
+        why = "permanent_error" if not is_retryable(exc) else "max_attempts"
+        await self._durably(
+            self._store.update_message, m.id, now=now, state="failed", last_error=err, reason=why
+        )
+        log.error(
+            kv(
+                event="message",
+                id=m.id,
+                destination=m.destination,
+                state="failed",
+                reason=why,
+                attempts=attempt,
+                error=err,
+            )
+        )
+
+    async def _durably(
+        self, fn: Callable[..., Awaitable[None]], *args: object, **kwargs: object
+    ) -> None:
+        """Write the outcome of a send that happened; retry until the database takes it.
+
+        The modem has already acted, so giving up would lose the record (and leave the row
+        `sending`, which a restart turns into `uncertain`, never a duplicate).
+        """
+        delay = STORE_RETRY_FIRST
+        while True:
+            try:
+                await fn(*args, **kwargs)
+                return
+            except StoreError as exc:
+                self.store_errors += 1
+                log.error(
+                    kv(
+                        event="store_error",
+                        during="record_send_result",
+                        error=exc,
+                        retry_in=f"{delay:g}s",
+                    )
+                )
+                await self._clock.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX)
+
+    async def next_wakeup(self) -> float | None:
+        """When the worker next has something to do (None: only when woken)."""
+        tb = self._cfg.textback
+        ready = sender_ready(self._sender)
+        times: list[float] = []
+        for m in await self._store.messages(PENDING_STATES):
+            times.append(m.created_at + tb.max_age + 0.001)
+            if m.state == "waiting":
+                times.append(m.due_at)
+            elif ready:
+                times.append(m.next_attempt_at if m.next_attempt_at is not None else m.due_at)
+            else:
+                times.append(self._clock.now() + NOT_READY_POLL)
+        return min(times) if times else None
+
+    async def run(self) -> None:
+        """The worker: recover, then process the queue whenever something is due."""
+        while not self._recovered:
+            try:
+                await self.recover()
+            except StoreError as exc:
+                await self._store_trouble(exc, "recover")
+        while True:
+            self._loops_started += 1
+            self._wake.clear()
+            delay: float | None
+            try:
+                await self.process_due()
+                nxt = await self.next_wakeup()
+                delay = None if nxt is None else max(0.0, nxt - self._clock.now())
+                self._store_retry = STORE_RETRY_FIRST
+            except StoreError as exc:
+                self.store_errors += 1
+                log.error(
+                    kv(
+                        event="store_error",
+                        during="outbox",
+                        error=exc,
+                        retry_in=f"{self._store_retry:g}s",
+                    )
+                )
+                delay = self._store_retry
+                self._store_retry = min(self._store_retry * 2, STORE_RETRY_MAX)
+            self._loops_done += 1
+            async with self._cond:
+                self._cond.notify_all()
+            await self._wait(delay)
+
+    async def _store_trouble(self, exc: StoreError, during: str) -> None:
+        self.store_errors += 1
+        log.error(
+            kv(event="store_error", during=during, error=exc, retry_in=f"{self._store_retry:g}s")
+        )
+        await self._clock.sleep(self._store_retry)
+        self._store_retry = min(self._store_retry * 2, STORE_RETRY_MAX)
+
+    async def _wait(self, delay: float | None) -> None:
+        waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(self._wake.wait())]
+        if delay is not None:
+            waiters.append(asyncio.ensure_future(self._clock.sleep(delay)))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+            for w in waiters:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await w
+
+    async def settle(self) -> None:
+        """Wait until the running worker has made a full pass that started after this call.
+
+        For tests and replays on a ManualClock: advance the clock, then `await settle()`.
+        """
+        want = self._loops_started + 1
+        self.wake()
+        async with self._cond:
+            await self._cond.wait_for(lambda: self._loops_done >= want)
