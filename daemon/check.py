@@ -1,0 +1,710 @@
+"""`textback check`: validate the config, explain every problem, show what is in effect.
+
+`validate(cfg)` holds the checks the schema alone cannot express (business hours, time
+zone, regions, template fields, duplicate DIDs, ...). `textback run` uses the same checks
+(`check_config`) to refuse a broken config on SIGHUP, so a config that passes here is one
+the daemon accepts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import itertools
+import os
+import re
+import string
+import zoneinfo
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import phonenumbers
+
+from daemon.config import (
+    DEFAULT_CONFIG_PATH,
+    Config,
+    ConfigError,
+    LineConfig,
+    TextbackConfig,
+    format_duration,
+    load_config,
+)
+from daemon.config_example import (
+    KeyDoc,
+    describe_default,
+    key_docs,
+    section_models,
+    toml_value,
+)
+
+#: The merge fields a template may use; anything else is an error.
+TEMPLATE_FIELDS = ("business_name", "caller_name", "did", "callback_number", "time", "day")
+TEMPLATE_KEYS = ("template", "template_after_hours", "template_voicemail")
+
+#: Ring timeouts outside this range get a warning (seconds).
+RING_TIMEOUT_MIN = 15.0  # under this, staff have too little time to pick up
+RING_TIMEOUT_MAX = 20.0  # over this, a forward to a mobile meets the carrier's voicemail
+
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_SPAN_RE = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_COMMON_BAUDRATES = frozenset({9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600})
+
+
+class Severity(StrEnum):
+    """How bad a problem is: errors make `check` exit 1 and SIGHUP refuse the config."""
+
+    ERROR = "error"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with the config, at a key path, with a hint a technician can act on."""
+
+    key: str  # e.g. "calls.ring_timeout", "lines[1].did", "(file)"
+    message: str
+    hint: str = ""
+    severity: Severity = Severity.ERROR
+
+
+def has_errors(problems: Iterable[Problem]) -> bool:
+    """True when any problem is an error (not just a warning)."""
+    return any(p.severity is Severity.ERROR for p in problems)
+
+
+def _err(key: str, message: str, hint: str = "") -> Problem:
+    return Problem(key, message, hint, Severity.ERROR)
+
+
+def _warn(key: str, message: str, hint: str = "") -> Problem:
+    return Problem(key, message, hint, Severity.WARNING)
+
+
+# --- the checks -------------------------------------------------------------------------
+
+
+def validate(cfg: Config) -> list[Problem]:
+    """Every problem of a loaded config that the schema cannot see, errors and warnings."""
+    out: list[Problem] = []
+    out += _check_ami(cfg)
+    out += _check_calls(cfg)
+    out += _check_modem(cfg)
+    out += _check_textback(cfg)
+    out += _check_hours(cfg)
+    out += _check_lines(cfg)
+    out += _check_database(cfg)
+    return out
+
+
+def _check_ami(cfg: Config) -> list[Problem]:
+    ami, out = cfg.ami, []
+    if not ami.host.strip():
+        out.append(_err("ami.host", "empty", 'the Asterisk host, e.g. "127.0.0.1"'))
+    if not ami.secret:
+        out.append(
+            _warn(
+                "ami.secret",
+                "not set: Asterisk will refuse the login",
+                f"set it to the secret of [{ami.username}] in /etc/asterisk/manager.conf "
+                "(or TEXTBACK_AMI__SECRET in the unit's environment)",
+            )
+        )
+    if not (ami.inbound_contexts or ami.inbound_trunks or ami.inbound_dids):
+        out.append(
+            _err(
+                "ami.inbound_contexts",
+                "inbound_contexts, inbound_trunks and inbound_dids are all empty: "
+                "no call would ever count as inbound",
+                "list the dialplan context your trunk delivers calls to "
+                '(e.g. "from-trunk" on FreePBX), the trunk endpoint names, or the DIDs',
+            )
+        )
+    for name in ("keepalive", "ping_timeout"):
+        if getattr(ami, name) <= 0:
+            out.append(_err(f"ami.{name}", "must be more than 0", 'e.g. "20s"'))
+    return out
+
+
+def _check_calls(cfg: Config) -> list[Problem]:
+    calls, out = cfg.calls, []
+    ring = calls.ring_timeout
+    if ring <= 0:
+        out.append(_err("calls.ring_timeout", "must be more than 0", '"20s" suits most offices'))
+    elif ring < RING_TIMEOUT_MIN:
+        out.append(
+            _warn(
+                "calls.ring_timeout",
+                f"{format_duration(ring)} is under {RING_TIMEOUT_MIN:g}s: staff have too "
+                "little time to pick up, so calls count as missed that a person would "
+                "have answered",
+                'set it between 15s and 20s (the PBX ring time should match), e.g. "20s"',
+            )
+        )
+    elif ring > RING_TIMEOUT_MAX:
+        out.append(
+            _warn(
+                "calls.ring_timeout",
+                f"{format_duration(ring)} is over {RING_TIMEOUT_MAX:g}s: a call forwarded "
+                "to a mobile reaches the mobile carrier's voicemail first",
+                'set it between 15s and 20s, e.g. "20s", and ring the PBX no longer than that',
+            )
+        )
+    if 0 < ring <= calls.min_ring:
+        out.append(
+            _err(
+                "calls.min_ring",
+                f"{format_duration(calls.min_ring)} is not shorter than ring_timeout "
+                f"({format_duration(ring)}): every unanswered call would be a short_abandon",
+                'a few seconds at most, e.g. "1s"',
+            )
+        )
+    cva = calls.carrier_voicemail_after
+    if cva is not None and cva <= 0:
+        out.append(
+            _err(
+                "calls.carrier_voicemail_after",
+                "must be more than 0",
+                "remove it to use ring_timeout",
+            )
+        )
+    target = calls.voicemail_target.strip()
+    if calls.enforce_ring_timeout and not target:
+        out.append(
+            _err(
+                "calls.voicemail_target",
+                "enforce_ring_timeout is on but voicemail_target is empty",
+                'set voicemail_target = "context,exten,priority" (where unanswered calls '
+                "go, e.g. the office's voicemail box), or set enforce_ring_timeout = false",
+            )
+        )
+    if target:
+        parts = [p.strip() for p in target.split(",")]
+        if len(parts) != 3 or not all(parts):
+            out.append(
+                _err(
+                    "calls.voicemail_target",
+                    f"{target!r} is not context,exten,priority",
+                    'three parts separated by commas, as in the dialplan, e.g. "vm,100,1"',
+                )
+            )
+    if calls.enforce_ring_timeout:
+        out.append(
+            _warn(
+                "calls.enforce_ring_timeout",
+                "on: textback will send AMI Redirect actions",
+                f"the manager.conf user [{cfg.ami.username}] needs write=call for that",
+            )
+        )
+    return out
+
+
+def _check_modem(cfg: Config) -> list[Problem]:
+    modem, out = cfg.modem, []
+    if not modem.device.strip():
+        out.append(_err("modem.device", "empty", 'e.g. "/dev/serial/by-id/usb-...-if00-port0"'))
+    if modem.pin and not (modem.pin.isdigit() and 4 <= len(modem.pin) <= 8):
+        out.append(
+            _err("modem.pin", "a SIM PIN is 4 to 8 digits", 'write it as a string, e.g. "1234"')
+        )
+    if modem.smsc and not re.fullmatch(r"\+\d{4,15}", modem.smsc.replace(" ", "")):
+        out.append(
+            _err(
+                "modem.smsc",
+                f"{modem.smsc!r} is not an international number",
+                'e.g. "+12065550100" (your carrier publishes it); leave it empty if the SIM '
+                "has one",
+            )
+        )
+    if modem.baudrate not in _COMMON_BAUDRATES:
+        out.append(
+            _warn(
+                "modem.baudrate",
+                f"{modem.baudrate} is not a usual serial speed",
+                "most USB modems use 115200",
+            )
+        )
+    return out
+
+
+def _region_problem(key: str, region: str) -> Problem | None:
+    if region in phonenumbers.SUPPORTED_REGIONS:
+        return None
+    if region.upper() in phonenumbers.SUPPORTED_REGIONS:
+        return _err(key, f"{region!r} must be written in capitals", f'write "{region.upper()}"')
+    close = difflib.get_close_matches(region.upper(), sorted(phonenumbers.SUPPORTED_REGIONS), 3)
+    hint = "a two-letter ISO country code such as US, CA, GB, DE"
+    if close:
+        hint += f" (did you mean {', '.join(close)}?)"
+    return _err(key, f"{region!r} is not a country phonenumbers knows", hint)
+
+
+def _check_textback(cfg: Config) -> list[Problem]:
+    tb, out = cfg.textback, []
+    if not tb.enabled:
+        out.append(
+            _warn(
+                "textback.enabled",
+                "false: calls are judged and recorded, but no text is sent",
+                "set enabled = true when you are ready",
+            )
+        )
+    p = _region_problem("textback.home_region", tb.home_region)
+    if p:
+        out.append(p)
+    for i, region in enumerate(tb.allowed_countries):
+        p = _region_problem(f"textback.allowed_countries[{i}]", region)
+        if p:
+            out.append(p)
+    if tb.allowed_countries and tb.home_region not in tb.allowed_countries:
+        out.append(
+            _warn(
+                "textback.allowed_countries",
+                f"does not include home_region {tb.home_region!r}: callers from your own "
+                "country will not be texted",
+                f'add "{tb.home_region}", or leave the list empty to allow home_region only',
+            )
+        )
+    if not tb.allowed_number_types:
+        out.append(
+            _err(
+                "textback.allowed_number_types",
+                "empty: no caller could ever be texted",
+                '["mobile", "fixed_line_or_mobile"] suits most countries',
+            )
+        )
+    if "fixed_line" in tb.allowed_number_types:
+        out.append(
+            _warn(
+                "textback.allowed_number_types",
+                "includes fixed_line: most landlines cannot receive texts, so those are lost",
+                "remove it unless your carrier delivers SMS to landlines",
+            )
+        )
+    for i, raw in enumerate(tb.blocklist):
+        if not _parses(raw, tb.home_region):
+            out.append(
+                _warn(
+                    f"textback.blocklist[{i}]",
+                    f"{raw!r} is not a valid phone number, so it never matches a caller",
+                    'write it in international form, e.g. "+12025550123"',
+                )
+            )
+    if tb.delay >= tb.max_age:
+        out.append(
+            _err(
+                "textback.max_age",
+                f"{format_duration(tb.max_age)} is not longer than delay "
+                f"({format_duration(tb.delay)}): every text would expire before it is sent",
+                'make max_age hours, e.g. "2h"',
+            )
+        )
+    caps = [("max_per_hour", tb.max_per_hour), ("max_per_day", tb.max_per_day)]
+    caps.append(("max_per_month", tb.max_per_month))
+    for (small_name, small), (big_name, big) in itertools.pairwise(caps):
+        if small and big and small > big:
+            out.append(
+                _warn(
+                    f"textback.{small_name}",
+                    f"{small} is more than {big_name} ({big}), so it never applies",
+                    f"make {small_name} at most {big_name}",
+                )
+            )
+    if not tb.business_name.strip():
+        out.append(
+            _warn(
+                "textback.business_name",
+                "empty: {business_name} in a text would be blank",
+                "the name callers know the office by",
+            )
+        )
+    elif tb.business_name == TextbackConfig.model_fields["business_name"].default:
+        out.append(
+            _warn(
+                "textback.business_name",
+                f"still the example {tb.business_name!r}",
+                'the name callers know the office by, e.g. "Main Street Dental"',
+            )
+        )
+    for name in TEMPLATE_KEYS:
+        out += check_template_fields(getattr(tb, name), f"textback.{name}")
+        if "{callback_number}" in getattr(tb, name):
+            out.append(
+                _warn(
+                    f"textback.{name}",
+                    "uses {callback_number}, which is empty for calls to a DID without a "
+                    "[[lines]] entry",
+                    "give each DID a [[lines]] entry with callback_number, or remove the field",
+                )
+            )
+    return out
+
+
+def _parses(raw: str, region: str) -> bool:
+    try:
+        return phonenumbers.is_valid_number(phonenumbers.parse(raw, region))
+    except phonenumbers.NumberParseException:
+        return False
+
+
+def check_template_fields(template: str, key: str) -> list[Problem]:
+    """Problems with the merge fields of one template: only TEMPLATE_FIELDS, by name."""
+    known = ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
+    if not template.strip():
+        return [_err(key, "empty template", f"write the text; it may use {known}")]
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return [
+            _err(
+                key,
+                f"cannot read the template: {exc}",
+                "merge fields look like {business_name}; write {{ and }} for literal braces",
+            )
+        ]
+    out: list[Problem] = []
+    for _, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        if field == "" or field.isdigit():
+            out.append(
+                _err(key, f"a field without a name ({{{field}}})", f"use a named field: {known}")
+            )
+        elif field not in TEMPLATE_FIELDS:
+            close = difflib.get_close_matches(field, TEMPLATE_FIELDS, 1)
+            guess = f"did you mean {{{close[0]}}}? " if close else ""
+            out.append(_err(key, f"unknown field {{{field}}}", f"{guess}known fields: {known}"))
+        elif spec or conversion:
+            part = f"!{conversion}" if conversion else f":{spec}"
+            out.append(
+                _err(
+                    key,
+                    f"field {{{field}}} has a format part ({part})",
+                    f"write the field alone, e.g. {{{field}}}",
+                )
+            )
+    return out
+
+
+def _check_hours(cfg: Config) -> list[Problem]:
+    hours, out = cfg.hours, []
+    try:
+        zoneinfo.ZoneInfo(hours.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        close = difflib.get_close_matches(hours.timezone, sorted(zoneinfo.available_timezones()), 3)
+        hint = 'an IANA time zone name such as "America/Chicago" or "Europe/London"'
+        if close:
+            hint += f" (did you mean {', '.join(close)}?)"
+        out.append(_err("hours.timezone", f"unknown time zone {hours.timezone!r}", hint))
+    for day in _DAYS:
+        spans: list[tuple[int, int]] = []
+        for i, span in enumerate(getattr(hours, day)):
+            key = f"hours.{day}[{i}]"
+            parsed = _parse_span(span)
+            if isinstance(parsed, str):
+                out.append(_err(key, f"{span!r}: {parsed}", '"HH:MM-HH:MM", e.g. "09:00-17:00"'))
+                continue
+            start, end = parsed
+            if end <= start:
+                out.append(
+                    _err(
+                        key,
+                        f"{span!r} ends before it starts",
+                        'a span over midnight is two spans: e.g. "22:00-24:00" on one day '
+                        'and "00:00-02:00" on the next',
+                    )
+                )
+                continue
+            for other_start, other_end in spans:
+                if start < other_end and other_start < end:
+                    out.append(_warn(key, f"{span!r} overlaps another span of {day}", "merge them"))
+            spans.append((start, end))
+    seen: set[str] = set()
+    for i, holiday in enumerate(hours.holidays):
+        key = f"hours.holidays[{i}]"
+        if not _DATE_RE.match(holiday):
+            out.append(_err(key, f"{holiday!r} is not a date", 'YYYY-MM-DD, e.g. "2026-12-25"'))
+            continue
+        try:
+            date.fromisoformat(holiday)
+        except ValueError as exc:
+            out.append(_err(key, f"{holiday!r}: {exc}", 'YYYY-MM-DD, e.g. "2026-12-25"'))
+            continue
+        if holiday in seen:
+            out.append(_warn(key, f"{holiday} is listed twice", "remove one"))
+        seen.add(holiday)
+    return out
+
+
+def _parse_span(span: str) -> tuple[int, int] | str:
+    """A "HH:MM-HH:MM" span as minutes since midnight, or what is wrong with it."""
+    m = _SPAN_RE.match(span.strip())
+    if not m:
+        return "not HH:MM-HH:MM"
+    h1, m1, h2, m2 = (int(g) for g in m.groups())
+    if h1 > 23 or m1 > 59 or m2 > 59 or h2 > 24 or (h2 == 24 and m2 != 0):
+        return "not a time of day (00:00 to 24:00)"
+    return h1 * 60 + m1, h2 * 60 + m2
+
+
+def _check_lines(cfg: Config) -> list[Problem]:
+    out: list[Problem] = []
+    first: dict[str, int] = {}
+    for i, line in enumerate(cfg.lines):
+        key = f"lines[{i}]"
+        did = line.did.strip()
+        if not did:
+            out.append(_err(f"{key}.did", "empty", "the dialled number as the PBX shows it"))
+        elif did in first:
+            out.append(
+                _err(
+                    f"{key}.did",
+                    f"{did!r} is also lines[{first[did]}].did",
+                    "each DID gets one [[lines]] entry; merge the two",
+                )
+            )
+        else:
+            first[did] = i
+        for name in TEMPLATE_KEYS:
+            own: str | None = getattr(line, name)
+            if own is not None:
+                out += check_template_fields(own, f"{key}.{name}")
+            effective = own if own is not None else getattr(cfg.textback, name)
+            if "{callback_number}" in effective and not line.callback_number:
+                out.append(
+                    _warn(
+                        f"{key}.callback_number",
+                        f"empty, but {name} uses {{callback_number}}",
+                        "set callback_number, the number callers should ring back",
+                    )
+                )
+        if line.business_name is not None and not line.business_name.strip():
+            out.append(_warn(f"{key}.business_name", "empty", "remove it to use [textback]'s"))
+    return out
+
+
+def _check_database(cfg: Config) -> list[Problem]:
+    path = cfg.database.path.strip()
+    if not path:
+        return [_err("database.path", "empty", 'e.g. "/var/lib/textback/textback.db"')]
+    if not Path(path).is_absolute():
+        return [
+            _warn(
+                "database.path",
+                f"{path!r} is relative, so it depends on the working directory",
+                "use an absolute path; the unit's StateDirectory is /var/lib/textback",
+            )
+        ]
+    return []
+
+
+# --- load errors, with hints -------------------------------------------------------------
+
+
+def _pretty_key(key: str) -> str:
+    """ "lines.0.did" -> "lines[0].did" """
+    out = ""
+    for part in key.split("."):
+        out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)
+    return out
+
+
+def _env_name(key: str) -> str | None:
+    """The environment variable that set this key, if one is set."""
+    key = re.sub(r"\[\d+\]", "", key)
+    parts = [p for p in key.split(".") if not p.isdigit()]
+    if len(parts) != 2:
+        return None
+    wanted = f"TEXTBACK_{parts[0]}__{parts[1]}".upper()
+    for name in os.environ:
+        if name.upper() == wanted:
+            return name
+    return None
+
+
+def _load_hint(key: str, message: str) -> str:
+    if key == "(file)":
+        return (
+            f"copy config/textback.toml to {DEFAULT_CONFIG_PATH} (or pass --config FILE); "
+            "the unit's user must be able to read it"
+        )
+    if key == "(syntax)":
+        return 'TOML syntax: text and durations need double quotes, e.g. ring_timeout = "20s"'
+    parts = [p for p in key.split(".") if not p.isdigit()]
+    sections = {name: model for name, model, _ in section_models()}
+    if message.startswith("unknown key"):
+        if len(parts) == 1:
+            close = difflib.get_close_matches(parts[0], list(sections), 1)
+            guess = f"did you mean [{close[0]}]? " if close else ""
+            return f"{guess}the sections are: " + ", ".join(sections)
+        model = sections.get(parts[0])
+        if model is not None:
+            names = list(model.model_fields)
+            close = difflib.get_close_matches(parts[-1], names, 1)
+            guess = f"did you mean {close[0]}? " if close else ""
+            title = f"[[{parts[0]}]]" if parts[0] == "lines" else f"[{parts[0]}]"
+            return f"{guess}the keys of {title} are: " + ", ".join(names)
+        return ""
+    if len(parts) >= 2 and parts[0] in sections:
+        for doc in key_docs(parts[0], sections[parts[0]]):
+            if doc.name == parts[1]:
+                return _doc_hint(doc)
+    return ""
+
+
+def _doc_hint(doc: KeyDoc) -> str:
+    bits = [doc.description]
+    if doc.unit == "duration":
+        bits.append('a duration with a unit, e.g. "30s", "5m", "24h"')
+    elif doc.unit:
+        bits.append(f"unit: {doc.unit}")
+    if doc.choices:
+        bits.append("one of " + ", ".join(doc.choices))
+    if doc.bounds:
+        bits.append(doc.bounds)
+    bits.append(f"default {describe_default(doc, short=True)}")
+    return "; ".join(bits)
+
+
+def problems_from_error(err: ConfigError) -> list[Problem]:
+    """The problems of a config that did not load, each with a hint."""
+    out = []
+    for key, raw in err.problems:
+        message = raw.removeprefix("Value error, ")
+        hint = _load_hint(key, message)
+        env = _env_name(key)
+        if env:
+            message += f" (set by environment variable {env})"
+        out.append(_err(_pretty_key(key), message, hint))
+    return out
+
+
+def check_config(path: Path | str | None) -> tuple[Config | None, list[Problem]]:
+    """Load and validate: (the config, or None if it does not load; every problem).
+
+    `textback run` calls this on SIGHUP and keeps the old config when `has_errors`.
+    """
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        return None, problems_from_error(exc)
+    return cfg, validate(cfg)
+
+
+# --- output ------------------------------------------------------------------------------
+
+
+def _shown(doc: KeyDoc, value: Any) -> str:
+    if doc.is_secret:
+        return "(set, hidden)" if value else "(not set)"
+    if value is None:
+        return "(not set)"
+    return toml_value(value, duration=doc.is_duration)
+
+
+def settings_lines(cfg: Config) -> list[str]:
+    """The effective settings, one `key = value` a line, secrets hidden, changes marked."""
+    out: list[str] = []
+    for section, model, is_array in section_models():
+        docs = list(key_docs(section, model))
+        tables: list[Any] = list(getattr(cfg, section)) if is_array else [getattr(cfg, section)]
+        for table in tables:
+            out.append(f"[[{section}]]" if is_array else f"[{section}]")
+            for doc in docs:
+                value = getattr(table, doc.name)
+                if doc.name in TEMPLATE_KEYS and value is not None:
+                    out.append(f"  {doc.name} = (see Texts below)")
+                    continue
+                line = f"  {doc.name} = {_shown(doc, value)}"
+                notes = []
+                env = _env_name(doc.path)
+                if env and not is_array:
+                    notes.append(f"from {env}")
+                elif not doc.required and value != doc.default and not doc.is_secret:
+                    notes.append(f"default {describe_default(doc, short=True)}")
+                out.append(line + (f"   # {', '.join(notes)}" if notes else ""))
+    return out
+
+
+def template_lines(cfg: Config) -> list[str]:
+    """The wording of every text, per line (DID), as configured."""
+    out: list[str] = []
+    targets: list[tuple[str, LineConfig | None]] = [("any DID without a [[lines]] entry", None)]
+    targets += [(f"DID {line.did}", line) for line in cfg.lines]
+    for label, line in targets:
+        name = cfg.textback.business_name
+        if line is not None and line.business_name is not None:
+            name = line.business_name
+        off = " (disabled: never texted)" if line is not None and not line.enabled else ""
+        out.append(f"{label}: business_name {toml_value(name)}{off}")
+        for key in TEMPLATE_KEYS:
+            text = getattr(line, key, None) if line is not None else None
+            if text is None:
+                text = getattr(cfg.textback, key)
+            out.append(f"  {key}: {text}")
+    return out
+
+
+def format_problem(p: Problem) -> list[str]:
+    """A problem as printed: severity, key, message, then the hint indented."""
+    lines = [f"{p.severity.upper():<7} {p.key}: {p.message}"]
+    if p.hint:
+        lines.append(f"        hint: {p.hint}")
+    return lines
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def report(path: Path, cfg: Config | None, problems: Sequence[Problem]) -> list[str]:
+    """The whole `textback check` output."""
+    out = [f"textback check: {path}", ""]
+    if cfg is not None:
+        out += ["Settings in effect (secrets hidden):", *settings_lines(cfg), ""]
+        out += ["Texts:", *template_lines(cfg), ""]
+    errors = [p for p in problems if p.severity is Severity.ERROR]
+    warnings = [p for p in problems if p.severity is Severity.WARNING]
+    if problems:
+        out.append("Problems:")
+        for p in [*errors, *warnings]:
+            env = _env_name(p.key) if cfg is not None else None
+            shown = Problem(p.key, f"{p.message} (set by {env})", p.hint, p.severity) if env else p
+            out += format_problem(shown)
+        out.append("")
+    if cfg is None:
+        verdict = f"NOT OK: the config does not load ({_count(len(errors), 'error')})"
+    elif errors:
+        verdict = f"NOT OK: {_count(len(errors), 'error')}, {_count(len(warnings), 'warning')}"
+    elif warnings:
+        verdict = f"OK with {_count(len(warnings), 'warning')}"
+    else:
+        verdict = "OK: no problems"
+    out.append(verdict)
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    """`textback check [--config FILE]`: exit 1 on any error, 0 otherwise."""
+    path = Path(args.config) if getattr(args, "config", None) else DEFAULT_CONFIG_PATH
+    cfg, problems = check_config(path)
+    print("\n".join(report(path, cfg, problems)))
+    return 1 if cfg is None or has_errors(problems) else 0
+
+
+__all__ = [
+    "TEMPLATE_FIELDS",
+    "Problem",
+    "Severity",
+    "check_config",
+    "check_template_fields",
+    "has_errors",
+    "main",
+    "problems_from_error",
+    "report",
+    "validate",
+]
