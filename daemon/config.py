@@ -63,7 +63,8 @@ def format_duration(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
+    # Not "{:g}": that writes 1e+06s, which parse_duration rightly refuses.
+    return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
