@@ -13,7 +13,8 @@ class AmiStream:
     """Feed raw AMI bytes; events go to `on_event`, action responses to `on_response`.
 
     `wanted` (event names) lets the caller drop events it never reads before they cost
-    anything more than a prefix check; None keeps every event.
+    anything more than a prefix check; None keeps every event. `wanted_vars` does the same
+    for VarSet events by variable name (None keeps every VarSet that `wanted` keeps).
     """
 
     def __init__(
@@ -22,8 +23,9 @@ class AmiStream:
         on_response: EventSink | None = None,
         *,
         wanted: frozenset[str] | None = None,
+        wanted_vars: frozenset[str] | None = None,
     ) -> None:
-        self._parser = FrameParser()
+        self._parser = FrameParser(wanted_events=wanted, wanted_vars=wanted_vars)
         self._on_event = on_event
         self._on_response = on_response
         self._wanted = wanted
@@ -41,6 +43,11 @@ class AmiStream:
     def reset(self) -> None:
         """A new connection: forget partial data."""
         self._parser.reset()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held waiting for the end of a message."""
+        return self._parser.buffered
 
     def feed(self, data: bytes) -> None:
         """Decode `data` and dispatch every complete message."""

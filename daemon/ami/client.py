@@ -1,0 +1,480 @@
+"""AMI intake: login, keepalive, reconnect with capped backoff, resync after every gap.
+
+panoramisk does the session work it does well: `Manager.send_action` and its `Action`
+objects (ActionIDs, serialising actions, matching responses and collecting multi-message
+answers like CoreShowChannels' event list), and its `AMIProtocol` bookkeeping, which our
+`AmiProtocol` subclasses. Four things in panoramisk 1.4 are wrong for a daemon, so this
+module drives them itself:
+
+- reading: `AmiProtocol` decodes whole frames (panoramisk decodes every TCP read alone);
+- reconnecting: `Manager.connection_lost` schedules a fixed 2 s reconnect with
+  `loop.call_later` that `Manager.close()` does not cancel; our `_Manager` never schedules
+  one, and `AmiClient.run` reconnects with capped exponential backoff on the injected clock;
+- keepalive: `Manager.ping` never looks at the answer; we send the Ping action through
+  panoramisk and give the Pong a deadline (`ping_timeout`): none means a dead link;
+- connecting: `Manager.connect` retries on its own timer too, so the TCP connect and the
+  Login action are awaited here instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from panoramisk.manager import Manager
+
+from daemon.ami.frames import Message
+from daemon.ami.protocol import AmiProtocol
+from daemon.clock import Clock
+from daemon.config import AmiConfig
+
+log = logging.getLogger(__name__)
+
+#: First reconnect delay; doubles on every failed attempt up to `AmiConfig.max_backoff`.
+BASE_BACKOFF = 1.0
+#: How many steps a refused login moves the backoff at once: wrong credentials will not
+#: fix themselves in a second, so the wait reaches the longest one after two attempts.
+AUTH_FAILURE_STEPS = 2
+#: Gaps kept in memory for `AmiClient.gaps` (all of them are counted and logged).
+GAPS_KEPT = 100
+
+
+class AmiError(Exception):
+    """Base of every intake error."""
+
+
+class AmiLoginError(AmiError):
+    """Asterisk refused the Login action (wrong username or secret, or not permitted)."""
+
+
+class AmiConnectionLost(AmiError):
+    """The connection ended; `reason` says how."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class AmiTimeout(AmiError, TimeoutError):
+    """An action got no answer in time; the message names the action."""
+
+
+@dataclass(slots=True)
+class AmiCounters:
+    """What the intake did, for logs, `textback stats` and tests."""
+
+    connect_attempts: int = 0
+    connects: int = 0
+    connect_failures: int = 0
+    login_failures: int = 0
+    losses: int = 0
+    ping_timeouts: int = 0
+    gaps: int = 0
+    gap_seconds: float = 0.0
+    resyncs: int = 0
+    resync_failures: int = 0
+    events: int = 0
+    handler_errors: int = 0
+    malformed: int = 0
+    skipped: int = 0
+    last_backoff: float = 0.0
+    backoffs: list[float] = field(default_factory=list)
+
+
+class _Manager(Manager):  # type: ignore[misc]  # panoramisk ships no type hints
+    """panoramisk's Manager without its own reconnect and ping timers."""
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        # Stock: log.error + loop.call_later(2, self.connect), not cancellable by close().
+        self._connected = False
+
+    def ping(self) -> None:  # pragma: no cover - never scheduled here
+        return None
+
+
+EventCallback = Callable[[Message], None]
+ResyncCallback = Callable[[list[Message], float, float], None]
+
+
+class AmiClient:
+    """The AMI intake: one connection at a time, reconnecting until `close()`.
+
+    `on_event` gets each wanted event as a plain dict (the event's own `Timestamp:` header
+    is left for the tracker). After every successful login, `on_resync(channels, gap_from,
+    gap_to)` gets the channels Asterisk reports in progress (CoreShowChannel events) before
+    any event of the new connection; `gap_from == gap_to` on the first connection.
+    """
+
+    def __init__(
+        self,
+        cfg: AmiConfig,
+        *,
+        on_event: EventCallback,
+        on_resync: ResyncCallback | None,
+        clock: Clock,
+        wanted: frozenset[str] | None,
+        wanted_vars: frozenset[str],
+        jitter: float = 0.0,
+    ) -> None:
+        self._cfg = cfg
+        self._on_event = on_event
+        self._on_resync = on_resync
+        self._clock = clock
+        self._wanted = wanted
+        self._wanted_vars = wanted_vars
+        self._jitter = jitter
+        self._manager: Any = None
+        self._protocol: AmiProtocol | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._closing = False
+        self._logged_in = False
+        self._attempt = 0
+        self._failing = False
+        self._last_rx = 0.0
+        self._lost_at: float | None = None
+        self._counters = AmiCounters()
+        self.gaps: deque[tuple[float, float]] = deque(maxlen=GAPS_KEPT)
+        self.banner: str | None = None
+
+    # -- public ------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True while logged in on a live connection."""
+        return self._logged_in and self._protocol is not None and not self._protocol.closed
+
+    @property
+    def counters(self) -> AmiCounters:
+        """A snapshot of the counters, including the live connection's."""
+        snap = dataclasses.replace(self._counters, backoffs=list(self._counters.backoffs))
+        protocol = self._protocol
+        if protocol is not None:
+            snap.events += protocol.events
+            snap.handler_errors += protocol.handler_errors
+            snap.malformed += protocol.stats.malformed
+            snap.skipped += protocol.stats.skipped
+        return snap
+
+    @property
+    def where(self) -> str:
+        """host:port, for log lines."""
+        return f"{self._cfg.host}:{self._cfg.port}"
+
+    async def start(self) -> None:
+        """Run the intake in a background task (stopped by `close()`)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name="ami-intake")
+
+    async def close(self) -> None:
+        """Stop for good: no reconnect is attempted after this returns."""
+        self._closing = True
+        self._stop.set()
+        self._drop_connection()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def run(self) -> None:
+        """Connect, serve, and reconnect with backoff until `close()`."""
+        while not self._closing:
+            auth_failed = False
+            try:
+                await self._session()
+            except AmiLoginError as exc:
+                auth_failed = True
+                self._counters.login_failures += 1
+                self._note_failure(
+                    f"AMI login to {self.where} as {self._cfg.username} failed: {exc}"
+                )
+            except (OSError, AmiError) as exc:
+                if not self._closing:
+                    self._note_loss(exc)
+            finally:
+                self._finish_connection()
+            if self._stop.is_set():
+                break
+            delay = self._next_backoff(auth_failed)
+            if await self._wait(self._clock.sleep(delay)):
+                break
+
+    async def action(self, action: dict[str, str], timeout: float | None = None) -> list[Message]:
+        """Send one AMI action; return its response (and any list events) as plain dicts.
+
+        Raises AmiError when not connected, AmiTimeout when no complete answer arrives
+        within `timeout` (default `ping_timeout`) on the injected clock.
+        """
+        if not self.connected:
+            raise AmiError(f"AMI not connected, cannot send {action.get('Action')}")
+        return await self._request(action, timeout)
+
+    # -- one connection ----------------------------------------------------------------
+
+    async def _session(self) -> None:
+        cfg = self._cfg
+        loop = asyncio.get_running_loop()
+        self._counters.connect_attempts += 1
+
+        def factory() -> AmiProtocol:
+            return AmiProtocol(
+                self._on_event,
+                wanted=self._wanted,
+                wanted_vars=self._wanted_vars,
+                on_data=self._touch,
+            )
+
+        manager = _Manager(
+            host=cfg.host,
+            port=cfg.port,
+            username=cfg.username,
+            secret=cfg.secret,
+            loop=loop,
+            protocol_factory=factory,
+            log=logging.getLogger("daemon.ami.panoramisk"),
+        )
+        self._manager = manager
+        try:
+            _, protocol = await self._race(
+                loop.create_connection(factory, cfg.host, cfg.port), "connect"
+            )
+        except OSError:
+            self._counters.connect_failures += 1
+            raise
+        assert isinstance(protocol, AmiProtocol)
+        self._protocol = protocol
+        # What Manager.connection_made would set up, minus its Login-and-pinger timers.
+        protocol.factory = manager
+        protocol.config = manager.config
+        protocol.encoding = manager.encoding = "utf8"
+        manager.responses = protocol.responses
+        manager.protocol = protocol
+        manager._connected = True
+        protocol.hold()
+        resp = (
+            await self._request(
+                {
+                    "Action": "Login",
+                    "Username": cfg.username,
+                    "Secret": cfg.secret,
+                    "Events": "on",
+                },
+                None,
+            )
+        )[0]
+        if resp.get("Response") != "Success":
+            raise AmiLoginError(resp.get("Message") or resp.get("Response") or "no reason given")
+        self.banner = protocol.stream.banner
+        self._logged_in = True
+        self._attempt = 0
+        self._failing = False
+        self._counters.connects += 1
+        log.info(
+            "AMI connected to %s as %s (%s)", self.where, cfg.username, self.banner or "no banner"
+        )
+        await self._resync(protocol)
+        await self._keepalive(protocol)
+
+    async def _resync(self, protocol: AmiProtocol) -> None:
+        now = self._clock.now()
+        gap_from = self._lost_at if self._lost_at is not None else now
+        channels: list[Message] = []
+        try:
+            answer = await self._request({"Action": "CoreShowChannels"}, None)
+        except AmiTimeout as exc:
+            self._counters.resync_failures += 1
+            log.warning("AMI resync failed: %s; calls in progress may be missed", exc)
+        else:
+            if answer and answer[0].get("Response") not in (None, "Success"):
+                self._counters.resync_failures += 1
+                log.warning(
+                    "AMI resync refused: %s (the manager user needs read=reporting)",
+                    answer[0].get("Message", answer[0].get("Response")),
+                )
+            channels = [m for m in answer if m.get("Event") == "CoreShowChannel"]
+        self._counters.resyncs += 1
+        if self._lost_at is not None:
+            self._counters.gaps += 1
+            self._counters.gap_seconds += max(0.0, now - gap_from)
+            self.gaps.append((gap_from, now))
+            log.warning(
+                "AMI gap from %.3f to %.3f (%.1f s): events may be lost; %d channel(s) in progress",
+                gap_from,
+                now,
+                now - gap_from,
+                len(channels),
+            )
+            self._lost_at = None
+        if self._on_resync is not None:
+            try:
+                self._on_resync(channels, gap_from, now)
+            except Exception:
+                self._counters.handler_errors += 1
+                log.exception("AMI resync handler failed")
+        protocol.release()
+
+    async def _keepalive(self, protocol: AmiProtocol) -> None:
+        cfg = self._cfg
+        while True:
+            await self._race(self._clock.sleep(cfg.keepalive), "idle")
+            try:
+                await self._request({"Action": "Ping"}, cfg.ping_timeout)
+            except AmiTimeout:
+                self._counters.ping_timeouts += 1
+                raise AmiConnectionLost(
+                    f"no answer to Ping within {cfg.ping_timeout:g} s (half-open connection?)"
+                ) from None
+
+    async def _request(self, action: dict[str, str], timeout: float | None) -> list[Message]:
+        manager = self._manager
+        protocol = self._protocol
+        if manager is None or protocol is None:
+            raise AmiConnectionLost("not connected")
+        if protocol.closed:
+            lost = protocol.lost
+            raise AmiConnectionLost(self._loss_reason(lost.result()) if lost.done() else "closed")
+        fut = manager.send_action(dict(action))
+        limit = self._cfg.ping_timeout if timeout is None else timeout
+        name = action.get("Action", "?")
+        try:
+            result = await self._race(fut, name, limit)
+        finally:
+            if not fut.done():
+                fut.cancel()
+        items = result if isinstance(result, list) else [result]
+        # panoramisk's Message carries an extra "content" key (a Follows body); not AMI's
+        return [{k: v for k, v in m.items() if k != "content"} for m in items]
+
+    async def _race(self, aw: Awaitable[Any], what: str, timeout: float | None = None) -> Any:
+        """Await `aw` unless the connection ends, close() is called, or `timeout` passes.
+
+        The timeout runs on the injected clock, so tests advance it instead of waiting.
+        """
+        main = asyncio.ensure_future(aw)
+        waiters: set[asyncio.Future[Any]] = {main}
+        stop = asyncio.ensure_future(self._stop.wait())
+        waiters.add(stop)
+        lost = self._protocol.lost if self._protocol is not None else None
+        if lost is not None:
+            waiters.add(lost)
+        timer = asyncio.ensure_future(self._clock.sleep(timeout)) if timeout is not None else None
+        if timer is not None:
+            waiters.add(timer)
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in (stop, timer, main):
+                if w is not None and not w.done():
+                    w.cancel()
+            await asyncio.gather(
+                *(w for w in (stop, timer, main) if w is not None), return_exceptions=True
+            )
+        if main.done() and not main.cancelled():
+            return main.result()
+        if self._closing:
+            raise AmiConnectionLost("closed")
+        if lost is not None and lost.done():
+            raise AmiConnectionLost(self._loss_reason(lost.result()))
+        raise AmiTimeout(f"no answer to {what} within {timeout:g} s")
+
+    # -- bookkeeping -------------------------------------------------------------------
+
+    def _touch(self) -> None:
+        self._last_rx = self._clock.now()
+
+    @staticmethod
+    def _loss_reason(exc: BaseException | None) -> str:
+        if exc is None:
+            return "closed by the server"
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+    def _drop_connection(self) -> None:
+        protocol = self._protocol
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.close()
+
+    def _finish_connection(self) -> None:
+        protocol, self._protocol = self._protocol, None
+        was_up = self._logged_in
+        self._logged_in = False
+        if protocol is None:
+            return
+        # events that came during an unfinished resync are real: hand them over
+        protocol.release()
+        stats = protocol.stats
+        self._counters.events += protocol.events
+        self._counters.handler_errors += protocol.handler_errors
+        self._counters.malformed += stats.malformed
+        self._counters.skipped += stats.skipped
+        if protocol.stream.buffered:
+            self._counters.malformed += 1
+            log.warning(
+                "AMI stream from %s ended inside a message (%d bytes dropped)",
+                self.where,
+                protocol.stream.buffered,
+            )
+        if self._manager is not None:
+            # Fail actions panoramisk parked for a resend: we never resend blindly.
+            waiting = self._manager.awaiting_actions
+            while waiting:
+                act = waiting.popleft()
+                if not act.future.done():
+                    act.future.set_exception(AmiConnectionLost("connection lost"))
+            self._manager.close()
+        if protocol.transport is not None:
+            protocol.transport.close()
+        if was_up:
+            self._counters.losses += 1
+            if self._lost_at is None:
+                self._lost_at = self._last_rx or self._clock.now()
+
+    def _note_loss(self, exc: BaseException) -> None:
+        if isinstance(exc, AmiConnectionLost):
+            reason = exc.reason
+        elif isinstance(exc, OSError):
+            reason = exc.strerror or str(exc) or type(exc).__name__
+        else:
+            reason = str(exc) or type(exc).__name__
+        if self._protocol is not None and self._protocol.shutdown:
+            reason += " (Asterisk shut down)"
+        if self._logged_in:
+            # a working connection ended: always worth a warning, it opens a new cycle
+            self._failing = False
+            self._note_failure(f"AMI connection to {self.where} lost: {reason}")
+        else:
+            self._note_failure(f"AMI cannot connect to {self.where}: {reason}")
+
+    def _note_failure(self, text: str) -> None:
+        level = logging.DEBUG if self._failing else logging.WARNING
+        self._failing = True
+        log.log(level, "%s", text)
+
+    def _next_backoff(self, auth_failed: bool) -> float:
+        self._attempt += AUTH_FAILURE_STEPS if auth_failed else 1
+        delay = min(self._cfg.max_backoff, BASE_BACKOFF * 2.0 ** (self._attempt - 1))
+        if self._jitter:
+            delay *= 1.0 - self._jitter * random.random()
+        self._counters.last_backoff = delay
+        if len(self._counters.backoffs) < GAPS_KEPT:
+            self._counters.backoffs.append(delay)
+        log.debug("AMI reconnect to %s in %.1f s", self.where, delay)
+        return delay
+
+    async def _wait(self, aw: Awaitable[None]) -> bool:
+        """Wait for `aw` (a backoff sleep) unless close() comes first; True if closing."""
+        main = asyncio.ensure_future(aw)
+        stop = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({main, stop}, return_when=asyncio.FIRST_COMPLETED)
+        for w in (main, stop):
+            if not w.done():
+                w.cancel()
+        await asyncio.gather(main, stop, return_exceptions=True)
+        return self._closing

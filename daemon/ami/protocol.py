@@ -1,0 +1,142 @@
+"""The asyncio Protocol behind the live AMI connection (panoramisk's `protocol_factory`).
+
+panoramisk 1.4's own `AMIProtocol.data_received` decodes each TCP read alone with
+errors='ignore' (a UTF-8 character split across reads is lost) and builds a
+case-insensitive `Message` per event (~30 us). This subclass keeps panoramisk's
+request/response bookkeeping (`send`, `handle_message`, the `Action` futures that collect
+multi-message answers such as CoreShowChannels) and replaces the reading side with
+`AmiStream`, the same decoder `textback replay` uses: whole frames are decoded, events
+nobody wants are dropped on the bytes level, and wanted events reach the sink as plain
+dicts without touching panoramisk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from panoramisk.ami_protocol import AMIProtocol
+from panoramisk.message import Message as PanoramiskMessage
+
+from daemon.ami.frames import FrameStats, Message
+from daemon.ami.stream import AmiStream
+
+log = logging.getLogger(__name__)
+
+#: Events our own actions and the server's goodbye produce: always let through the filter.
+CONTROL_EVENTS = frozenset({"CoreShowChannel", "CoreShowChannelsComplete", "Shutdown"})
+
+
+class AmiProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk ships no type hints
+    """Reads AMI bytes through `AmiStream`; writes actions the panoramisk way.
+
+    `on_event` gets every wanted event as a plain dict, in order. While `hold()` is on
+    (during the resync after a connect) events are kept and handed over by `release()`.
+    An exception raised by `on_event` is logged and counted, never kills the reader.
+    """
+
+    def __init__(
+        self,
+        on_event: Callable[[Message], None],
+        *,
+        wanted: frozenset[str] | None = None,
+        wanted_vars: frozenset[str] | None = None,
+        on_data: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__()
+        stream_wanted = None if wanted is None else wanted | CONTROL_EVENTS
+        self.stream = AmiStream(
+            self._event, self._response, wanted=stream_wanted, wanted_vars=wanted_vars
+        )
+        self._on_event = on_event
+        self._on_data = on_data
+        self._wanted = wanted
+        self._held: list[Message] | None = None
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.factory: Any = None
+        self.responses: dict[str, Any] = {}
+        self.version: str | None = None
+        self.log = log
+        self.events = 0
+        self.handler_errors = 0
+        self.shutdown = False
+        #: Set (to the reason, or None) when the connection ends, however it ends.
+        self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport; panoramisk's bookkeeping is set up by the manager."""
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.closed = False
+        self.stream.reset()
+
+    def data_received(self, data: bytes) -> None:
+        """Decode whole frames only (never a lone TCP read) and dispatch them."""
+        if self._on_data is not None:
+            self._on_data()
+        self.stream.feed(data)
+        if self.version is None and self.stream.banner is not None:
+            self.version = self.stream.banner.partition("/")[2].strip()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Tell the waiting client, then let panoramisk fail what was pending."""
+        if not self.lost.done():
+            self.lost.set_result(exc)
+        if not self.closed and self.factory is not None:
+            super().connection_lost(exc)
+        self.closed = True
+
+    # -- dispatch ----------------------------------------------------------------------
+
+    def _event(self, msg: Message) -> None:
+        if "ActionID" in msg and msg["ActionID"] in self.responses:
+            self.handle_message(PanoramiskMessage(msg))
+            return
+        name = msg["Event"]
+        if name == "Shutdown":
+            # Asterisk is stopping: it will close the socket; say why in the loss line.
+            self.shutdown = True
+        wanted = self._wanted
+        if wanted is not None and name not in wanted:
+            return
+        held = self._held
+        if held is not None:
+            held.append(msg)
+            return
+        self.events += 1
+        try:
+            self._on_event(msg)
+        except Exception:
+            self.handler_errors += 1
+            log.exception("AMI event handler failed on %s event", name)
+
+    def _response(self, msg: Message) -> None:
+        if self.factory is None or not msg:
+            return
+        self.handle_message(PanoramiskMessage(msg))
+
+    def hold(self) -> None:
+        """Keep events back (a resync is under way)."""
+        if self._held is None:
+            self._held = []
+
+    def release(self) -> None:
+        """Hand over the events kept by `hold()`, in order, and stop holding."""
+        held, self._held = self._held, None
+        for msg in held or ():
+            self.events += 1
+            try:
+                self._on_event(msg)
+            except Exception:
+                self.handler_errors += 1
+                log.exception("AMI event handler failed on %s event", msg.get("Event"))
+
+    @property
+    def stats(self) -> FrameStats:
+        """The framing counters of this connection."""
+        return self.stream.stats

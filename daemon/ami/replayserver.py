@@ -1,0 +1,392 @@
+"""A small AMI server that replays a recorded trace over TCP (tests, demo, benchmarks).
+
+It speaks the part of the Asterisk Manager handshake the intake uses: the banner, Login
+(Success, or "Authentication failed" and a closed socket, as Asterisk does), Ping,
+CoreShowChannels (the channels the trace has opened and not hung up so far), Getvar,
+Redirect, Logoff. After a good Login it streams the trace's events, as fast as the
+socket takes them or paced by their `Timestamp:` headers. It can cut the connection at
+given byte offsets and, on the next connection, carries on from the next whole event
+(what a real Asterisk does: events in the gap are lost). The stream position survives
+reconnects, so one server plays one trace once across any number of connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from daemon.ami.frames import FrameParser, Message
+
+log = logging.getLogger(__name__)
+
+BANNER = b"Asterisk Call Manager/11.0.0\r\n"
+_TERM = b"\r\n\r\n"
+
+#: CoreShowChannel fields, as Asterisk 22 sends them, filled from the trace's events.
+_CHANNEL_FIELDS = (
+    "Channel",
+    "ChannelState",
+    "ChannelStateDesc",
+    "CallerIDNum",
+    "CallerIDName",
+    "ConnectedLineNum",
+    "ConnectedLineName",
+    "Language",
+    "AccountCode",
+    "Context",
+    "Exten",
+    "Priority",
+    "Uniqueid",
+    "Linkedid",
+)
+
+
+def trace_body(raw: bytes) -> bytes:
+    """The events of a recorded trace: without the banner and the recorder's own responses."""
+    if raw.startswith(b"Asterisk Call Manager/"):
+        raw = raw[raw.index(b"\r\n") + 2 :]
+    frames = raw.split(_TERM)
+    keep = [f for f in frames if not (f.startswith(b"Response: ") and b"ActionID: lab-" in f)]
+    return _TERM.join(keep)
+
+
+def encode(msg: dict[str, str]) -> bytes:
+    """One AMI message on the wire."""
+    return "".join(f"{k}: {v}\r\n" for k, v in msg.items()).encode() + b"\r\n"
+
+
+@dataclass
+class ServerStats:
+    """What the server saw, for tests to assert on."""
+
+    connections: int = 0
+    logins: int = 0
+    failed_logins: int = 0
+    pings: int = 0
+    pongs: int = 0
+    actions: list[str] = field(default_factory=list)
+    drops: int = 0
+
+
+class ReplayServer:
+    """Serve `body` (AMI event bytes, see `trace_body`) to whoever logs in.
+
+    `speed`: None streams as fast as the socket takes it; a number paces events by their
+    `Timestamp:` headers divided by it. `chunk`: bytes per write (None: 64 KiB).
+    `drop_at`: stream offsets at which to close the connection (each once).
+    `answer_ping`: set False to play a half-open link that swallows Pings.
+    `splits`: exact stream offsets to end writes at (to test read boundaries).
+    `fully_booted`: send a FullyBooted event after Login, as Asterisk does.
+    Clear `flowing` to pause the stream (a quiet PBX); set it to go on.
+    """
+
+    def __init__(
+        self,
+        body: bytes,
+        *,
+        username: str = "textback",
+        secret: str = "secret",
+        speed: float | None = None,
+        chunk: int | None = None,
+        drop_at: Iterable[int] = (),
+        answer_ping: bool = True,
+        stream: bool = True,
+        splits: Iterable[int] = (),
+        fully_booted: bool = True,
+    ) -> None:
+        self.body = body
+        self.username = username
+        self.secret = secret
+        self.speed = speed
+        self.chunk = chunk or 65536
+        self.drop_at = sorted(set(drop_at))
+        self.answer_ping = answer_ping
+        self.stream = stream
+        self.splits = sorted(set(splits))
+        self.fully_booted = fully_booted
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self.offset = 0
+        self.stats = ServerStats()
+        self.finished = asyncio.Event()
+        self.connected = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def from_trace(cls, path: Path | str, **kwargs: object) -> ReplayServer:
+        """A server for a recorded `.ami` file."""
+        return cls(trace_body(Path(path).read_bytes()), **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def port(self) -> int:
+        """The TCP port it listens on."""
+        assert self._server is not None
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Listen; return the port (0 picks a free one)."""
+        self._server = await asyncio.start_server(self._serve, host, port)
+        return self.port
+
+    async def close(self) -> None:
+        """Stop listening and close every connection."""
+        if self._server is not None:
+            self._server.close()
+        for w in list(self._writers):
+            w.close()
+        # closing the sockets ends every connection task; cancelling them instead makes
+        # asyncio's stream callback log a spurious CancelledError (Python 3.11)
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=2.0)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    def drop(self) -> None:
+        """Close every client connection now (the stream position is kept)."""
+        for w in list(self._writers):
+            self.stats.drops += 1
+            w.close()
+
+    # -- one connection ----------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.add(writer)
+        self.stats.connections += 1
+        self.connected.set()
+        conn = _Conn(writer)
+        streamer: asyncio.Task[None] | None = None
+        try:
+            writer.write(BANNER)
+            parser = FrameParser()
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                for msg in parser.feed(data):
+                    done, start = self._answer(conn, msg)
+                    if start and streamer is None and self.stream:
+                        streamer = asyncio.create_task(self._stream(conn))
+                    if done:
+                        await writer.drain()
+                        return
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            if streamer is not None:
+                streamer.cancel()
+                await asyncio.gather(streamer, return_exceptions=True)
+            self._writers.discard(writer)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            self._tasks.discard(task)
+
+    def _answer(self, conn: _Conn, msg: Message) -> tuple[bool, bool]:
+        """Answer one action; return (close the connection, start streaming)."""
+        action = msg.get("Action", "")
+        aid = msg.get("ActionID")
+        head = {"ActionID": aid} if aid is not None else {}
+        self.stats.actions.append(action)
+        name = action.lower()
+        if name == "login":
+            if msg.get("Username") == self.username and msg.get("Secret") == self.secret:
+                self.stats.logins += 1
+                conn.send(
+                    encode({"Response": "Success", **head, "Message": "Authentication accepted"})
+                )
+                conn.send(
+                    encode(
+                        {
+                            "Event": "FullyBooted",
+                            "Privilege": "system,all",
+                            "Status": "Fully Booted",
+                        }
+                    )
+                )
+                conn.logged_in = True
+                return False, True
+            self.stats.failed_logins += 1
+            conn.send(encode({"Response": "Error", **head, "Message": "Authentication failed"}))
+            return True, False
+        if not conn.logged_in:
+            conn.send(encode({"Response": "Error", **head, "Message": "Permission denied"}))
+            return False, False
+        if name == "ping":
+            self.stats.pings += 1
+            if self.answer_ping:
+                self.stats.pongs += 1
+                conn.send(
+                    encode(
+                        {
+                            "Response": "Success",
+                            **head,
+                            "Ping": "Pong",
+                            "Timestamp": f"{time.time():.6f}",
+                        }
+                    )
+                )
+        elif name == "coreshowchannels":
+            channels = self.channels_in_progress()
+            out = [
+                encode(
+                    {
+                        "Response": "Success",
+                        **head,
+                        "EventList": "start",
+                        "Message": "Channels will follow",
+                    }
+                )
+            ]
+            for ch in channels:
+                out.append(encode({"Event": "CoreShowChannel", **head, **ch}))
+            out.append(
+                encode(
+                    {
+                        "Event": "CoreShowChannelsComplete",
+                        **head,
+                        "EventList": "Complete",
+                        "ListItems": str(len(channels)),
+                    }
+                )
+            )
+            conn.send(b"".join(out))
+        elif name == "getvar":
+            conn.send(
+                encode(
+                    {
+                        "Response": "Success",
+                        **head,
+                        "Variable": msg.get("Variable", ""),
+                        "Value": "",
+                    }
+                )
+            )
+        elif name == "redirect":
+            conn.send(encode({"Response": "Success", **head, "Message": "Redirect successful"}))
+        elif name == "logoff":
+            conn.send(
+                encode({"Response": "Goodbye", **head, "Message": "Thanks for all the fish."})
+            )
+            return True, False
+        else:
+            conn.send(encode({"Response": "Error", **head, "Message": "Invalid/unknown command"}))
+        return False, False
+
+    def channels_in_progress(self) -> list[dict[str, str]]:
+        """Channels the stream so far has created and not hung up, newest state of each."""
+        seen: dict[str, dict[str, str]] = {}
+        for msg in FrameParser().feed(self.body[: self.offset] + _TERM):
+            uid = msg.get("Uniqueid")
+            if not uid or "Event" not in msg:
+                continue
+            if msg["Event"] == "Hangup":
+                seen.pop(uid, None)
+                continue
+            if msg["Event"] == "Newchannel" or uid in seen:
+                ch = seen.setdefault(uid, {})
+                ch.update({k: msg[k] for k in _CHANNEL_FIELDS if k in msg})
+        return [{k: ch.get(k, "") for k in _CHANNEL_FIELDS} for ch in seen.values()]
+
+    async def _stream(self, conn: _Conn) -> None:
+        body = self.body
+        # a new connection starts at a whole event: the rest of a cut one is lost
+        if self.offset and not body[: self.offset].endswith(_TERM):
+            nxt = body.find(_TERM, self.offset)
+            self.offset = len(body) if nxt < 0 else nxt + 4
+        started = time.monotonic()
+        first_ts: float | None = None
+        try:
+            splits = [s for s in self.splits if s > self.offset]
+            while self.offset < len(body):
+                if not self.flowing.is_set():
+                    await self.flowing.wait()
+                end = min(len(body), self.offset + self.chunk)
+                while splits and splits[0] <= self.offset:
+                    del splits[0]
+                if splits and splits[0] < end:
+                    end = splits[0]
+                if self.speed is not None:
+                    end = self._next_end(self.offset)
+                    when = self._timestamp(self.offset, end)
+                    if when is not None:
+                        if first_ts is None:
+                            first_ts = when
+                        delay = (when - first_ts) / self.speed - (time.monotonic() - started)
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+                if self.drop_at and self.drop_at[0] < end:
+                    end = max(self.offset, self.drop_at[0])
+                    del self.drop_at[0]
+                    conn.write(body[self.offset : end])
+                    self.offset = end
+                    await conn.writer.drain()
+                    self.stats.drops += 1
+                    conn.writer.close()
+                    return
+                conn.write(body[self.offset : end])
+                self.offset = end
+                conn.at_boundary = body[:end].endswith(_TERM)
+                if conn.at_boundary:
+                    conn.flush()
+                await conn.writer.drain()
+                if self.chunk < 65536 or splits:
+                    # let small writes leave as separate segments
+                    await asyncio.sleep(0)
+            self.finished.set()
+        except (ConnectionError, OSError):
+            pass
+
+    def _next_end(self, pos: int) -> int:
+        nxt = self.body.find(_TERM, pos)
+        return len(self.body) if nxt < 0 else nxt + 4
+
+    def _timestamp(self, start: int, end: int) -> float | None:
+        i = self.body.find(b"\r\nTimestamp: ", start, end)
+        if i < 0:
+            return None
+        j = self.body.find(b"\r\n", i + 13, end)
+        try:
+            return float(self.body[i + 13 : j])
+        except ValueError:
+            return None
+
+
+class _Conn:
+    """One client connection: writes answers only between events, as Asterisk does."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.logged_in = False
+        self.at_boundary = True
+        self._pending: list[bytes] = []
+
+    def send(self, data: bytes) -> None:
+        if self.at_boundary:
+            self.writer.write(data)
+        else:
+            self._pending.append(data)
+
+    def write(self, data: bytes) -> None:
+        self.at_boundary = False
+        self.writer.write(data)
+
+    def flush(self) -> None:
+        if self._pending:
+            self.writer.write(b"".join(self._pending))
+            self._pending.clear()
