@@ -276,8 +276,10 @@ class Store:
         lock_file: IO[bytes] | None,
         readonly: bool,
         tz: str,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
     ) -> None:
         self._db = db
+        self._busy_ms = busy_timeout_ms
         self.path = path
         self._lock_file = lock_file
         self.readonly = readonly
@@ -296,12 +298,14 @@ class Store:
         readonly: bool = False,
         lock: bool = True,
         tz: str = "UTC",
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
     ) -> Store:
         """Open (creating and migrating if needed) the database at `path`.
 
         `lock` takes the exclusive daemon lock (StoreLockedError if another holds it).
         `readonly` opens an existing database for reading only, with no lock, no migration.
         `tz` is the zone whose calendar days the counters and caps use.
+        `busy_timeout_ms` is how long to wait for another connection's write lock.
         """
         p = Path(path)
         if readonly:
@@ -310,7 +314,9 @@ class Store:
                 db = await aiosqlite.connect(f"file:{p}?mode=ro", uri=True, isolation_level=None)
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot open database {p}: {exc}") from exc
-            store = cls(db, p, lock_file=None, readonly=True, tz=tz)
+            store = cls(
+                db, p, lock_file=None, readonly=True, tz=tz, busy_timeout_ms=busy_timeout_ms
+            )
             try:
                 await store._setup_readonly()
             except BaseException:
@@ -324,7 +330,9 @@ class Store:
         except sqlite3.Error as exc:
             _release_lock(lock_file)
             raise StoreError(f"cannot open database {p}: {exc}") from exc
-        store = cls(db, p, lock_file=lock_file, readonly=False, tz=tz)
+        store = cls(
+            db, p, lock_file=lock_file, readonly=False, tz=tz, busy_timeout_ms=busy_timeout_ms
+        )
         try:
             await store._setup()
         except BaseException:
@@ -335,7 +343,7 @@ class Store:
     async def _setup(self) -> None:
         self._db.row_factory = sqlite3.Row
         try:
-            await self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await self._db.execute(f"PRAGMA busy_timeout = {int(self._busy_ms)}")
             await self._db.execute("PRAGMA journal_mode = WAL")
             # NORMAL is durable across process crashes in WAL mode; FULL adds power-cut safety
             # for the last transaction at the cost of an fsync per commit, worth it here.
@@ -348,7 +356,7 @@ class Store:
     async def _setup_readonly(self) -> None:
         self._db.row_factory = sqlite3.Row
         try:
-            await self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await self._db.execute(f"PRAGMA busy_timeout = {int(self._busy_ms)}")
             version = await self._scalar("PRAGMA user_version")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read database {self.path}: {exc}") from exc

@@ -1,0 +1,408 @@
+"""From a tracker event to a recorded decision and a queued text.
+
+For each finished call: record the call, join a pending text for the same destination if
+there is one (one text, not two), else ask the policy with facts from the store, record the
+decision and put a text in the outbox. A person answering a repeat call, or anyone in the
+office dialling the caller, cancels a text still in its wait step.
+
+The same object runs live (the outbox worker sends in the background) and in a dry-run
+replay on the trace's own ManualClock (`drive_outbox=True`: each event first processes what
+the outbox has due at that time; a recording fake sender stands in for the modem).
+
+A database that refuses a write (full disk, locked) never loses an event: it is kept in
+memory, in order, and retried with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from collections import Counter, OrderedDict, deque
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Protocol
+
+from daemon.clock import Clock
+from daemon.config import Config
+from daemon.logsetup import kv
+from daemon.model import (
+    MISSED_OUTCOMES,
+    FinishedCall,
+    InboundAnswered,
+    OutboundDialled,
+    Reason,
+    TrackerEvent,
+)
+from daemon.numbers import CallerKind, classify_caller
+from daemon.outbox import Outbox
+from daemon.store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+#: Per-call results kept in memory for replays and the demo (the store keeps everything).
+MAX_RESULTS = 10_000
+#: First and longest wait before retrying events the database refused.
+RETRY_FIRST = 1.0
+RETRY_MAX = 60.0
+
+
+class DecisionLike(Protocol):
+    """What the pipeline reads from policy.Decision."""
+
+    @property
+    def action(self) -> str: ...
+    @property
+    def reason(self) -> Reason: ...
+    @property
+    def destination(self) -> str | None: ...
+    @property
+    def template_kind(self) -> Any: ...
+    @property
+    def text(self) -> str | None: ...
+    @property
+    def parts(self) -> int: ...
+    @property
+    def encoding(self) -> str: ...
+    @property
+    def detail(self) -> str: ...
+
+
+class PolicyApi(Protocol):
+    """The pure policy module (daemon.policy), or a stand-in with the same shape."""
+
+    def PolicyFacts(self, **facts: Any) -> Any: ...
+    def destination_check(self, call: FinishedCall, cfg: Config) -> tuple[str | None, Any]: ...
+    def decide(self, call: FinishedCall, facts: Any, cfg: Config, now: float) -> DecisionLike: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CallReport:
+    """What became of one finished call: the decision and the state its text ends in."""
+
+    linkedid: str
+    call_id: int
+    decision: str  # "send" or "suppress"
+    reason: str
+    detail: str
+    text: str | None
+    message_id: int | None
+    merged: bool
+    #: sent, cancelled, merged, waiting, queued, failed, expired, uncertain; None: no text
+    message: str | None = None
+    #: why a text was cancelled (called_back, answered_on_retry) or failed
+    message_reason: str | None = None
+
+
+def _template_kind(value: Any) -> str | None:
+    if value is None:
+        return None
+    return str(getattr(value, "value", value))
+
+
+class Pipeline:
+    """Tracker events in; calls, decisions and texts out (into the store and outbox)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        outbox: Outbox,
+        clock: Clock,
+        *,
+        policy: PolicyApi | None = None,
+        drive_outbox: bool = False,
+    ) -> None:
+        self._cfg = cfg
+        self._store = store
+        self._outbox = outbox
+        self._clock = clock
+        # Imported lazily so the pipeline can be tested with a stand-in policy.
+        self._policy: PolicyApi = policy or importlib.import_module("daemon.policy")
+        self._drive_outbox = drive_outbox
+        self._backlog: deque[tuple[TrackerEvent, float]] = deque()
+        self._backlog_ready = asyncio.Event()
+        self._retry_delay = RETRY_FIRST
+        self._results: OrderedDict[str, CallReport] = OrderedDict()
+        self._tripped: set[str] = set()
+        #: In-memory counters (the database may be what is failing).
+        self.counts: Counter[str] = Counter()
+
+    # -- wiring ------------------------------------------------------------------------------
+
+    def reconfigure(self, cfg: Config) -> None:
+        """Use a new config from the next event on."""
+        self._cfg = cfg
+        self._outbox.reconfigure(cfg)
+
+    @property
+    def backlog(self) -> int:
+        """Events waiting for the database to take them."""
+        return len(self._backlog)
+
+    async def run(self) -> None:
+        """The background work: the outbox worker and retries of refused events."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._outbox.run(), name="outbox")
+            tg.create_task(self._retry_loop(), name="pipeline-retry")
+
+    async def _retry_loop(self) -> None:
+        while True:
+            await self._backlog_ready.wait()
+            await self._clock.sleep(self._retry_delay)
+            await self.retry_backlog()
+
+    # -- events --------------------------------------------------------------------------------
+
+    async def handle(self, event: TrackerEvent) -> None:
+        """Take one tracker event. Never raises for a database problem: keeps and retries."""
+        now = self._clock.now()
+        if self._drive_outbox:
+            await self.tick()
+        if self._backlog:
+            await self.retry_backlog()
+        if self._backlog:  # still refused: keep the order of events
+            self._defer(event, now, None)
+            return
+        try:
+            await self._apply(event, now)
+        except StoreError as exc:
+            self._defer(event, now, exc)
+
+    async def tick(self) -> None:
+        """Dry-run: let the outbox do what is due at the clock's time (sends go to the fake)."""
+        try:
+            await self._outbox.process_due()
+        except StoreError as exc:
+            self.counts["store_errors"] += 1
+            log.error(kv(event="store_error", during="outbox", error=exc))
+
+    async def retry_backlog(self) -> int:
+        """Try the refused events again, oldest first; returns how many landed."""
+        landed = 0
+        while self._backlog:
+            event, at = self._backlog[0]
+            try:
+                await self._apply(event, at)
+            except StoreError as exc:
+                self.counts["store_errors"] += 1
+                log.error(
+                    kv(
+                        event="store_error",
+                        during="retry",
+                        backlog=len(self._backlog),
+                        error=exc,
+                        retry_in=f"{self._retry_delay:g}s",
+                    )
+                )
+                self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+                return landed
+            self._backlog.popleft()
+            landed += 1
+        self._retry_delay = RETRY_FIRST
+        self._backlog_ready.clear()
+        if landed:
+            log.warning(kv(event="store_recovered", landed=landed))
+        return landed
+
+    def _defer(self, event: TrackerEvent, at: float, exc: StoreError | None) -> None:
+        self._backlog.append((event, at))
+        self._backlog_ready.set()
+        self.counts["deferred"] += 1
+        if exc is not None:
+            self.counts["store_errors"] += 1
+            log.error(
+                kv(
+                    event="store_error",
+                    during=type(event).__name__,
+                    backlog=len(self._backlog),
+                    error=exc,
+                    retry_in=f"{self._retry_delay:g}s",
+                )
+            )
+
+    async def _apply(self, event: TrackerEvent, now: float) -> None:
+        if isinstance(event, FinishedCall):
+            await self._finished(event, now)
+        elif isinstance(event, InboundAnswered):
+            await self._cancel(event.caller, Reason.ANSWERED_ON_RETRY, now, event.linkedid)
+        elif isinstance(event, OutboundDialled):
+            await self._cancel(event.number, Reason.CALLED_BACK, now, event.linkedid)
+
+    async def _finished(self, call: FinishedCall, now: float) -> None:
+        cfg = self._cfg
+        destination, _ = self._policy.destination_check(call, cfg)
+        missed = call.inbound and call.outcome in MISSED_OUTCOMES
+        async with self._store.transaction():
+            call_id = await self._store.record_call(call, destination=destination, now=now)
+            pending = None
+            if missed and destination is not None:
+                pending = await self._outbox.pending_for(destination)
+            if pending is not None:
+                await self._outbox.join(pending, call_id, now=now)
+                detail = f"merged into message {pending.id}"
+                await self._store.record_decision(
+                    call_id,
+                    action="send",
+                    reason=Reason.MISSED,
+                    destination=destination,
+                    template_kind=pending.template_kind,
+                    text=pending.text,
+                    detail=detail,
+                    now=now,
+                    message_id=pending.id,
+                    merged=True,
+                )
+                report = CallReport(
+                    call.linkedid,
+                    call_id,
+                    "send",
+                    Reason.MISSED,
+                    detail,
+                    pending.text,
+                    pending.id,
+                    merged=True,
+                )
+            else:
+                row = await self._store.policy_facts(destination, now, cfg)
+                facts = self._policy.PolicyFacts(**asdict(row))
+                decision = self._policy.decide(call, facts, cfg, now)
+                action, reason, detail = decision.action, decision.reason, decision.detail
+                mid = None
+                if action == "send":
+                    if decision.destination is None or not decision.text:
+                        # A policy bug must not become a text to nowhere; keep it visible.
+                        log.error(kv(event="policy_error", linkedid=call.linkedid, detail=detail))
+                        action, detail = "suppress", f"policy said send without text: {detail}"
+                    else:
+                        mid = await self._outbox.enqueue(
+                            destination=decision.destination,
+                            text=decision.text,
+                            template_kind=_template_kind(decision.template_kind),
+                            call_ids=[call_id],
+                            parts=decision.parts,
+                            encoding=decision.encoding,
+                            now=now,
+                        )
+                await self._store.record_decision(
+                    call_id,
+                    action=action,
+                    reason=reason,
+                    destination=decision.destination or destination,
+                    template_kind=_template_kind(decision.template_kind),
+                    text=decision.text,
+                    detail=detail,
+                    now=now,
+                    message_id=mid,
+                )
+                report = CallReport(
+                    call.linkedid,
+                    call_id,
+                    action,
+                    str(reason),
+                    detail,
+                    decision.text,
+                    mid,
+                    merged=False,
+                )
+                self._watch_guards(action, reason, detail, now)
+        self.counts[f"decision.{report.decision}.{report.reason}"] += 1
+        self._remember(report)
+        log.info(
+            kv(
+                event="call",
+                linkedid=call.linkedid,
+                caller=call.caller,
+                did=call.did,
+                outcome=call.outcome,
+                ring=f"{call.ring_seconds:.1f}s",
+                decision=report.decision,
+                reason=report.reason,
+                message=report.message_id,
+                detail=report.detail or None,
+            )
+        )
+
+    def _watch_guards(self, action: str, reason: str, detail: str, now: float) -> None:
+        """One loud line when a cap or the pumping guard trips, not one per call."""
+        if action == "send":
+            if self._tripped:
+                log.warning(kv(event="sending_resumed", was=",".join(sorted(self._tripped))))
+                self._tripped.clear()
+            return
+        pumping = "pumping" in detail.lower()
+        if reason != Reason.CAP_REACHED and not pumping:
+            return
+        key = "pumping" if pumping else (detail.split(maxsplit=1)[0] if detail else str(reason))
+        self.counts[f"guard.{key}"] += 1
+        if key in self._tripped:
+            log.debug(kv(event="sending_paused", guard=key, detail=detail))
+            return
+        self._tripped.add(key)
+        self.counts["guard_trips"] += 1
+        log.warning(
+            kv(
+                event="sending_paused",
+                guard=key,
+                detail=detail,
+                note="texts are suppressed until the cap window passes; see textback stats",
+            )
+        )
+
+    async def _cancel(self, number: str, reason: Reason, now: float, linkedid: str) -> None:
+        home = self._cfg.textback.home_region
+        candidates = [number]
+        # Office phones often dial an outside-line prefix (9 or 0) before the number.
+        if len(number) > 8 and number[:1] in ("9", "0"):
+            candidates.append(number[1:])
+        seen: set[str] = set()
+        for raw in candidates:
+            judged = classify_caller(raw, home_region=home)
+            if judged.kind is not CallerKind.VALID or judged.e164 is None:
+                continue
+            if judged.e164 in seen:
+                continue
+            seen.add(judged.e164)
+            ids = await self._outbox.cancel(judged.e164, str(reason), now=now)
+            if ids:
+                self.counts[f"cancelled.{reason}"] += len(ids)
+                log.info(
+                    kv(
+                        event="cancelled",
+                        destination=judged.e164,
+                        reason=reason,
+                        linkedid=linkedid,
+                        messages=",".join(str(i) for i in ids),
+                    )
+                )
+
+    # -- results -------------------------------------------------------------------------------
+
+    def _remember(self, report: CallReport) -> None:
+        self._results[report.linkedid] = report
+        self._results.move_to_end(report.linkedid)
+        while len(self._results) > MAX_RESULTS:
+            self._results.popitem(last=False)
+
+    async def report(self, linkedid: str) -> CallReport | None:
+        """What became of a call (decision, reason, text, and its text's state now)."""
+        r = self._results.get(linkedid)
+        if r is None:
+            return None
+        if r.message_id is None:
+            return r
+        if r.merged:
+            return replace(r, message="merged")
+        m = await self._store.get_message(r.message_id)
+        if m is None:
+            return r
+        why = m.reason if m.state in ("cancelled", "failed", "expired", "uncertain") else None
+        return replace(r, message=m.state, message_reason=why)
+
+    async def reports(self) -> list[CallReport]:
+        """Every remembered call's report, in the order the calls finished."""
+        out = []
+        for linkedid in list(self._results):
+            r = await self.report(linkedid)
+            if r is not None:
+                out.append(r)
+        return out
