@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 from daemon import cli
 from daemon.check import Severity, check_config, has_errors, validate
 from daemon.config import Config, ConfigError, format_duration, load_config, parse_duration
-from daemon.config_example import REGENERATE, all_key_docs, render_example, render_markdown
+from daemon.config_example import (
+    README_START,
+    REGENERATE,
+    all_key_docs,
+    render_example,
+    render_markdown,
+    update_readme,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "config" / "textback.toml"
@@ -100,7 +107,16 @@ def test_markdown_reference_names_every_key() -> None:
     for doc in all_key_docs():
         assert f"| `{doc.name}` |" in md
     assert "#### `[[lines]]`" in md
-    assert "secret, never logged" in md
+    assert "never logged" in md
+
+
+def test_readme_config_reference_is_current() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert README_START in readme, "README.md lost its config-reference markers"
+    assert update_readme(readme) == readme, (
+        "README.md's config reference is out of date: run "
+        "python -m daemon.config_example --readme README.md"
+    )
 
 
 # --- durations ---------------------------------------------------------------------------
