@@ -193,17 +193,20 @@ class TextbackConfig(_Section):
     )
 
 
+_SPANS = 'open spans "HH:MM-HH:MM" in the office time zone (up to "24:00"); [] closed all day'
+
+
 class HoursConfig(_Section):
     """[hours]: business hours, for the after-hours wording."""
 
     timezone: str = Field("America/New_York", description="IANA time zone of the office")
-    mon: list[str] = Field(default_factory=lambda: ["09:00-17:00"], description="open spans")
-    tue: list[str] = Field(default_factory=lambda: ["09:00-17:00"], description="open spans")
-    wed: list[str] = Field(default_factory=lambda: ["09:00-17:00"], description="open spans")
-    thu: list[str] = Field(default_factory=lambda: ["09:00-17:00"], description="open spans")
-    fri: list[str] = Field(default_factory=lambda: ["09:00-17:00"], description="open spans")
-    sat: list[str] = Field(default_factory=list, description="open spans")
-    sun: list[str] = Field(default_factory=list, description="open spans")
+    mon: list[str] = Field(default_factory=lambda: ["09:00-17:00"], description=_SPANS)
+    tue: list[str] = Field(default_factory=lambda: ["09:00-17:00"], description=_SPANS)
+    wed: list[str] = Field(default_factory=lambda: ["09:00-17:00"], description=_SPANS)
+    thu: list[str] = Field(default_factory=lambda: ["09:00-17:00"], description=_SPANS)
+    fri: list[str] = Field(default_factory=lambda: ["09:00-17:00"], description=_SPANS)
+    sat: list[str] = Field(default_factory=list, description=_SPANS)
+    sun: list[str] = Field(default_factory=list, description=_SPANS)
     holidays: list[str] = Field(default_factory=list, description="closed dates, YYYY-MM-DD")
 
 
