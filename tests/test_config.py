@@ -85,6 +85,8 @@ def test_every_key_is_documented_with_unit_and_default() -> None:
         if numeric:
             assert doc.unit, f"{doc.path}: add its unit to UNITS in daemon/config_example.py"
     assert text.count("Default:") == len(docs)
+    bare = re.findall(r"^[# ]*\w+ =$", text, re.M)
+    assert bare == [], f"give these keys an example value in daemon/config_example.py: {bare}"
 
 
 def test_commented_lines_example_is_valid(tmp_path: Path) -> None:
