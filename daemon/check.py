@@ -588,11 +588,33 @@ def check_config(path: Path | str | None) -> tuple[Config | None, list[Problem]]
 
     `textback run` calls this on SIGHUP and keeps the old config when `has_errors`.
     """
+    env = check_environment()
     try:
         cfg = load_config(path)
     except ConfigError as exc:
-        return None, problems_from_error(exc)
-    return cfg, validate(cfg)
+        return None, problems_from_error(exc) + env
+    return cfg, validate(cfg) + env
+
+
+def check_environment() -> list[Problem]:
+    """TEXTBACK_* variables naming no section: pydantic-settings ignores them silently."""
+    sections = [name for name, _, _ in section_models()]
+    out = []
+    for name in sorted(os.environ):
+        if not name.upper().startswith("TEXTBACK_"):
+            continue
+        section = name[len("TEXTBACK_") :].partition("__")[0].lower()
+        if section not in sections:
+            close = difflib.get_close_matches(section, sections, 1)
+            guess = f"did you mean TEXTBACK_{close[0].upper()}__...? " if close else ""
+            out.append(
+                _warn(
+                    f"(environment) {name}",
+                    "names no config section, so it is ignored",
+                    f"{guess}write TEXTBACK_<SECTION>__<KEY>; sections: " + ", ".join(sections),
+                )
+            )
+    return out
 
 
 # --- output ------------------------------------------------------------------------------
@@ -701,6 +723,7 @@ __all__ = [
     "Problem",
     "Severity",
     "check_config",
+    "check_environment",
     "check_template_fields",
     "has_errors",
     "main",

@@ -423,3 +423,13 @@ def test_check_config_for_reload(tmp_path: Path) -> None:
     cfg, problems = check_config(write(tmp_path, "[hours]\nmonday = []\n"))
     assert cfg is None
     assert [p.key for p in problems] == ["hours.monday"]
+
+
+def test_misspelt_environment_section_is_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TEXTBACK_CALS__RING_TIMEOUT", "15s")
+    rc, out = run_check(write(tmp_path, ""), capsys)
+    assert rc == 0
+    assert "WARNING (environment) TEXTBACK_CALS__RING_TIMEOUT: names no config section" in out
+    assert "did you mean TEXTBACK_CALLS__...?" in out
