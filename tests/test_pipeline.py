@@ -1,0 +1,250 @@
+"""The pipeline: tracker events to recorded decisions and texts, on a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.clock import ManualClock
+from daemon.config import Config
+from daemon.model import InboundAnswered, OutboundDialled, Outcome
+from daemon.outbox import Outbox
+from daemon.pipeline import Pipeline
+from daemon.store import Store
+from tests.outbox_fakes import NUMBERS, STAND_IN_POLICY, FakeSender, call, cfg
+
+T0 = 1_795_300_000.0
+
+
+class Rig:
+    """Store + outbox + pipeline + fake sender on one ManualClock."""
+
+    def __init__(self, store: Store, config: Config, *, drive: bool = True) -> None:
+        self.clock = ManualClock(T0)
+        self.store = store
+        self.sender = FakeSender(clock=self.clock)
+        self.outbox = Outbox(config, store, self.clock, self.sender)
+        self.pipeline = Pipeline(
+            config, store, self.outbox, self.clock, policy=STAND_IN_POLICY, drive_outbox=drive
+        )
+
+    async def at(self, t: float, event: Any) -> None:
+        self.clock.set(T0 + t)
+        await self.pipeline.handle(event)
+
+    async def finish(self, after: float = 3600.0) -> None:
+        self.clock.advance(after)
+        await self.pipeline.tick()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await Store.open(tmp_path / "tb.db")
+    yield s
+    await s.close()
+
+
+async def test_missed_call_is_recorded_queued_and_sent_after_the_wait(store: Store) -> None:
+    rig = Rig(store, cfg(delay="30s"))
+    c = call(NUMBERS[0], at=T0)
+    await rig.at(0, c)
+    r = await rig.pipeline.report(c.linkedid)
+    assert r is not None
+    assert (r.decision, r.reason, r.message) == ("send", "missed", "waiting")
+    assert r.text is not None
+    assert "our office" in r.text
+    await rig.at(29, OutboundDialled("x", "5550000", T0 + 29))  # unrelated number
+    assert rig.sender.sent == []
+    await rig.finish()
+    r = await rig.pipeline.report(c.linkedid)
+    assert r is not None
+    assert r.message == "sent"
+    assert rig.sender.sent == [(NUMBERS[0], r.text)]
+    hist = await store.history()
+    assert [(h.decision, h.reason, h.message) for h in hist] == [("send", "missed", "sent")]
+
+
+async def test_repeat_caller_in_the_wait_gets_one_text(store: Store) -> None:
+    rig = Rig(store, cfg(delay="30s"))
+    first, second = call(NUMBERS[0], at=T0), call(NUMBERS[0], at=T0 + 20)
+    await rig.at(0, first)
+    await rig.at(20, second)
+    await rig.finish()
+    a = await rig.pipeline.report(first.linkedid)
+    b = await rig.pipeline.report(second.linkedid)
+    assert a is not None
+    assert b is not None
+    assert (a.message, b.message) == ("sent", "merged")
+    assert a.message_id == b.message_id
+    assert len(rig.sender.sent) == 1
+    assert [h.message for h in await store.history()] == ["merged", "sent"]
+
+
+async def test_person_answering_a_repeat_call_cancels(store: Store) -> None:
+    rig = Rig(store, cfg(delay="30s"))
+    c = call("(202) 555-0101", at=T0)  # local format, home region US
+    await rig.at(0, c)
+    await rig.at(15, InboundAnswered("again", "2025550101", T0 + 15))
+    await rig.at(16, call(NUMBERS[0], at=T0 + 16, outcome=Outcome.ANSWERED))
+    await rig.finish()
+    r = await rig.pipeline.report(c.linkedid)
+    assert r is not None
+    assert (r.message, r.message_reason) == ("cancelled", "answered_on_retry")
+    assert rig.sender.sent == []
+    hist = await store.history()
+    assert [(h.outcome, h.reason, h.message) for h in hist] == [
+        ("answered", "answered", None),
+        ("no_answer", "missed", "cancelled"),
+    ]
+    assert hist[1].message_reason == "answered_on_retry"
+
+
+@pytest.mark.parametrize("dialled", ["+12025550101", "2025550101", "92025550101", "912025550101"])
+async def test_office_calling_back_cancels(store: Store, dialled: str) -> None:
+    rig = Rig(store, cfg(delay="30s"))
+    c = call(NUMBERS[0], at=T0)
+    await rig.at(0, c)
+    await rig.at(10, OutboundDialled("cb", dialled, T0 + 10))
+    await rig.finish()
+    r = await rig.pipeline.report(c.linkedid)
+    assert r is not None
+    assert (r.message, r.message_reason) == ("cancelled", "called_back")
+    assert rig.sender.sent == []
+    assert rig.pipeline.counts["cancelled.called_back"] == 1
+
+
+async def test_calling_back_after_the_text_went_changes_nothing(store: Store) -> None:
+    rig = Rig(store, cfg(delay="30s"))
+    c = call(NUMBERS[0], at=T0)
+    await rig.at(0, c)
+    await rig.at(31, OutboundDialled("cb", NUMBERS[0], T0 + 31))
+    r = await rig.pipeline.report(c.linkedid)
+    assert r is not None
+    assert r.message == "sent"
+
+
+async def test_suppressed_calls_have_one_reason_and_no_text(store: Store) -> None:
+    rig = Rig(store, cfg(delay="0s"))
+    calls = [
+        call(NUMBERS[0], outcome=Outcome.ANSWERED),
+        call(NUMBERS[1], outcome=Outcome.SHORT_ABANDON),
+        call("anonymous", withheld=True),
+        call("1-800-FLOWERS"),
+        call(NUMBERS[2], inbound=False, outcome=Outcome.NOT_INBOUND),
+    ]
+    for i, c in enumerate(calls):
+        await rig.at(i, c)
+    await rig.finish()
+    reasons = []
+    for c in calls:
+        r = await rig.pipeline.report(c.linkedid)
+        assert r is not None
+        assert r.decision == "suppress"
+        assert r.message is None
+        reasons.append(r.reason)
+    assert reasons == ["answered", "short_abandon", "anonymous", "invalid_number", "not_inbound"]
+    assert rig.sender.sent == []
+    stats = await store.stats(T0 + 3600, 1)
+    assert stats.suppressed == dict.fromkeys(reasons, 1)
+
+
+async def test_cooldown_after_a_sent_text(store: Store) -> None:
+    rig = Rig(store, cfg(delay="30s", cooldown="1h"))
+    first = call(NUMBERS[0], at=T0)
+    await rig.at(0, first)
+    await rig.at(100, later := call(NUMBERS[0], at=T0 + 100))
+    await rig.at(3700, again := call(NUMBERS[0], at=T0 + 3700))
+    await rig.finish()
+    got = [await rig.pipeline.report(c.linkedid) for c in (first, later, again)]
+    assert [(g.reason, g.message) for g in got if g] == [
+        ("missed", "sent"),
+        ("cooldown", None),
+        ("missed", "sent"),
+    ]
+    assert len(rig.sender.sent) == 2
+
+
+async def test_a_cap_trip_is_one_loud_line_not_one_per_call(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = Rig(store, cfg(delay="0s", max_per_hour=1, pumping_max_per_range=0))
+    with caplog.at_level(logging.INFO, logger="daemon.pipeline"):
+        for i, n in enumerate(NUMBERS):
+            await rig.at(i, call(n, at=T0 + i))
+    await rig.finish(10)
+    assert len(rig.sender.sent) == 1
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(loud) == 1
+    assert "sending_paused" in loud[0].message
+    assert "max_per_hour" in loud[0].message
+    assert rig.pipeline.counts["guard.max_per_hour"] == len(NUMBERS) - 1
+    assert rig.pipeline.counts["decision.suppress.cap_reached"] == len(NUMBERS) - 1
+    # One line per finished call, with outcome, decision and reason.
+    per_call = [r.message for r in caplog.records if r.message.startswith("event=call ")]
+    assert len(per_call) == len(NUMBERS)
+    assert all("outcome=no_answer" in m and "reason=" in m for m in per_call)
+
+
+async def test_full_disk_keeps_every_call_and_lands_it_later(store: Store) -> None:
+    rig = Rig(store, cfg(delay="30s", max_per_hour=0, max_per_day=0, pumping_max_per_range=0))
+    db = store.connection
+    async with db.execute("PRAGMA page_count") as cur:
+        pages = (await cur.fetchone())[0]  # type: ignore[index]
+    await db.execute(f"PRAGMA max_page_count = {pages}")
+    handed = []
+    t = 0
+    while rig.pipeline.backlog < 3:  # until the disk has refused three calls
+        n = f"+120255501{t % 100:02d}"  # test numbers +1 202 555 0100..0199
+        c = call(n, at=T0 + t)
+        handed.append(c)
+        await rig.at(t, c)  # never raises
+        t += 1
+        assert t < 5000
+    assert rig.pipeline.counts["store_errors"] >= 1
+    before = len(await store.history(limit=100_000))
+    assert before == len(handed) - 3
+    await db.execute("PRAGMA max_page_count = 1073741823")
+    assert await rig.pipeline.retry_backlog() == 3
+    assert rig.pipeline.backlog == 0
+    rows = await store.history(limit=100_000)
+    assert len(rows) == len(handed)
+    assert all(r.decision is not None for r in rows)
+    await rig.finish()
+    for c in handed:
+        r = await rig.pipeline.report(c.linkedid)
+        assert r is not None
+        assert r.message in ("sent", "merged") or r.reason == "cooldown"
+
+
+async def test_reconfigure_takes_effect_on_the_next_call(store: Store) -> None:
+    rig = Rig(store, cfg(delay="0s"))
+    rig.pipeline.reconfigure(cfg(delay="0s", enabled=False))
+    c = call(NUMBERS[0])
+    await rig.at(0, c)
+    r = await rig.pipeline.report(c.linkedid)
+    assert r is not None
+    assert (r.decision, r.reason) == ("suppress", "disabled")
+
+
+async def test_live_mode_sends_from_the_background_worker(store: Store) -> None:
+    rig = Rig(store, cfg(delay="30s"), drive=False)
+    runner = asyncio.create_task(rig.pipeline.run())
+    try:
+        c = call(NUMBERS[0], at=T0)
+        await rig.pipeline.handle(c)
+        await rig.outbox.settle()
+        assert rig.sender.sent == []
+        rig.clock.advance(30)
+        await rig.outbox.settle()
+        r = await rig.pipeline.report(c.linkedid)
+        assert r is not None
+        assert r.message == "sent"
+    finally:
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
