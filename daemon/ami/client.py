@@ -75,6 +75,8 @@ class AmiCounters:
     connect_failures: int = 0
     login_failures: int = 0
     losses: int = 0
+    pings: int = 0
+    pongs: int = 0
     ping_timeouts: int = 0
     gaps: int = 0
     gap_seconds: float = 0.0
@@ -140,6 +142,7 @@ class AmiClient:
         self._failing = False
         self._last_rx = 0.0
         self._lost_at: float | None = None
+        self._resync_from: float | None = None
         self._counters = AmiCounters()
         self.gaps: deque[tuple[float, float]] = deque(maxlen=GAPS_KEPT)
         self.banner: str | None = None
@@ -285,7 +288,20 @@ class AmiClient:
 
     async def _resync(self, protocol: AmiProtocol) -> None:
         now = self._clock.now()
-        gap_from = self._lost_at if self._lost_at is not None else now
+        if self._lost_at is not None:
+            # the gap is over at login: events flow again from here
+            gap_from, self._lost_at = self._lost_at, None
+            if self._resync_from is None:
+                self._resync_from = gap_from
+            self._counters.gaps += 1
+            self._counters.gap_seconds += max(0.0, now - gap_from)
+            self.gaps.append((gap_from, now))
+            log.warning(
+                "AMI gap from %.3f to %.3f (%.1f s): events in it are lost, resyncing",
+                gap_from,
+                now,
+                now - gap_from,
+            )
         channels: list[Message] = []
         try:
             answer = await self._request({"Action": "CoreShowChannels"}, None)
@@ -301,18 +317,10 @@ class AmiClient:
                 )
             channels = [m for m in answer if m.get("Event") == "CoreShowChannel"]
         self._counters.resyncs += 1
-        if self._lost_at is not None:
-            self._counters.gaps += 1
-            self._counters.gap_seconds += max(0.0, now - gap_from)
-            self.gaps.append((gap_from, now))
-            log.warning(
-                "AMI gap from %.3f to %.3f (%.1f s): events may be lost; %d channel(s) in progress",
-                gap_from,
-                now,
-                now - gap_from,
-                len(channels),
-            )
-            self._lost_at = None
+        # a connection lost before its resync finished: the next resync covers both gaps
+        gap_from = self._resync_from if self._resync_from is not None else now
+        self._resync_from = None
+        log.info("AMI resync: %d channel(s) in progress", len(channels))
         if self._on_resync is not None:
             try:
                 self._on_resync(channels, gap_from, now)
@@ -325,8 +333,10 @@ class AmiClient:
         cfg = self._cfg
         while True:
             await self._race(self._clock.sleep(cfg.keepalive), "idle")
+            self._counters.pings += 1
             try:
                 await self._request({"Action": "Ping"}, cfg.ping_timeout)
+                self._counters.pongs += 1
             except AmiTimeout:
                 self._counters.ping_timeouts += 1
                 raise AmiConnectionLost(
@@ -472,9 +482,11 @@ class AmiClient:
         """Wait for `aw` (a backoff sleep) unless close() comes first; True if closing."""
         main = asyncio.ensure_future(aw)
         stop = asyncio.ensure_future(self._stop.wait())
-        await asyncio.wait({main, stop}, return_when=asyncio.FIRST_COMPLETED)
-        for w in (main, stop):
-            if not w.done():
-                w.cancel()
-        await asyncio.gather(main, stop, return_exceptions=True)
+        try:
+            await asyncio.wait({main, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in (main, stop):
+                if not w.done():
+                    w.cancel()
+            await asyncio.gather(main, stop, return_exceptions=True)
         return self._closing

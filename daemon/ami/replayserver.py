@@ -210,15 +210,9 @@ class ReplayServer:
                 conn.send(
                     encode({"Response": "Success", **head, "Message": "Authentication accepted"})
                 )
-                conn.send(
-                    encode(
-                        {
-                            "Event": "FullyBooted",
-                            "Privilege": "system,all",
-                            "Status": "Fully Booted",
-                        }
-                    )
-                )
+                if self.fully_booted:
+                    booted = {"Event": "FullyBooted", "Privilege": "system,all"}
+                    conn.send(encode({**booted, "Status": "Fully Booted"}))
                 conn.logged_in = True
                 return False, True
             self.stats.failed_logins += 1
@@ -330,7 +324,7 @@ class ReplayServer:
                         delay = (when - first_ts) / self.speed - (time.monotonic() - started)
                         if delay > 0:
                             await asyncio.sleep(delay)
-                if self.drop_at and self.drop_at[0] < end:
+                if self.drop_at and self.drop_at[0] <= end:
                     end = max(self.offset, self.drop_at[0])
                     del self.drop_at[0]
                     conn.write(body[self.offset : end])
