@@ -102,7 +102,8 @@ async def test_drop_mid_call_reconnects_resyncs_and_records_the_gap(
         await until(lambda: len(r.events) >= len(expected), what="the rest")
         assert r.events == expected
     text = caplog.text
-    assert "AMI connected to 127.0.0.1:" in text and " as textback" in text
+    assert "AMI connected to 127.0.0.1:" in text
+    assert " as textback" in text
     assert "lost: closed by the server" in text
     assert "AMI gap from" in text
     assert SECRET not in text
@@ -181,7 +182,8 @@ async def test_half_open_link_detected_within_ping_timeout(
         await until(lambda: server.stats.pings == 1, what="ping sent")
         r.clock.advance(9.9)
         await settle()
-        assert r.client.connected and r.client.counters.losses == 0
+        assert r.client.connected
+        assert r.client.counters.losses == 0
         r.clock.advance(0.1)
         await until(lambda: r.client.counters.losses == 1, what="loss detected")
         assert r.client.counters.ping_timeouts == 1
@@ -202,7 +204,8 @@ async def test_answered_pings_keep_the_connection() -> None:
         assert server.stats.pongs == 3
         await settle()
         assert r.client.connected
-        assert r.client.counters.losses == 0 and r.client.counters.ping_timeouts == 0
+        assert r.client.counters.losses == 0
+        assert r.client.counters.ping_timeouts == 0
 
 
 async def test_actions_answered_and_refused_when_offline() -> None:
