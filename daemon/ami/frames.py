@@ -12,7 +12,13 @@ and a dict.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+#: The first few problems of each kind are logged as warnings, the rest at debug level.
+LOUD_REPORTS = 5
 
 #: A message longer than this is dropped whole (and counted): memory stays bounded.
 MAX_FRAME_BYTES = 256 * 1024
@@ -68,11 +74,11 @@ def _parse_careful(text: str, stats: FrameStats | None) -> Message:
             key, sep, value = line.partition(":")
             if not sep or not key:
                 if line and stats is not None:
-                    stats.malformed_lines += 1
+                    _bad_line(stats, line)
                 continue
         if not key:
             if stats is not None:
-                stats.malformed_lines += 1
+                _bad_line(stats, line)
             continue
         if key in _VAR_HEADERS:
             name, _, val = value.partition("=")
@@ -80,6 +86,17 @@ def _parse_careful(text: str, stats: FrameStats | None) -> Message:
         else:
             msg[key] = value
     return msg
+
+
+def _bad_line(stats: FrameStats, line: str) -> None:
+    stats.malformed_lines += 1
+    level = logging.WARNING if stats.malformed_lines <= LOUD_REPORTS else logging.DEBUG
+    log.log(
+        level,
+        "AMI line without 'Key: value' skipped (%d so far): %.80r",
+        stats.malformed_lines,
+        line,
+    )
 
 
 class FrameParser:
@@ -166,12 +183,16 @@ class FrameParser:
                                 stats.skipped += 1
                                 continue
                 if len(raw) > limit:
-                    stats.oversized += 1
+                    self._oversized(len(raw))
                     continue
                 try:
                     text = raw.decode("utf-8")
-                except UnicodeDecodeError:
+                except UnicodeDecodeError as exc:
                     stats.decode_errors += 1
+                    level = (
+                        logging.WARNING if stats.decode_errors <= LOUD_REPORTS else logging.DEBUG
+                    )
+                    log.log(level, "AMI message is not UTF-8 (%s); kept with U+FFFD", exc.reason)
                     text = raw.decode("utf-8", "replace")
                 if text.startswith("\r\n"):
                     text = text.lstrip("\r\n")
@@ -184,7 +205,7 @@ class FrameParser:
         if len(rest) > self._max:
             # keep the last 3 bytes: the terminator may be split across reads
             if not self._discarding:
-                self.stats.oversized += 1
+                self._oversized(len(rest))
             self._discarding = True
             rest = rest[-3:]
         self._buf = rest
@@ -194,3 +215,8 @@ class FrameParser:
     def buffered(self) -> int:
         """Bytes held waiting for the end of a message."""
         return len(self._buf)
+
+    def _oversized(self, size: int) -> None:
+        self.stats.oversized += 1
+        level = logging.WARNING if self.stats.oversized <= LOUD_REPORTS else logging.DEBUG
+        log.log(level, "AMI message over %d bytes (%d+) dropped", self._max, size)
