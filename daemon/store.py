@@ -280,6 +280,7 @@ class Store:
     ) -> None:
         self._db = db
         self._busy_ms = busy_timeout_ms
+        self._durable = True
         self.path = path
         self._lock_file = lock_file
         self.readonly = readonly
@@ -299,6 +300,7 @@ class Store:
         lock: bool = True,
         tz: str = "UTC",
         busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+        durable: bool = True,
     ) -> Store:
         """Open (creating and migrating if needed) the database at `path`.
 
@@ -306,6 +308,7 @@ class Store:
         `readonly` opens an existing database for reading only, with no lock, no migration.
         `tz` is the zone whose calendar days the counters and caps use.
         `busy_timeout_ms` is how long to wait for another connection's write lock.
+        `durable=False` skips fsync (synchronous=OFF): only for tests and dry runs.
         """
         p = Path(path)
         if readonly:
@@ -333,6 +336,7 @@ class Store:
         store = cls(
             db, p, lock_file=lock_file, readonly=False, tz=tz, busy_timeout_ms=busy_timeout_ms
         )
+        store._durable = durable
         try:
             await store._setup()
         except BaseException:
@@ -347,7 +351,8 @@ class Store:
             await self._db.execute("PRAGMA journal_mode = WAL")
             # NORMAL is durable across process crashes in WAL mode; FULL adds power-cut safety
             # for the last transaction at the cost of an fsync per commit, worth it here.
-            await self._db.execute("PRAGMA synchronous = FULL")
+            sync = "FULL" if self._durable else "OFF"
+            await self._db.execute(f"PRAGMA synchronous = {sync}")
             await self._db.execute("PRAGMA foreign_keys = ON")
             await self._migrate()
         except sqlite3.Error as exc:
