@@ -283,19 +283,47 @@ class ReplayServer:
         return False, False
 
     def channels_in_progress(self) -> list[dict[str, str]]:
-        """Channels the stream so far has created and not hung up, newest state of each."""
+        """Channels the stream so far has created and not hung up, as CoreShowChannel says.
+
+        Built from the events already sent: each channel's latest state, its current
+        dialplan application, its bridge, and how long it has existed.
+        """
         seen: dict[str, dict[str, str]] = {}
-        for msg in FrameParser().feed(self.body[: self.offset] + _TERM):
+        born: dict[str, float] = {}
+        last = 0.0
+        sent = self.body[: self.body.rfind(_TERM, 0, self.offset) + 4]  # whole events only
+        for msg in FrameParser().feed(sent):
             uid = msg.get("Uniqueid")
-            if not uid or "Event" not in msg:
+            event = msg.get("Event")
+            with contextlib.suppress(ValueError):
+                last = float(msg.get("Timestamp", "")) if "Timestamp" in msg else last
+            if not uid or not event:
                 continue
-            if msg["Event"] == "Hangup":
+            if event == "Hangup":
                 seen.pop(uid, None)
                 continue
-            if msg["Event"] == "Newchannel" or uid in seen:
-                ch = seen.setdefault(uid, {})
-                ch.update({k: msg[k] for k in _CHANNEL_FIELDS if k in msg})
-        return [{k: ch.get(k, "") for k in _CHANNEL_FIELDS} for ch in seen.values()]
+            if event != "Newchannel" and uid not in seen:
+                continue
+            ch = seen.setdefault(uid, {})
+            born.setdefault(uid, last)
+            ch.update({k: msg[k] for k in _CHANNEL_FIELDS if k in msg})
+            if event == "Newexten":
+                ch["Application"] = msg.get("Application", "")
+                ch["ApplicationData"] = msg.get("AppData", "")
+            elif event == "BridgeEnter":
+                ch["BridgeId"] = msg.get("BridgeUniqueid", "")
+            elif event == "BridgeLeave":
+                ch["BridgeId"] = ""
+        out = []
+        for uid, ch in seen.items():
+            row = {k: ch.get(k, "") for k in _CHANNEL_FIELDS}
+            secs = max(0, int(last - born[uid]))
+            row["Application"] = ch.get("Application", "")
+            row["ApplicationData"] = ch.get("ApplicationData", "")
+            row["Duration"] = f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}"
+            row["BridgeId"] = ch.get("BridgeId", "")
+            out.append(row)
+        return out
 
     async def _stream(self, conn: _Conn) -> None:
         body = self.body
