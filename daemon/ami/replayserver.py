@@ -291,7 +291,8 @@ class ReplayServer:
         seen: dict[str, dict[str, str]] = {}
         born: dict[str, float] = {}
         last = 0.0
-        sent = self.body[: self.body.rfind(_TERM, 0, self.offset) + 4]  # whole events only
+        cut = self.body.rfind(_TERM, 0, self.offset)
+        sent = self.body[: cut + 4] if cut >= 0 else b""  # whole events only
         for msg in FrameParser().feed(sent):
             uid = msg.get("Uniqueid")
             event = msg.get("Event")
