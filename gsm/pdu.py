@@ -96,6 +96,13 @@ _NUMBER_RE = re.compile(r"\+?[0-9]{1,20}")
 _HEX_RE = re.compile(r"(?:[0-9A-Fa-f]{2})+")
 # TS 23.040 9.1.2.3: semi-octet values 0xA..0xE stand for these characters.
 _SEMI_OCTET_CHARS = "0123456789*#abc"
+# Time stamps carry two year digits. SMS began in the 1990s, so 90-99 are 1990-1999
+# (the classic 23.040 examples are dated 1999) and 00-89 are 2000-2089.
+_FIRST_YEAR = 1990
+
+
+def _century_year(yy: int) -> int:
+    return 1900 + yy if yy >= _FIRST_YEAR % 100 else 2000 + yy
 
 
 class PduError(ValueError):
@@ -301,8 +308,8 @@ def _encode_timestamp(when: datetime, what: str) -> bytes:
     offset = when.utcoffset()
     if offset is None:
         raise ValueError(f"{what} must be timezone-aware: {when!r}")
-    if not 2000 <= when.year <= 2099:
-        raise ValueError(f"{what} year must be 2000-2099: {when!r}")
+    if not _FIRST_YEAR <= when.year < _FIRST_YEAR + 100:
+        raise ValueError(f"{what} year must be {_FIRST_YEAR}-{_FIRST_YEAR + 99}: {when!r}")
     minutes, rest = divmod(offset, timedelta(minutes=15))
     if rest:
         raise ValueError(f"{what} UTC offset must be whole quarter hours: {offset}")
@@ -581,7 +588,7 @@ def _read_timestamp(reader: _Reader, what: str) -> datetime:
     year, month, day, hour, minute, second = values
     try:
         return datetime(
-            2000 + year,
+            _century_year(year),
             month,
             day,
             hour,
