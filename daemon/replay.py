@@ -1,0 +1,196 @@
+"""`textback replay TRACE`: a recorded AMI byte stream through the live decoding code and
+the tracker, with a basic text-back verdict per finished call. Nothing is sent.
+
+The bytes go through `daemon.ami.stream.AmiStream` in reads of `--chunk` bytes, exactly as
+the live intake feeds it from TCP, so a replay shows what the daemon would have seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import phonenumbers
+
+from daemon.ami.stream import AmiStream
+from daemon.clock import SystemClock
+from daemon.config import Config, ConfigError, load_config, parse_duration
+from daemon.model import MISSED_OUTCOMES, FinishedCall, Outcome, Reason
+from daemon.numbers import CallerKind, classify_caller
+from daemon.tracker import WANTED_EVENTS, WANTED_VARS, CallTracker
+
+#: Number types that are never an SMS destination whatever the config says: texting them
+#: costs money or reaches a service, not a person (the SMS-pumping targets of DESIGN.md).
+NEVER_TEXTED_TYPES = frozenset(
+    {"premium_rate", "shared_cost", "toll_free", "uan", "voicemail", "pager", "unknown"}
+)
+
+
+def basic_decision(call: FinishedCall, cfg: Config) -> tuple[str, str]:
+    """Send or suppress, with one reason word, from the call alone (no history, no caps).
+
+    Order: the outcome (answered, not_inbound, short_abandon), then the caller (withheld
+    or anonymous, invalid), then the destination (country, then number type). A number
+    type that is never a text destination (premium rate, shared cost, toll free ...) is
+    `destination_not_allowed`, like a foreign number: it is an SMS-pumping target, not a
+    caller to serve. A real subscriber line the config does not allow (fixed line, VoIP,
+    with the default `allowed_number_types`) is `not_mobile`: it cannot take the text.
+    The full policy (daemon.policy) replaces this function in the daemon.
+    """
+    outcome = call.outcome
+    if outcome is Outcome.NOT_INBOUND:
+        return "suppress", Reason.NOT_INBOUND.value
+    if outcome is Outcome.ANSWERED:
+        return "suppress", Reason.ANSWERED.value
+    if outcome is Outcome.SHORT_ABANDON:
+        return "suppress", Reason.SHORT_ABANDON.value
+    if outcome not in MISSED_OUTCOMES:  # pragma: no cover - every outcome is listed
+        return "suppress", outcome.value
+    home = cfg.textback.home_region.upper()
+    number = classify_caller(call.caller, home_region=home, withheld=call.withheld)
+    if number.kind is CallerKind.ANONYMOUS:
+        return "suppress", Reason.ANONYMOUS.value
+    if number.kind is CallerKind.INVALID:
+        return "suppress", Reason.INVALID_NUMBER.value
+    allowed = {c.upper() for c in cfg.textback.allowed_countries} or {home}
+    if number.region not in allowed:
+        return "suppress", Reason.DESTINATION_NOT_ALLOWED.value
+    ntype = number.number_type or "unknown"
+    if ntype in NEVER_TEXTED_TYPES:
+        return "suppress", Reason.DESTINATION_NOT_ALLOWED.value
+    if ntype not in cfg.textback.allowed_number_types:
+        return "suppress", Reason.NOT_MOBILE.value
+    return "send", Reason.MISSED.value
+
+
+def call_record(call: FinishedCall, cfg: Config) -> dict[str, Any]:
+    """The replay's view of one finished call, with its verdict."""
+    decision, reason = basic_decision(call, cfg)
+    return {
+        "linkedid": call.linkedid,
+        "caller": call.caller,
+        "caller_name": call.caller_name,
+        "did": call.did,
+        "outcome": call.outcome.value,
+        "ring_seconds": round(call.ring_seconds, 1),
+        "voicemail_left": call.voicemail_left,
+        "decision": decision,
+        "reason": reason,
+        "withheld": call.withheld,
+        "dialled": call.dialled,
+    }
+
+
+def replay_bytes(
+    chunks: Any, cfg: Config, *, tracker: CallTracker | None = None
+) -> tuple[list[FinishedCall], CallTracker, AmiStream]:
+    """Feed byte chunks through AmiStream and a tracker; return the finished calls."""
+    trk = tracker if tracker is not None else CallTracker(cfg, SystemClock())
+    finished: list[FinishedCall] = []
+
+    def on_event(msg: dict[str, str]) -> None:
+        for ev in trk.feed(msg):
+            if isinstance(ev, FinishedCall):
+                finished.append(ev)
+
+    stream = AmiStream(on_event, wanted=WANTED_EVENTS, wanted_vars=WANTED_VARS)
+    for chunk in chunks:
+        stream.feed(chunk)
+    return finished, trk, stream
+
+
+def _read_chunks(path: Path, size: int) -> Any:
+    with path.open("rb") as fh:
+        while chunk := fh.read(size):
+            yield chunk
+
+
+def _load(args: argparse.Namespace) -> Config:
+    cfg = load_config(args.config)
+    textback = cfg.textback
+    calls = cfg.calls
+    if args.region:
+        region = args.region.strip().upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"--region {args.region!r} is not a known ISO country code")
+        textback = textback.model_copy(update={"home_region": region})
+    if args.ring_timeout:
+        try:
+            seconds = parse_duration(args.ring_timeout)
+        except ValueError as exc:
+            raise ValueError(f"--ring-timeout: {exc}") from exc
+        calls = calls.model_copy(update={"ring_timeout": seconds})
+    return cfg.model_copy(update={"textback": textback, "calls": calls})
+
+
+def _show(value: object) -> str:
+    """A value for the human line: caller data is untrusted, so control bytes are escaped."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    text = str(value)
+    if text and text.isprintable() and not any(c in text for c in ' "='):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+_HUMAN_KEYS = (
+    "linkedid",
+    "caller",
+    "caller_name",
+    "did",
+    "outcome",
+    "ring_seconds",
+    "voicemail_left",
+    "decision",
+    "reason",
+)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of `textback replay`."""
+    if args.chunk <= 0:
+        print("textback replay: --chunk must be a positive number of bytes", file=sys.stderr)
+        return 2
+    try:
+        cfg = _load(args)
+    except ConfigError as exc:
+        print(f"textback replay: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"textback replay: {exc}", file=sys.stderr)
+        return 1
+    path = Path(args.trace)
+    try:
+        finished, tracker, stream = replay_bytes(_read_chunks(path, args.chunk), cfg)
+    except OSError as exc:
+        print(f"textback replay: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    records = [call_record(call, cfg) for call in finished]
+    if args.json:
+        for rec in records:
+            print(json.dumps(rec, ensure_ascii=False))
+    else:
+        rows = [[f"{k}={_show(rec[k])}" for k in _HUMAN_KEYS] for rec in records]
+        widths = [max((len(r[i]) for r in rows), default=0) for i in range(len(_HUMAN_KEYS))]
+        for row in rows:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    outcomes = Counter(rec["outcome"] for rec in records)
+    sends = sum(1 for rec in records if rec["decision"] == "send")
+    fs = stream.stats
+    summary = (
+        f"{len(records)} calls, {sends} to text; "
+        + ", ".join(f"{k}={v}" for k, v in sorted(outcomes.items()))
+        + f"; frames={fs.frames} skipped={fs.skipped} malformed={fs.malformed}"
+        + f" unknown_channel={tracker.stats.unknown_channel}"
+        + f" missing_ids={tracker.stats.missing_ids}"
+    )
+    if tracker.active:
+        summary += f"; {tracker.active} call(s) still in progress at the end of the trace"
+    print(summary, file=sys.stderr)
+    return 0

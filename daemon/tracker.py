@@ -1,0 +1,737 @@
+"""The call tracker: AMI events in, one finished call (one outcome word) per Linkedid out.
+
+A call is everything that shares a Linkedid: the caller's channel (its Uniqueid equals the
+Linkedid), the extension legs a Dial or a Queue rings, Local channels of ring groups and
+follow-me, and outside legs of forwards. The call is finished when its last channel hangs
+up, so exactly one `FinishedCall` comes out however many legs rang.
+
+The tracker sits on the hot path, after `AmiStream` has dropped the events it never reads
+(`WANTED_EVENTS`, `WANTED_VARS`). Per event it does one dict dispatch on the event name,
+one dict lookup for the call, and a few slot writes: no regexes, no logging at INFO.
+
+Time comes from each event's own `Timestamp:` header (manager.conf `timestampevents`);
+the injected clock is the fallback.
+
+What each outcome is built from (see `_classify`):
+  answered            a DialEnd ANSWER of a real (non-Local) leg, or a queue AgentConnect
+  carrier_voicemail   an outside leg (trunk) that answered only after
+                      `carrier_voicemail_seconds` of ringing, on an inbound call
+  voicemail           the VoiceMail application ran on a channel of the call;
+                      voicemail_left from VMSTATUS / VM_MESSAGEFILE / MessageWaiting
+  queue_abandon       QueueCallerAbandon
+  abandoned           the caller hung up while legs rang (DialEnd CANCEL, or legs still
+                      open at the caller's hang-up), or before anything happened;
+  short_abandon       ... within `min_ring` seconds of the call's start (a misdial)
+  no_answer           the last dial ended NOANSWER, a queue timed out, or the dialplan
+                      hung up (Hangup app) with nothing answered
+  busy                the last dial ended BUSY / CHANUNAVAIL / CONGESTION
+  ivr_abandon         the PBX answered the caller's channel (IVR, announcement), nobody else
+  not_inbound         the caller's channel did not come in from outside
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from daemon.clock import Clock
+from daemon.config import Config
+from daemon.model import FinishedCall, InboundAnswered, OutboundDialled, Outcome, TrackerEvent
+
+log = logging.getLogger(__name__)
+
+Message = dict[str, str]
+
+#: Event names the tracker reads; the intake may drop every other event unparsed.
+WANTED_EVENTS: frozenset[str] = frozenset(
+    {
+        "Newchannel",
+        "Newstate",
+        "Newexten",
+        "NewCallerid",
+        "DialBegin",
+        "DialEnd",
+        "Hangup",
+        "VarSet",
+        "QueueCallerJoin",
+        "QueueCallerLeave",
+        "QueueCallerAbandon",
+        "AgentConnect",
+        "MessageWaiting",
+    }
+)
+
+#: VarSet variables the tracker reads (voicemail left or not); other VarSets may be dropped.
+WANTED_VARS: frozenset[str] = frozenset({"VMSTATUS", "VM_MESSAGEFILE"})
+
+#: Dialplan applications that mean "the caller reached voicemail".
+VOICEMAIL_APPS = frozenset({"VoiceMail", "MinivmRecord"})
+#: Dialplan applications that end the call from the PBX side (the caller did not hang up).
+_PBX_HANGUP_APPS = frozenset({"Hangup", "Congestion", "Busy"})
+_BUSY_STATUSES = frozenset({"BUSY", "CHANUNAVAIL", "CONGESTION"})
+#: Caller ID numbers that mean the caller asked for privacy.
+_WITHHELD_NUMBERS = frozenset({"anonymous", "restricted", "private", "withheld"})
+_NO_VALUE = frozenset({"<unknown>", "<Unknown>"})
+#: Finished Linkedids remembered so that late events (a duplicate Hangup, a Hangup after
+#: expiry) are counted as late instead of unknown, and never start a second call.
+RECENT_FINISHED = 4096
+
+
+def _clean(value: str | None) -> str:
+    if value is None or value in _NO_VALUE:
+        return ""
+    return value
+
+
+def _endpoint(channel: str) -> str:
+    """'PJSIP/trunk-0000001c' -> 'trunk' (the endpoint or peer part of a channel name)."""
+    slash = channel.find("/")
+    dash = channel.rfind("-")
+    if slash < 0 or dash <= slash:
+        return channel[slash + 1 :]
+    return channel[slash + 1 : dash]
+
+
+def _looks_like_number(text: str) -> bool:
+    digits = text[1:] if text.startswith("+") else text
+    return len(digits) >= 3 and digits.isdigit()
+
+
+def _dialled_number(msg: Message) -> str:
+    """The outside number of a DialBegin: DestExten, else the DialString before '@'."""
+    exten = msg.get("DestExten", "")
+    if _looks_like_number(exten):
+        return exten
+    dial = msg.get("DialString", "")
+    head = dial.partition("@")[0].rpartition("/")[2]
+    if _looks_like_number(head):
+        return head
+    num = msg.get("DestCallerIDNum", "")
+    return num if _looks_like_number(num) else head
+
+
+@dataclass(slots=True)
+class TrackerStats:
+    """Counters for logs, `textback stats` and tests."""
+
+    events: int = 0
+    ignored: int = 0  # a wanted event name carrying nothing the tracker needs
+    unknown_channel: int = 0  # an event for a call the tracker never saw start
+    missing_ids: int = 0  # an event without Uniqueid or Linkedid
+    late: int = 0  # an event for a call already finished (duplicate Hangup ...)
+    bad_timestamp: int = 0
+    started: int = 0
+    adopted: int = 0  # calls picked up by a resync
+    expired: int = 0  # calls finished because their end never arrived
+    vanished: int = 0  # calls that ended during a gap (resync)
+    finished: Counter[str] = field(default_factory=Counter)  # by outcome word
+
+
+class _Call:
+    """The state of one call in progress (one Linkedid)."""
+
+    __slots__ = (
+        "adopted",
+        "answered_by",
+        "caller",
+        "caller_left_ringing",
+        "caller_name",
+        "carrier_vm",
+        "channel",
+        "channels",
+        "dialled",
+        "dialling_started",
+        "did",
+        "in_queue",
+        "inbound",
+        "last_at",
+        "last_dial",
+        "leg_dial_at",
+        "linkedid",
+        "origin",
+        "origin_hungup_at",
+        "outside_legs",
+        "pbx_answered",
+        "pbx_hangup",
+        "pending",
+        "pres_prohibited",
+        "queue_abandoned",
+        "queue_join_at",
+        "queue_joined",
+        "ring_end",
+        "ring_start",
+        "started_at",
+        "stop_at",
+        "vm_left",
+        "vm_reached",
+        "vm_status_seen",
+    )
+
+    def __init__(self, linkedid: str, at: float) -> None:
+        self.linkedid = linkedid
+        self.origin = ""  # Uniqueid of the caller's channel
+        self.channel = ""
+        self.caller = ""
+        self.caller_name = ""
+        self.did = ""
+        self.inbound = False
+        self.started_at = at
+        self.last_at = at
+        self.channels: set[str] = set()
+        self.pending: set[str] = set()  # legs dialled and not yet ended
+        self.leg_dial_at: dict[str, float] = {}
+        self.outside_legs: set[str] = set()
+        self.ring_start: float | None = None
+        self.ring_end: float | None = None
+        self.stop_at: float | None = None  # answer / voicemail: ringing stopped
+        self.last_dial = ""
+        self.answered_by = ""
+        self.carrier_vm = False
+        self.vm_reached = False
+        self.vm_left = False
+        self.vm_status_seen = False
+        self.queue_joined = False
+        self.queue_join_at: float | None = None
+        self.in_queue = False
+        self.queue_abandoned = False
+        self.pbx_answered = False
+        self.pbx_hangup = False
+        self.caller_left_ringing = False
+        self.origin_hungup_at: float | None = None
+        self.pres_prohibited = False
+        self.dialled = ""
+        self.dialling_started = False
+        self.adopted = False
+
+
+class CallTracker:
+    """One state machine per Linkedid; `feed` returns what finished or happened."""
+
+    def __init__(self, cfg: Config, clock: Clock) -> None:
+        self._clock = clock
+        self._calls: dict[str, _Call] = {}
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self.stats = TrackerStats()
+        self._handlers: dict[str, Callable[[Message], list[TrackerEvent] | None]] = {
+            "Newchannel": self._on_newchannel,
+            "Newstate": self._on_newstate,
+            "Newexten": self._on_newexten,
+            "NewCallerid": self._on_newcallerid,
+            "DialBegin": self._on_dialbegin,
+            "DialEnd": self._on_dialend,
+            "Hangup": self._on_hangup,
+            "VarSet": self._on_varset,
+            "QueueCallerJoin": self._on_queue_join,
+            "QueueCallerLeave": self._on_queue_leave,
+            "QueueCallerAbandon": self._on_queue_abandon,
+            "AgentConnect": self._on_agent_connect,
+            "MessageWaiting": self._on_message_waiting,
+        }
+        self.reconfigure(cfg)
+
+    def reconfigure(self, cfg: Config) -> None:
+        """Take new settings; calls in progress keep their state."""
+        self._cfg = cfg
+        self._inbound_contexts = frozenset(cfg.ami.inbound_contexts)
+        self._inbound_trunks = frozenset(cfg.ami.inbound_trunks)
+        self._inbound_dids = frozenset(cfg.ami.inbound_dids)
+        self._min_ring = cfg.calls.min_ring
+        self._carrier_after = cfg.calls.carrier_voicemail_seconds
+        self._max_age = cfg.calls.max_call_age
+
+    @property
+    def active(self) -> int:
+        """Calls in progress."""
+        return len(self._calls)
+
+    # ------------------------------------------------------------------ the hot path
+
+    def feed(self, msg: Message) -> list[TrackerEvent]:
+        """Take one AMI event; return the tracker events it caused (often none)."""
+        self.stats.events += 1
+        handler = self._handlers.get(msg.get("Event", ""))
+        if handler is None:
+            self.stats.ignored += 1
+            return []
+        return handler(msg) or []
+
+    def _ts(self, msg: Message) -> float:
+        stamp = msg.get("Timestamp")
+        if stamp:
+            try:
+                return float(stamp)
+            except ValueError:
+                self.stats.bad_timestamp += 1
+        return self._clock.now()
+
+    def _call_of(self, msg: Message) -> _Call | None:
+        """The call an event belongs to; counts the event when there is none."""
+        lid = msg.get("Linkedid")
+        if not lid or not msg.get("Uniqueid"):
+            self.stats.missing_ids += 1
+            return None
+        call = self._calls.get(lid)
+        if call is None:
+            if lid in self._recent:
+                self.stats.late += 1
+            else:
+                self.stats.unknown_channel += 1
+        return call
+
+    def _origin_event(self, call: _Call, msg: Message) -> None:
+        """An event about the caller's own channel: keep the latest presentation."""
+        pres = msg.get("ChanVariable:CALLERID(pres)")
+        if pres is not None:
+            call.pres_prohibited = pres.startswith("prohib")
+
+    def _on_newchannel(self, msg: Message) -> list[TrackerEvent] | None:
+        lid = msg.get("Linkedid")
+        uid = msg.get("Uniqueid")
+        if not lid or not uid:
+            self.stats.missing_ids += 1
+            return None
+        call = self._calls.get(lid)
+        if call is None:
+            if lid in self._recent:
+                self.stats.late += 1
+                return None
+            call = _Call(lid, self._ts(msg))
+            self._calls[lid] = call
+            self.stats.started += 1
+        call.channels.add(uid)
+        if uid == lid or not call.origin:
+            self._set_origin(call, msg, uid)
+        return None
+
+    def _set_origin(self, call: _Call, msg: Message, uid: str) -> None:
+        call.origin = uid
+        channel = msg.get("Channel", "")
+        call.channel = channel
+        call.caller = _clean(msg.get("CallerIDNum"))
+        call.caller_name = _clean(msg.get("CallerIDName"))
+        context = msg.get("Context", "")
+        exten = msg.get("Exten", "")
+        if context in self._inbound_contexts or exten in self._inbound_dids:
+            call.inbound = True
+            call.did = exten
+        elif self._inbound_trunks and (
+            _endpoint(channel) in self._inbound_trunks
+            or channel.rpartition("-")[0] in self._inbound_trunks
+        ):
+            call.inbound = True
+            call.did = "" if exten == "s" else exten
+        self._origin_event(call, msg)
+
+    def _on_newstate(self, msg: Message) -> list[TrackerEvent] | None:
+        call = self._call_of(msg)
+        if call is None:
+            return None
+        if msg["Uniqueid"] == call.origin:
+            self._origin_event(call, msg)
+            if msg.get("ChannelStateDesc") == "Up" and not call.pbx_answered:
+                call.pbx_answered = True
+        return None
+
+    def _on_newexten(self, msg: Message) -> list[TrackerEvent] | None:
+        call = self._call_of(msg)
+        if call is None:
+            return None
+        app = msg.get("Application", "")
+        if app in VOICEMAIL_APPS:
+            if not call.vm_reached:
+                call.vm_reached = True
+                if call.stop_at is None and not call.answered_by:
+                    call.stop_at = self._ts(msg)
+            return None
+        if msg["Uniqueid"] != call.origin:
+            return None
+        self._origin_event(call, msg)
+        if app in _PBX_HANGUP_APPS:
+            call.pbx_hangup = True
+        context = msg.get("Context", "")
+        if context in self._inbound_contexts and not call.did and not call.dialling_started:
+            # the caller's channel entered an inbound context (e.g. a trunk context that
+            # does Goto(from-pstn,${EXTEN},1)): this is where the DID is seen
+            call.inbound = True
+            call.did = msg.get("Exten", "")
+        return None
+
+    def _on_newcallerid(self, msg: Message) -> list[TrackerEvent] | None:
+        call = self._call_of(msg)
+        if call is None or msg["Uniqueid"] != call.origin:
+            return None
+        self._origin_event(call, msg)
+        if "Prohibited" in msg.get("CID-CallingPres", ""):
+            call.pres_prohibited = True
+        if call.inbound:
+            # a caller-name lookup may fill the name in later; the number stays as it came
+            name = _clean(msg.get("CallerIDName"))
+            if name:
+                call.caller_name = name
+        return None
+
+    def _is_outside(self, msg: Message) -> bool:
+        dest = msg.get("DestChannel", "")
+        if dest.startswith("Local/"):
+            return False
+        if msg.get("DestContext", "") in self._inbound_contexts:
+            return True
+        return bool(self._inbound_trunks) and _endpoint(dest) in self._inbound_trunks
+
+    def _on_dialbegin(self, msg: Message) -> list[TrackerEvent] | None:
+        call = self._call_of(msg)
+        if call is None:
+            return None
+        at = self._ts(msg)
+        if msg["Uniqueid"] == call.origin:
+            self._origin_event(call, msg)
+        call.dialling_started = True
+        dest = msg.get("DestUniqueid", "") or msg.get("DestChannel", "")
+        call.pending.add(dest)
+        call.leg_dial_at[dest] = at
+        call.ring_end = None
+        if call.ring_start is None:
+            call.ring_start = at
+        if self._is_outside(msg):
+            call.outside_legs.add(dest)
+            if not call.inbound:
+                number = _dialled_number(msg)
+                if number and number != call.dialled:
+                    call.dialled = number
+                    return [OutboundDialled(call.linkedid, number, at)]
+        return None
+
+    def _on_dialend(self, msg: Message) -> list[TrackerEvent] | None:
+        call = self._call_of(msg)
+        if call is None:
+            return None
+        at = self._ts(msg)
+        if msg["Uniqueid"] == call.origin:
+            self._origin_event(call, msg)
+        status = msg.get("DialStatus", "")
+        dest = msg.get("DestUniqueid", "") or msg.get("DestChannel", "")
+        call.pending.discard(dest)
+        if not call.pending and not call.in_queue:
+            call.ring_end = at
+        if status != "ANSWER":
+            # a queue cancels its own member legs when it times out; the caller leaving
+            # a queue is QueueCallerAbandon, so a CANCEL inside a queue says nothing
+            if status and not (call.in_queue and status == "CANCEL"):
+                call.last_dial = status
+            return None
+        dest_channel = msg.get("DestChannel", "")
+        if dest_channel.startswith("Local/") or call.answered_by or call.carrier_vm:
+            # a Local half "answers" when its other half does something; the real
+            # leg behind it reports its own DialEnd
+            return None
+        if dest in call.outside_legs and call.inbound:
+            rang = at - call.leg_dial_at.get(dest, at)
+            if rang >= self._carrier_after:
+                call.carrier_vm = True
+                if call.stop_at is None:
+                    call.stop_at = at
+                return None
+        return self._answered(call, dest_channel, at)
+
+    def _answered(self, call: _Call, by: str, at: float) -> list[TrackerEvent] | None:
+        call.answered_by = by or "?"
+        if call.stop_at is None:
+            call.stop_at = at
+        if call.inbound:
+            return [InboundAnswered(call.linkedid, call.caller, at)]
+        return None
+
+    def _on_agent_connect(self, msg: Message) -> list[TrackerEvent] | None:
+        call = self._call_of(msg)
+        if call is None or call.answered_by:
+            return None
+        by = msg.get("DestChannel") or msg.get("MemberName") or msg.get("Interface", "")
+        return self._answered(call, by, self._ts(msg))
+
+    def _on_queue_join(self, msg: Message) -> list[TrackerEvent] | None:
+        call = self._call_of(msg)
+        if call is None:
+            return None
+        # ringing starts when a member's phone rings (DialBegin); the time held in the
+        # queue counts when no phone ever rang, and for a queue abandon (see _finish)
+        if not call.queue_joined:
+            call.queue_join_at = self._ts(msg)
+        call.queue_joined = True
+        call.in_queue = True
+        call.ring_end = None
+        return None
+
+    def _on_queue_leave(self, msg: Message) -> list[TrackerEvent] | None:
+        call = self._call_of(msg)
+        if call is None:
+            return None
+        call.in_queue = False
+        if not call.pending and call.ring_end is None:
+            call.ring_end = self._ts(msg)
+        return None
+
+    def _on_queue_abandon(self, msg: Message) -> list[TrackerEvent] | None:
+        call = self._call_of(msg)
+        if call is None:
+            return None
+        call.queue_abandoned = True
+        return self._on_queue_leave(msg) if call.in_queue else None
+
+    def _on_varset(self, msg: Message) -> list[TrackerEvent] | None:
+        var = msg.get("Variable")
+        if var == "VMSTATUS":
+            call = self._call_of(msg)
+            if call is not None:
+                call.vm_status_seen = True
+                if msg.get("Value") == "SUCCESS":
+                    call.vm_left = True
+        elif var == "VM_MESSAGEFILE":
+            call = self._call_of(msg)
+            if call is not None and msg.get("Value"):
+                call.vm_left = True
+        else:
+            self.stats.ignored += 1
+        return None
+
+    def _on_message_waiting(self, msg: Message) -> list[TrackerEvent] | None:
+        lid = msg.get("Linkedid")
+        if not lid:
+            return None  # a mailbox changed outside any call (someone listened): not ours
+        call = self._calls.get(lid)
+        if call is not None and call.vm_reached and msg.get("Waiting") == "1":
+            call.vm_left = True
+        return None
+
+    def _on_hangup(self, msg: Message) -> list[TrackerEvent] | None:
+        call = self._call_of(msg)
+        if call is None:
+            return None
+        uid = msg["Uniqueid"]
+        at = self._ts(msg)
+        call.last_at = at
+        if uid == call.origin:
+            self._origin_event(call, msg)
+            if call.origin_hungup_at is None:
+                call.origin_hungup_at = at
+                call.caller_left_ringing = bool(call.pending) or call.last_dial == "CANCEL"
+        call.channels.discard(uid)
+        if call.channels:
+            return None
+        return [self._finish(call, at)]
+
+    # ------------------------------------------------------------------ finishing
+
+    def _finish(self, call: _Call, at: float) -> FinishedCall:
+        del self._calls[call.linkedid]
+        recent = self._recent
+        recent[call.linkedid] = None
+        if len(recent) > RECENT_FINISHED:
+            recent.popitem(last=False)
+        outcome = self._classify(call, at)
+        hung = call.origin_hungup_at if call.origin_hungup_at is not None else at
+        ring_seconds = 0.0
+        if call.queue_join_at is not None and (
+            call.ring_start is None or outcome is Outcome.QUEUE_ABANDON
+        ):
+            # a caller who left a queue waited from joining it (Asterisk's HoldTime),
+            # whether or not an agent's phone rang meanwhile
+            call.ring_start = call.queue_join_at
+        if call.ring_start is not None:
+            if call.stop_at is not None:
+                end = call.stop_at
+            elif call.ring_end is not None:
+                end = call.ring_end
+            else:
+                end = hung
+            ring_seconds = max(0.0, end - call.ring_start)
+        voicemail_left: bool | None = None
+        if outcome is Outcome.VOICEMAIL:
+            if call.vm_left:
+                voicemail_left = True
+            elif call.vm_status_seen:
+                voicemail_left = False
+        self.stats.finished[outcome.value] += 1
+        return FinishedCall(
+            linkedid=call.linkedid,
+            caller=call.caller,
+            caller_name=call.caller_name,
+            did=call.did if call.inbound else "",
+            inbound=call.inbound,
+            outcome=outcome,
+            started_at=call.started_at,
+            ended_at=at,
+            ring_seconds=ring_seconds,
+            voicemail_left=voicemail_left,
+            withheld=call.pres_prohibited or call.caller.strip().lower() in _WITHHELD_NUMBERS,
+            dialled=call.dialled,
+            answered_by=call.answered_by,
+            channel=call.channel,
+        )
+
+    def _classify(self, call: _Call, at: float) -> Outcome:
+        if not call.inbound:
+            return Outcome.NOT_INBOUND
+        if call.answered_by:
+            return Outcome.ANSWERED
+        if call.carrier_vm:
+            return Outcome.CARRIER_VOICEMAIL
+        if call.vm_reached:
+            return Outcome.VOICEMAIL
+        if call.queue_abandoned:
+            return Outcome.QUEUE_ABANDON
+        hung = call.origin_hungup_at if call.origin_hungup_at is not None else at
+        if call.origin_hungup_at is None:
+            # the caller's hang-up was never seen (expiry, resync): judge the last state
+            left_ringing = bool(call.pending) or call.last_dial == "CANCEL"
+        else:
+            left_ringing = call.caller_left_ringing
+        if left_ringing:
+            return self._abandon(call, hung)
+        if call.queue_joined:
+            return Outcome.NO_ANSWER  # the queue timed out; the dialplan moved on
+        if call.last_dial == "NOANSWER":
+            return Outcome.NO_ANSWER
+        if call.last_dial in _BUSY_STATUSES:
+            return Outcome.BUSY
+        if call.pbx_answered:
+            return Outcome.IVR_ABANDON
+        if call.pbx_hangup:
+            return Outcome.NO_ANSWER
+        return self._abandon(call, hung)
+
+    def _abandon(self, call: _Call, hung: float) -> Outcome:
+        # the caller's whole wait counts, not only the ringing: a caller who hung up
+        # half a second into ringing after an announcement did not misdial
+        if hung - call.started_at < self._min_ring:
+            return Outcome.SHORT_ABANDON
+        return Outcome.ABANDONED
+
+    # ------------------------------------------------------------------ upkeep
+
+    def expire(self, now: float) -> list[FinishedCall]:
+        """Finish calls older than `max_call_age` whose end never arrived (lost events)."""
+        cutoff = now - self._max_age
+        old = [call for call in self._calls.values() if call.started_at < cutoff]
+        out: list[FinishedCall] = []
+        for call in old:
+            fin = self._finish(call, call.last_at)
+            self.stats.expired += 1
+            log.info(
+                "call expired: no end seen linkedid=%s age=%.0fs outcome=%s",
+                call.linkedid,
+                now - call.started_at,
+                fin.outcome.value,
+            )
+            out.append(fin)
+        if out:
+            log.warning(
+                "expired %d call(s) whose hang-up never arrived (older than %.0fs)",
+                len(out),
+                self._max_age,
+            )
+        return out
+
+    def resync(
+        self, channels: Iterable[Message], gap_from: float, gap_to: float
+    ) -> list[TrackerEvent]:
+        """After a reconnect: reconcile with the CoreShowChannel events of live channels.
+
+        Calls held whose channels are all gone ended during the gap: they are finished
+        with what was known at `gap_from` (logged). Live calls never seen are adopted
+        from what CoreShowChannel tells (context, caller, application, bridge).
+        """
+        live: dict[str, list[Message]] = {}
+        live_uids: set[str] = set()
+        for ch in channels:
+            uid = ch.get("Uniqueid")
+            lid = ch.get("Linkedid") or uid
+            if not uid or not lid:
+                self.stats.missing_ids += 1
+                continue
+            live_uids.add(uid)
+            live.setdefault(lid, []).append(ch)
+        out: list[TrackerEvent] = []
+        for lid, call in list(self._calls.items()):
+            gone = call.channels - live_uids
+            if gone:
+                for uid in gone:
+                    call.channels.discard(uid)
+                    call.pending.discard(uid)
+                    if uid == call.origin and call.origin_hungup_at is None:
+                        call.origin_hungup_at = max(call.last_at, gap_from)
+                        call.caller_left_ringing = bool(call.pending) or call.last_dial == "CANCEL"
+            if not call.channels:
+                self.stats.vanished += 1
+                fin = self._finish(call, max(call.last_at, gap_from))
+                log.warning(
+                    "call ended during the AMI gap, finished on what was known "
+                    "linkedid=%s outcome=%s gap=%.1fs",
+                    lid,
+                    fin.outcome.value,
+                    gap_to - gap_from,
+                )
+                out.append(fin)
+        for lid, chans in live.items():
+            if lid in self._calls or lid in self._recent:
+                continue
+            out.extend(self._adopt(lid, chans, gap_to))
+        return out
+
+    def _adopt(self, lid: str, chans: list[Message], now: float) -> list[TrackerEvent]:
+        origin = next((c for c in chans if c.get("Uniqueid") == lid), chans[0])
+        started = now - _duration(origin.get("Duration", ""))
+        call = _Call(lid, started)
+        call.adopted = True
+        self._calls[lid] = call
+        self.stats.adopted += 1
+        for ch in chans:
+            call.channels.add(ch.get("Uniqueid", ""))
+        self._set_origin(
+            call,
+            {
+                "Channel": origin.get("Channel", ""),
+                "CallerIDNum": origin.get("CallerIDNum", ""),
+                "CallerIDName": origin.get("CallerIDName", ""),
+                "Context": origin.get("Context", ""),
+                "Exten": origin.get("Exten") or origin.get("Extension", ""),
+            },
+            origin.get("Uniqueid", lid),
+        )
+        app = origin.get("Application", "")
+        if app in VOICEMAIL_APPS:
+            call.vm_reached = True
+        elif app == "Queue":
+            call.queue_joined = call.in_queue = True
+            call.ring_start = started
+        if origin.get("ChannelStateDesc") == "Up":
+            call.pbx_answered = True
+        bridge = origin.get("BridgeId", "")
+        others = [
+            c
+            for c in chans
+            if c is not origin
+            and bridge
+            and c.get("BridgeId") == bridge
+            and not c.get("Channel", "").startswith("Local/")
+        ]
+        log.info(
+            "adopted a call in progress after a gap linkedid=%s inbound=%s channels=%d",
+            lid,
+            call.inbound,
+            len(chans),
+        )
+        if others:
+            return self._answered(call, others[0].get("Channel", ""), now) or []
+        return []
+
+
+def _duration(text: str) -> float:
+    """CoreShowChannel's 'HH:MM:SS' -> seconds (0 when unreadable)."""
+    total = 0.0
+    for part in text.split(":"):
+        if not part.isdigit():
+            return 0.0
+        total = total * 60 + int(part)
+    return total
