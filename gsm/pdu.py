@@ -33,7 +33,6 @@ the simulator's side included, under mypy --strict.
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Literal
@@ -91,6 +90,9 @@ _IEI_CONCAT_16 = 0x08
 _MTI_DELIVER = 0
 _MTI_SUBMIT = 1
 _MTI_STATUS_REPORT = 2
+# TS 23.040 9.2.3.1: an MS that receives the reserved TP-MTI (3) handles the TPDU as an
+# SMS-DELIVER.
+_MTI_RESERVED = 3
 
 _NUMBER_RE = re.compile(r"\+?[0-9]{1,20}")
 _HEX_RE = re.compile(r"(?:[0-9A-Fa-f]{2})+")
@@ -765,7 +767,8 @@ def _decode_status_body(reader: _Reader, first: int) -> StatusReport:
 def decode_deliver(pdu_hex: str) -> Deliver:
     """Decode an SMS-DELIVER (hex, SMSC field first), as +CMGR / +CMGL / +CMT give it."""
     reader, smsc, first = _start(pdu_hex)
-    _check_mti(first, _MTI_DELIVER, "SMS-DELIVER")
+    if first & 0x03 != _MTI_RESERVED:
+        _check_mti(first, _MTI_DELIVER, "SMS-DELIVER")
     return _decode_deliver_body(reader, smsc, first)
 
 
@@ -780,7 +783,7 @@ def decode_incoming(pdu_hex: str) -> Deliver | StatusReport:
     """Decode what the network sent, by TP-MTI: an SMS-DELIVER or an SMS-STATUS-REPORT."""
     reader, smsc, first = _start(pdu_hex)
     mti = first & 0x03
-    if mti == _MTI_DELIVER:
+    if mti in (_MTI_DELIVER, _MTI_RESERVED):
         return _decode_deliver_body(reader, smsc, first)
     if mti == _MTI_STATUS_REPORT:
         return _decode_status_body(reader, first)
@@ -800,6 +803,7 @@ def tpdu_length(pdu_hex: str) -> int:
 
 @dataclass(slots=True)
 class _Group:
+    key: tuple[str, int, int]
     first_seen: float
     parts: dict[int, Deliver] = field(default_factory=dict)
 
@@ -807,12 +811,15 @@ class _Group:
 class Reassembler:
     """Puts concatenated SMS-DELIVER parts back together, in bounded memory.
 
-    Parts are grouped by (sender, reference, total). A group waits at most ``max_age``
-    seconds (of the injected ``now``) from its first part, and at most ``max_pending``
-    groups wait at once (the oldest gives way). A group that times out or gives way is
-    not dropped: :meth:`pop_stale` hands its parts out so the caller can keep them. Only
-    when even that list is full (``max_pending`` groups nobody collected) are the oldest
-    dropped, counted in ``dropped``.
+    Parts are grouped by (sender, reference, total). Senders reuse references, so two
+    messages may share a key while both are incomplete: a part goes to the oldest
+    group of its key that lacks its number, and only a part equal in every field to one
+    already held counts as a duplicate. A group waits at most ``max_age`` seconds (of
+    the injected ``now``) from its first part, and at most ``max_pending`` groups wait at
+    once (the oldest gives way). A group that times out or gives way is not dropped:
+    :meth:`pop_stale` hands its parts out so the caller can keep them. Only when even
+    that list is full (``max_pending`` groups nobody collected) are the oldest dropped,
+    counted in ``dropped``.
     """
 
     def __init__(self, *, max_pending: int = 64, max_age: float = 1800.0) -> None:
@@ -822,10 +829,11 @@ class Reassembler:
             raise ValueError("max_age must be positive")
         self.max_pending = max_pending
         self.max_age = max_age
-        self._pending: OrderedDict[tuple[str, int, int], _Group] = OrderedDict()
+        # Oldest first; at most max_pending entries, so a linear scan is cheap.
+        self._pending: list[_Group] = []
         self._stale: list[list[Deliver]] = []
         self.duplicates = 0
-        """Parts seen twice (same group and seq); the first copy is kept."""
+        """Parts received twice (equal in every field); the first copy is kept."""
         self.dropped = 0
         """Incomplete groups dropped because nobody collected them with pop_stale."""
 
@@ -845,20 +853,27 @@ class Reassembler:
         if msg.concat is None or msg.concat.total == 1:
             return msg
         key = (msg.sender, msg.concat.reference, msg.concat.total)
-        group = self._pending.get(key)
+        seq = msg.concat.seq
+        group: _Group | None = None
+        for candidate in self._pending:
+            if candidate.key != key:
+                continue
+            held = candidate.parts.get(seq)
+            if held == msg:
+                self.duplicates += 1
+                return None
+            if held is None and group is None:
+                group = candidate
         if group is None:
             if len(self._pending) >= self.max_pending:
-                _, oldest = self._pending.popitem(last=False)
-                self._make_stale(oldest)
-            group = self._pending[key] = _Group(first_seen=now)
-        if msg.concat.seq in group.parts:
-            self.duplicates += 1
-            return None
-        group.parts[msg.concat.seq] = msg
+                self._make_stale(self._pending.pop(0))
+            group = _Group(key=key, first_seen=now)
+            self._pending.append(group)
+        group.parts[seq] = msg
         if len(group.parts) < msg.concat.total:
             return None
-        del self._pending[key]
-        parts = [group.parts[seq] for seq in sorted(group.parts)]
+        self._pending.remove(group)
+        parts = [group.parts[n] for n in sorted(group.parts)]
         head = parts[0]
         encoding: DataCoding = "ucs2" if any(p.encoding == "ucs2" for p in parts) else head.encoding
         return Deliver(
@@ -877,15 +892,11 @@ class Reassembler:
         return stale
 
     def _expire(self, now: float) -> None:
-        while self._pending:
-            key, group = next(iter(self._pending.items()))
-            if now - group.first_seen < self.max_age:
-                break
-            del self._pending[key]
-            self._make_stale(group)
+        while self._pending and now - self._pending[0].first_seen >= self.max_age:
+            self._make_stale(self._pending.pop(0))
 
     def _make_stale(self, group: _Group) -> None:
-        self._stale.append([group.parts[seq] for seq in sorted(group.parts)])
+        self._stale.append([group.parts[n] for n in sorted(group.parts)])
         if len(self._stale) > self.max_pending:
             del self._stale[0]
             self.dropped += 1

@@ -671,6 +671,33 @@ def test_reassembly_is_bounded() -> None:
         pdu.Reassembler(max_pending=0)
 
 
+def test_reassembly_keeps_apart_two_messages_sharing_a_reference() -> None:
+    # Senders reuse references: two 2-part texts with reference 0, parts interleaved.
+    one = _deliver_parts(NUMBER, "1" * 200, 0)
+    two = _deliver_parts(NUMBER, "2" * 200, 0)
+    r = pdu.Reassembler()
+    assert r.add(one[0], 0.0) is None
+    assert r.add(two[0], 1.0) is None  # same key and seq, other content: not a duplicate
+    assert r.duplicates == 0
+    first = r.add(one[1], 2.0)
+    assert first is not None
+    assert first.text == "1" * 200
+    second = r.add(two[1], 3.0)
+    assert second is not None
+    assert second.text == "2" * 200
+    assert r.pending == 0
+
+
+def test_reserved_message_type_is_read_as_deliver() -> None:
+    # TS 23.040 9.2.3.1: TP-MTI 3 is handled as an SMS-DELIVER.
+    (hex_pdu,) = pdu.encode_deliver(NUMBER, "hi", timestamp=datetime(2024, 1, 1, tzinfo=UTC))
+    reserved = hex_pdu[:2] + f"{int(hex_pdu[2:4], 16) | 0x03:02X}" + hex_pdu[4:]
+    msg = pdu.decode_incoming(reserved)
+    assert isinstance(msg, pdu.Deliver)
+    assert msg.text == "hi"
+    assert pdu.decode_deliver(reserved) == msg
+
+
 def test_single_part_passes_through() -> None:
     (msg,) = _deliver_parts(NUMBER, "short", 0)
     assert msg.concat is None
