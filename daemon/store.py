@@ -903,13 +903,14 @@ class Store:
     async def history(
         self,
         *,
-        caller: str | None = None,
+        caller: str | Sequence[str] | None = None,
         since: float | None = None,
         limit: int = 50,
     ) -> list[HistoryRow]:
         """Recent calls, newest first, with decision, reason and message state.
 
-        `caller` matches the raw caller ID or the normalised destination.
+        `caller` (one or several spellings) matches the raw caller ID or the normalised
+        destination.
         """
         sql = (
             "SELECT c.id AS call_id, c.linkedid, c.caller, c.caller_name, c.did, c.outcome,"
@@ -923,8 +924,10 @@ class Store:
         )
         params: list[Any] = []
         if caller is not None:
-            sql += " AND (c.caller = ? OR c.destination = ?)"
-            params += [caller, caller]
+            names = [caller] if isinstance(caller, str) else list(caller)
+            marks = _placeholders(names)
+            sql += f" AND (c.caller IN ({marks}) OR c.destination IN ({marks}))"
+            params += names + names
         if since is not None:
             sql += " AND c.ended_at >= ?"
             params.append(since)
