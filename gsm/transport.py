@@ -47,11 +47,13 @@ class SerialLink(asyncio.Protocol):
         link.device = device
         loop = asyncio.get_running_loop()
         try:
-            await serial_asyncio_fast.create_serial_connection(
+            transport, _ = await serial_asyncio_fast.create_serial_connection(
                 loop, lambda: link, device, baudrate=baudrate, exclusive=True
             )
         except (serial.SerialException, OSError) as exc:
             raise open_error(device, exc) from exc
+        # connection_made comes with the next loop turn; writes may start right away.
+        link._transport = transport
         return link
 
     @property

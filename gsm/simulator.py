@@ -1,0 +1,780 @@
+"""A GSM modem on a real pseudo-terminal, for tests, the demo and manual trials.
+
+The simulator owns the master side of a pty (os.openpty) and answers AT commands on it
+the way real modems do, so the driver under test opens the slave path with pyserial like
+any /dev/ttyUSBn. A symlink in a temporary directory plays /dev/serial/by-id: it keeps
+its name when the simulated stick "vanishes" (the pty is closed, the link removed) and
+"comes back" (a new pty, perhaps under another /dev/pts number, the link re-pointed).
+
+It decodes every SMS-SUBMIT it receives (gsm.pdu) and records the texts "sent", puts
+concatenated parts back together, and can inject inbound texts (+CMTI, then AT+CMGR)
+and delivery reports (+CDS or +CDSI, as AT+CNMI asked).
+
+Profiles follow the makers' AT manuals (sections cited in each profile's `doc`); fault
+switches (`Faults`) make it slow, failing, noisy, vanishing, garbled, networkless or
+PIN-locked. In-process::
+
+    async with simulator.running(profile="sim800") as sim:
+        modem = Modem(sim.device)
+        ...
+        sim.sent  # [SentSms(number, text, parts, references, ...)]
+
+or by hand: ``python -m gsm.simulator --profile huawei`` prints the device path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import re
+import shutil
+import sys
+import tempfile
+import tty
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gsm.pdu import PduError, decode_submit, encode_deliver, encode_status_report, tpdu_length
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """How one modem family answers. `doc` cites the manual sections followed."""
+
+    name: str
+    maker: str
+    model: str
+    firmware: str
+    imei: str
+    iccid: str
+    iccid_command: str
+    iccid_answer: str
+    operator: str
+    unsupported: str = "ERROR"
+    prompt: bytes = b"\r\n> "
+    cpin_without_ok: bool = False
+    has_cereg: bool = False
+    boot: tuple[str, ...] = ()
+    noise: tuple[str, ...] = ()
+    doc: str = ""
+
+
+PROFILES: dict[str, Profile] = {
+    "sim800": Profile(
+        name="sim800",
+        maker="SIMCOM_Ltd",
+        model="SIMCOM_SIM800L",
+        firmware="Revision:1418B05SIM800L24",
+        imei="869170031234567",
+        iccid="8901410321111851072",
+        # SIM800 Series AT Command Manual V1.09, 6.2.23 AT+CCID: bare ICCID line + OK.
+        iccid_command="AT+CCID",
+        iccid_answer="{iccid}",
+        operator="T-Mobile",
+        # 27.005 3.5.1 and SIM800 manual 4.2.5: "<CR><LF><greater_than><space>".
+        prompt=b"\r\n> ",
+        # SIM800 manual 2.2 / "Summary of unsolicited result codes": power-on sequence.
+        boot=("RDY", "+CFUN: 1", "+CPIN: READY", "Call Ready", "SMS Ready"),
+        noise=(
+            '+CIEV: 10,"310260","T-Mobile","T-Mobile", 0, 0',
+            '*PSUTTZ: 2026,11,22,8,0,0,"+0",0',
+            "DST: 0",
+            "RING",
+            '+CLIP: "+12025550142",145,"",0,"",0',
+        ),
+        doc=(
+            "SIMCom SIM800 Series AT Command Manual V1.09: echo on at power-up (2.2.8 ATE);"
+            " AT+CCID (6.2.23); AT+CNMI ds=1 gives '+CDS: <length><CR><LF><pdu>' (4.2.7);"
+            " AT+CMGS prompt is CRLF '> ' (4.2.5); boot URCs RDY, +CFUN, +CPIN, Call/SMS"
+            " Ready."
+        ),
+    ),
+    "huawei": Profile(
+        name="huawei",
+        maker="huawei",
+        model="E3372",
+        firmware="22.315.01.00.00",
+        imei="866123456789012",
+        iccid="8944110068256270054",
+        # Huawei LTE module AT Command Interface Specification: AT^ICCID? -> ^ICCID: <iccid>.
+        iccid_command="AT^ICCID?",
+        iccid_answer="^ICCID: {iccid}",
+        operator="Vodafone",
+        # tests/data/modem/huaweie1752.json: unknown commands -> COMMAND NOT SUPPORT.
+        unsupported="COMMAND NOT SUPPORT",
+        # A bare "> " with no leading CRLF: the form the python-gsmmodem fixtures show;
+        # the driver must accept both.
+        prompt=b"> ",
+        boot=("^BOOT:12345678,0,0,0,75", "^SIMST: 1", "^SRVST: 2"),
+        noise=("^RSSI: 17", "^MODE: 5,4", "^DSFLOWRPT:00000A,0,0,0,0,0,0", "^SRVST: 2"),
+        doc=(
+            "Huawei E3372/E1752 (HUAWEI AT Command Interface Specification, ^RSSI/^MODE/"
+            "^BOOT unsolicited reports); unsupported commands answer 'COMMAND NOT SUPPORT'"
+            " (tests/data/modem/huaweie1752.json); delivery reports stored in SR (+CDSI)."
+        ),
+    ),
+    "quectel": Profile(
+        name="quectel",
+        maker="Quectel",
+        model="EC25",
+        firmware="EC25EFAR06A06M4G",
+        imei="861234567890123",
+        iccid="89860318740234567890",
+        # Quectel EC2x AT Commands Manual V1.3, 5.3 AT+QCCID: "+QCCID: <iccid>".
+        iccid_command="AT+QCCID",
+        iccid_answer="+QCCID: {iccid}",
+        operator="AT&T",
+        prompt=b"\r\n> ",
+        has_cereg=True,
+        # Quectel manual 2.x: RDY then +CPIN: READY, +QUSIM, +QIND: SMS DONE / PB DONE.
+        boot=("RDY", "+CPIN: READY", "+QUSIM: 1", "+QIND: SMS DONE", "+QIND: PB DONE"),
+        noise=('+QIND: "csq",21,99', '+CGREG: 1,"2B0F","0A6B2C1",7', "RING"),
+        doc=(
+            "Quectel EC25 (EC2x&EG9x AT Commands Manual V1.3): AT+QCCID (5.3), AT+CEREG for"
+            " LTE registration (6.x), +QIND reports, prompt CRLF '> ' (9.2.5)."
+        ),
+    ),
+    "wavecom": Profile(
+        name="wavecom",
+        maker=" WAVECOM MODEM",
+        model=" MULTIBAND  900E  1800",
+        firmware="",
+        imei="351234567890123",
+        iccid="8933150319005024316",
+        iccid_command="AT+CCID",
+        iccid_answer="+CCID: {iccid}",
+        operator="Orange",
+        cpin_without_ok=True,
+        noise=("+WIND: 5,1", "+WIND: 2", "RING"),
+        doc=(
+            "Wavecom Multiband 900E/1800 (tests/data/modem/wavecommultiband900e1800.json):"
+            " AT+CPIN? answers without a final OK; AT+CGMR gives ERROR; +WIND URCs."
+        ),
+    ),
+}
+
+
+@dataclass(slots=True)
+class Faults:
+    """Fault switches. Mutable: a test may change them while the simulator runs."""
+
+    slow: float = 0.0
+    """Seconds to wait before every answer."""
+    cms_every: int = 0
+    """Every Nth message part fails with +CMS ERROR: `cms_code` (0: never)."""
+    cms_code: int = 38
+    urc_noise: bool = False
+    """Unsolicited codes inside answers, before the prompt and between ^Z and +CMGS."""
+    vanish_after: int | None = None
+    """After this many accepted parts the next AT+CMGS makes the device vanish (once)."""
+    garbage: bool = False
+    """Garbage bytes before every answer."""
+    no_network: bool = False
+    """Not registered (+CREG: 0,2); sends fail with +CMS ERROR: 331."""
+    pin: str | None = None
+    """The SIM asks for this PIN at power-up."""
+    mute: bool = False
+    """Answer nothing at all (a modem at the wrong baud rate, or a dead one)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PartRecord:
+    """One SMS-SUBMIT as the simulator received it."""
+
+    number: str
+    text: str
+    seq: int
+    total: int
+    reference: int | None
+    message_ref: int
+    status_report: bool
+    encoding: str
+    pdu: str
+
+
+@dataclass(frozen=True, slots=True)
+class SentSms:
+    """One whole text the simulator "sent" (all its parts arrived)."""
+
+    number: str
+    text: str
+    parts: int
+    references: tuple[int, ...]
+    status_report: bool
+    encoding: str
+
+
+_GARBAGE = bytes([0x00, 0xFF, 0xFE, 0x13, 0x88, 0x7F, 0x80, 0x9B]) + b"~~"
+
+
+@dataclass(slots=True)
+class _ModemState:
+    echo: bool = True
+    cmee: int = 0
+    mode: int = 0
+    sim_locked: bool = False
+    puk: bool = False
+    pin_tries: int = 3
+    creg_n: int = 0
+    cnmi: tuple[int, ...] = (0, 0, 0, 0, 0)
+    read_mem: str = "SM"
+    smsc: str = "+12025550100"
+    storage: dict[str, dict[int, tuple[str, str]]] = field(
+        default_factory=lambda: {"SM": {}, "SR": {}, "ME": {}}
+    )
+
+
+class Simulator:
+    """A simulated modem behind a real pty. See the module docstring."""
+
+    def __init__(
+        self,
+        profile: str | Profile = "sim800",
+        faults: Faults | None = None,
+        *,
+        directory: str | None = None,
+        seed: int = 1,
+    ) -> None:
+        self.profile = PROFILES[profile] if isinstance(profile, str) else profile
+        self.faults = faults or Faults()
+        self._own_dir = directory is None
+        self._dir = Path(directory or tempfile.mkdtemp(prefix="textback-sim-"))
+        model = re.sub(r"[^A-Za-z0-9]+", "_", self.profile.model.strip())
+        self.device = str(self._dir / f"usb-Simulated_{model}-if00-port0")
+        """A stable path (like /dev/serial/by-id/...) to the current pty."""
+        self.pty_path = ""
+        self.sent: list[SentSms] = []
+        self.parts: list[PartRecord] = []
+        self.commands: list[str] = []
+        self.pin_attempts = 0
+        self.duplicates = 0
+        self.vanished = 0
+        self._rng = random.Random(seed)
+        self._master = -1
+        self._slave = -1
+        self._rx: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._out = bytearray()
+        self._writer_on = False
+        self._task: asyncio.Task[None] | None = None
+        self._state = _ModemState()
+        self._groups: dict[tuple[str, int, int], dict[int, PartRecord]] = {}
+        self._accepted = 0
+        self._bodies = 0
+        self._mr = 0
+        self._changed = asyncio.Event()
+        self._stopped = False
+
+    # ----------------------------------------------------------------- life cycle
+
+    async def start(self) -> None:
+        """Create the pty and begin answering."""
+        self._stopped = False
+        self._power_on()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Close the pty and stop; remove the temporary directory."""
+        self._stopped = True
+        self._close_pty()
+        if self._task is not None:
+            self._rx.put_nowait(None)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._own_dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def vanish(self) -> None:
+        """Unplug: close the pty (the driver's reads fail) and remove the by-id link."""
+        self.vanished += 1
+        self._close_pty()
+        self._notify()
+
+    def come_back(self) -> None:
+        """Plug in again: a fresh pty, the link re-pointed, the modem freshly booted."""
+        if self._master >= 0:
+            return
+        self._power_on()
+        self._notify()
+
+    @property
+    def present(self) -> bool:
+        """True while the pty exists."""
+        return self._master >= 0
+
+    def _power_on(self) -> None:
+        master, slave = os.openpty()
+        # Raw mode at once: no echo or CR/LF mangling by the line discipline, even before
+        # the driver opens the slave. We keep the slave open ourselves, so the master
+        # never reads EIO between two opens of the driver.
+        tty.setraw(slave)
+        os.set_blocking(master, False)
+        self._master, self._slave = master, slave
+        self.pty_path = os.ttyname(slave)
+        link = Path(self.device)
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()
+        link.symlink_to(self.pty_path)
+        self._state = _ModemState(sim_locked=self.faults.pin is not None)
+        self._out.clear()
+        asyncio.get_running_loop().add_reader(master, self._readable)
+        if not self.faults.mute:
+            for urc in self.profile.boot:
+                self._send(f"\r\n{urc}\r\n".encode())
+
+    def _close_pty(self) -> None:
+        if self._master < 0:
+            return
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._master)
+        if self._writer_on:
+            loop.remove_writer(self._master)
+            self._writer_on = False
+        os.close(self._master)
+        os.close(self._slave)
+        self._master = self._slave = -1
+        self._out.clear()
+        with contextlib.suppress(FileNotFoundError):
+            Path(self.device).unlink()
+
+    # ------------------------------------------------------------------------ I/O
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self._master, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._rx.put_nowait(data)
+
+    def _send(self, data: bytes) -> None:
+        if self._master < 0:
+            return
+        self._out += data
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._master < 0:
+            return
+        while self._out:
+            try:
+                n = os.write(self._master, self._out)
+            except BlockingIOError:
+                break
+            except OSError:
+                self._out.clear()
+                return
+            del self._out[:n]
+        loop = asyncio.get_running_loop()
+        if self._out and not self._writer_on:
+            loop.add_writer(self._master, self._flush)
+            self._writer_on = True
+        elif not self._out and self._writer_on:
+            loop.remove_writer(self._master)
+            self._writer_on = False
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Wait until `predicate()` holds (checked whenever the simulator changes)."""
+        while not predicate():
+            await self._changed.wait()
+
+    async def wait_sent(self, n: int) -> None:
+        """Wait until `n` whole texts were sent."""
+        await self.wait_for(lambda: len(self.sent) >= n)
+
+    # -------------------------------------------------------------------- parsing
+
+    async def _run(self) -> None:
+        line = bytearray()
+        body: bytearray | None = None
+        pending: tuple[str, int | str] | None = None
+        while True:
+            chunk = await self._rx.get()
+            if chunk is None:
+                return
+            if self.faults.mute:
+                continue
+            if self._state.echo:
+                self._send(chunk)
+            for b in chunk:
+                if body is not None and pending is not None:
+                    if b == 0x1A:
+                        await self._body(pending, body.decode("latin-1"))
+                        body, pending = None, None
+                    elif b == 0x1B:
+                        body, pending = None, None
+                        await self._answer([], "OK")
+                    else:
+                        body.append(b)
+                    continue
+                if b == 0x0D:
+                    text = line.decode("latin-1").strip()
+                    line.clear()
+                    if not text[:2].upper() == "AT":
+                        continue  # V.250 5.2.1: characters before "AT" are ignored
+                    prompt = await self._command(text)
+                    if prompt is not None:
+                        pending, body = prompt, bytearray()
+                elif b in (0x0A, 0x1B):
+                    continue
+                else:
+                    line.append(b)
+                    if len(line) > 4096:
+                        line.clear()
+
+    async def _answer(self, lines: list[str], final: str | None = "OK") -> None:
+        if self.faults.slow:
+            await asyncio.sleep(self.faults.slow)
+        out = bytearray()
+        if self.faults.garbage:
+            out += _GARBAGE + bytes([self._rng.randrange(0x80, 0x100)]) + b"\r\n"
+        for ln in lines:
+            out += b"\r\n" + ln.encode("latin-1") + b"\r\n"
+            if self.faults.urc_noise and self.profile.noise:
+                out += self._noise()
+        if final is not None:
+            out += b"\r\n" + final.encode() + b"\r\n"
+        self._send(bytes(out))
+
+    def _noise(self) -> bytes:
+        urc = self._rng.choice(self.profile.noise)
+        return f"\r\n{urc}\r\n".encode()
+
+    def _error(self, code: int, *, cms: bool = False) -> str:
+        if cms:
+            return f"+CMS ERROR: {code}"
+        if self._state.cmee == 0:
+            return "ERROR"
+        return f"+CME ERROR: {code}"
+
+    async def _command(self, text: str) -> tuple[str, int | str] | None:
+        """Answer one command line; for AT+CMGS return what the body is for."""
+        self.commands.append(text)
+        self._notify()
+        st = self._state
+        cmd = text[2:]
+        up = cmd.upper()
+        p = self.profile
+        sms_cmd = up.startswith(("+CMGF", "+CMGS", "+CMGR", "+CMGD", "+CMGL", "+CNMI", "+CSCA"))
+        if st.sim_locked and sms_cmd:
+            await self._answer([], self._error(12 if st.puk else 11))
+            return None
+        if up == "":
+            await self._answer([])
+        elif up in ("E0", "E1"):
+            st.echo = up == "E1"
+            await self._answer([])
+        elif up in ("Z", "&F"):
+            await self._answer([])
+        elif up.startswith("+CMEE="):
+            st.cmee = int(cmd[6:] or "0")
+            await self._answer([])
+        elif up == "+CPIN?":
+            state = "SIM PUK" if st.puk else "SIM PIN" if st.sim_locked else "READY"
+            await self._answer([f"+CPIN: {state}"], None if p.cpin_without_ok else "OK")
+        elif up.startswith("+CPIN="):
+            await self._enter_pin(cmd[6:].strip().strip('"'))
+        elif up in ("+CGMI", "+GMI"):
+            await self._answer([p.maker])
+        elif up in ("+CGMM", "+GMM"):
+            await self._answer([p.model])
+        elif up in ("+CGMR", "+GMR"):
+            await self._answer([p.firmware] if p.firmware else [], "OK" if p.firmware else "ERROR")
+        elif up in ("+CGSN", "+GSN"):
+            await self._answer([p.imei])
+        elif text.upper() == p.iccid_command.upper():
+            await self._answer([p.iccid_answer.format(iccid=p.iccid)])
+        elif up == "+CRSM=176,12258,0,0,10":
+            raw = (p.iccid + "F" * (20 - len(p.iccid)))[:20]
+            swapped = "".join(raw[i + 1] + raw[i] for i in range(0, 20, 2))
+            await self._answer([f'+CRSM: 144,0,"{swapped}"'])
+        elif up == "+COPS?":
+            if self.faults.no_network or st.sim_locked:
+                await self._answer(["+COPS: 0"])
+            else:
+                await self._answer([f'+COPS: 0,0,"{p.operator}",7'])
+        elif up == "+CSQ":
+            await self._answer(["+CSQ: 99,99" if self.faults.no_network else "+CSQ: 21,0"])
+        elif up == "+CREG?":
+            stat = 0 if st.sim_locked else 2 if self.faults.no_network else 1
+            await self._answer([f"+CREG: {st.creg_n},{stat}"])
+        elif up.startswith("+CREG="):
+            st.creg_n = int(cmd[6:] or "0")
+            await self._answer([])
+        elif up == "+CEREG?" and p.has_cereg:
+            stat = 0 if st.sim_locked else 2 if self.faults.no_network else 1
+            await self._answer([f"+CEREG: 0,{stat}"])
+        elif up.startswith("+CSCA="):
+            m = re.match(r'^"(\+?[0-9]+)"(?:,\d+)?$', cmd[6:].strip())
+            if not m:
+                await self._answer([], self._error(304, cms=True))
+            else:
+                st.smsc = m.group(1)
+                await self._answer([])
+        elif up == "+CSCA?":
+            await self._answer([f'+CSCA: "{st.smsc}",145'])
+        elif up in ("+CMGF=0", "+CMGF=1"):
+            st.mode = int(up[-1])
+            await self._answer([])
+        elif up == "+CMGF?":
+            await self._answer([f"+CMGF: {st.mode}"])
+        elif up.startswith("+CSCS="):
+            await self._answer([])
+        elif up.startswith("+CNMI="):
+            try:
+                st.cnmi = tuple(int(x or "0") for x in cmd[6:].split(","))
+            except ValueError:
+                await self._answer([], self._error(303, cms=True))
+            else:
+                await self._answer([])
+        elif up.startswith("+CPMS="):
+            mem = cmd[6:].split(",")[0].strip().strip('"').upper()
+            if mem not in st.storage:
+                await self._answer([], self._error(302, cms=True))
+            else:
+                st.read_mem = mem
+                used = len(st.storage[mem])
+                await self._answer([f"+CPMS: {used},50,{used},50,{used},50"])
+        elif up.startswith("+CMGS="):
+            return await self._cmgs(cmd[6:].strip())
+        elif up.startswith("+CMGR="):
+            await self._cmgr(cmd[6:].strip())
+        elif up.startswith("+CMGD="):
+            index = cmd[6:].split(",")[0].strip()
+            if index.isdigit():
+                st.storage[st.read_mem].pop(int(index), None)
+                await self._answer([])
+            else:
+                await self._answer([], self._error(321, cms=True))
+        else:
+            await self._answer([], p.unsupported)
+        return None
+
+    async def _enter_pin(self, pin: str) -> None:
+        st = self._state
+        self.pin_attempts += 1
+        self._notify()
+        if st.puk:
+            await self._answer([], self._error(12))
+        elif not st.sim_locked:
+            await self._answer([], self._error(3))
+        elif pin == self.faults.pin:
+            st.sim_locked = False
+            await self._answer([])
+        else:
+            st.pin_tries -= 1
+            if st.pin_tries <= 0:
+                st.puk = True
+            await self._answer([], self._error(16))
+
+    async def _cmgs(self, arg: str) -> tuple[str, int | str] | None:
+        faults = self.faults
+        if faults.vanish_after is not None and self._accepted >= faults.vanish_after:
+            faults.vanish_after = None  # once; come_back() brings it back
+            self.vanish()
+            return None
+        if self._state.mode == 0:
+            if not arg.isdigit():
+                await self._answer([], self._error(304, cms=True))
+                return None
+            target: int | str = int(arg)
+        else:
+            m = re.match(r'^"(\+?[0-9]+)"(?:,\d+)?$', arg)
+            if not m:
+                await self._answer([], self._error(305, cms=True))
+                return None
+            target = m.group(1)
+        if faults.slow:
+            await asyncio.sleep(faults.slow)
+        out = b""
+        if faults.urc_noise and self.profile.noise:
+            out += self._noise()
+        self._send(out + self.profile.prompt)
+        return ("pdu" if self._state.mode == 0 else "text", target)
+
+    async def _body(self, pending: tuple[str, int | str], body: str) -> None:
+        kind, target = pending
+        faults = self.faults
+        self._bodies += 1
+        lead: list[str] = []
+        if faults.urc_noise and self.profile.noise:
+            lead = [self._rng.choice(self.profile.noise) for _ in range(2)]
+        if faults.no_network:
+            await self._answer(lead, self._error(331, cms=True))
+            return
+        if faults.cms_every and self._bodies % faults.cms_every == 0:
+            await self._answer(lead, self._error(faults.cms_code, cms=True))
+            return
+        if kind == "pdu":
+            try:
+                if tpdu_length(body) != target:
+                    raise PduError("length mismatch")
+                submit = decode_submit(body)
+            except PduError:
+                await self._answer(lead, self._error(304, cms=True))
+                return
+            record = PartRecord(
+                number=submit.number,
+                text=submit.text,
+                seq=submit.concat.seq if submit.concat else 1,
+                total=submit.concat.total if submit.concat else 1,
+                reference=submit.concat.reference if submit.concat else None,
+                message_ref=self._next_mr(),
+                status_report=submit.status_report_requested,
+                encoding=submit.encoding,
+                pdu=body,
+            )
+        else:
+            record = PartRecord(
+                number=str(target),
+                text=body.replace("\r", "\n"),
+                seq=1,
+                total=1,
+                reference=None,
+                message_ref=self._next_mr(),
+                status_report=False,
+                encoding="text",
+                pdu="",
+            )
+        self._record(record)
+        await self._answer([*lead, f"+CMGS: {record.message_ref}"])
+
+    def _next_mr(self) -> int:
+        self._mr = (self._mr + 1) % 256
+        return self._mr
+
+    def _record(self, part: PartRecord) -> None:
+        self.parts.append(part)
+        self._accepted += 1
+        if part.total == 1 or part.reference is None:
+            self.sent.append(
+                SentSms(
+                    part.number,
+                    part.text,
+                    1,
+                    (part.message_ref,),
+                    part.status_report,
+                    part.encoding,
+                )
+            )
+        else:
+            key = (part.number, part.reference, part.total)
+            group = self._groups.setdefault(key, {})
+            if part.seq in group:
+                self.duplicates += 1
+            group[part.seq] = part
+            if len(group) == part.total:
+                del self._groups[key]
+                ordered = [group[s] for s in sorted(group)]
+                self.sent.append(
+                    SentSms(
+                        part.number,
+                        "".join(x.text for x in ordered),
+                        part.total,
+                        tuple(x.message_ref for x in ordered),
+                        part.status_report,
+                        part.encoding,
+                    )
+                )
+        self._notify()
+
+    async def _cmgr(self, arg: str) -> None:
+        st = self._state
+        if not arg.isdigit() or int(arg) not in st.storage[st.read_mem]:
+            await self._answer([], self._error(321, cms=True))
+            return
+        stat, pdu = st.storage[st.read_mem][int(arg)]
+        await self._answer([f"+CMGR: {stat},,{tpdu_length(pdu)}", pdu])
+
+    # ------------------------------------------------------------------ injection
+
+    def _store(self, mem: str, pdu: str) -> int:
+        box = self._state.storage[mem]
+        index = next(i for i in range(1, 1000) if i not in box)
+        box[index] = ("0", pdu)
+        return index
+
+    def inject_text(self, sender: str, text: str, *, timestamp: datetime | None = None) -> None:
+        """A text arrives from the network: stored in SM, announced with +CMTI."""
+        when = timestamp or datetime.now(UTC).replace(microsecond=0)
+        pdus = encode_deliver(sender, text, timestamp=when, reference=self._rng.randrange(256))
+        for pdu in pdus:
+            index = self._store("SM", pdu)
+            if self._state.cnmi[1:2] == (1,):
+                self._send(f'\r\n+CMTI: "SM",{index}\r\n'.encode())
+
+    def inject_report(self, message_ref: int, recipient: str, *, status: int = 0) -> None:
+        """A delivery report arrives: +CDS (ds=1) or stored in SR with +CDSI (ds=2)."""
+        now = datetime.now(UTC).replace(microsecond=0)
+        pdu = encode_status_report(message_ref, recipient, status=status, scts=now, discharge=now)
+        ds = self._state.cnmi[3] if len(self._state.cnmi) > 3 else 0
+        if ds == 1:
+            self._send(f"\r\n+CDS: {tpdu_length(pdu)}\r\n{pdu}\r\n".encode())
+        elif ds == 2:
+            index = self._store("SR", pdu)
+            self._send(f'\r\n+CDSI: "SR",{index}\r\n'.encode())
+
+
+@contextlib.asynccontextmanager
+async def running(
+    profile: str | Profile = "sim800", faults: Faults | None = None, **kwargs: object
+) -> AsyncIterator[Simulator]:
+    """A started simulator, stopped on exit: ``sim.device``, ``sim.sent``."""
+    sim = Simulator(profile, faults, **kwargs)  # type: ignore[arg-type]
+    await sim.start()
+    try:
+        yield sim
+    finally:
+        await sim.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m gsm.simulator`: run a simulated modem until Ctrl-C."""
+    parser = argparse.ArgumentParser(prog="python -m gsm.simulator", description=__doc__)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="sim800")
+    parser.add_argument("--pin", help="the SIM asks for this PIN")
+    parser.add_argument("--slow", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--cms-every", type=int, default=0, help="every Nth part fails")
+    parser.add_argument("--noise", action="store_true", help="URCs inside answers")
+    parser.add_argument("--garbage", action="store_true", help="garbage before answers")
+    parser.add_argument("--no-network", action="store_true", help="never registered")
+    args = parser.parse_args(argv)
+    faults = Faults(
+        slow=args.slow,
+        cms_every=args.cms_every,
+        urc_noise=args.noise,
+        garbage=args.garbage,
+        no_network=args.no_network,
+        pin=args.pin,
+    )
+
+    async def run() -> None:
+        async with running(args.profile, faults) as sim:
+            print(f"{sim.profile.maker.strip()} {sim.profile.model.strip()} simulator")
+            print(f"device: {sim.device}")
+            print(f"pty:    {sim.pty_path}", flush=True)
+            seen = 0
+            while True:
+                await sim.wait_for(lambda: len(sim.sent) > seen)
+                for sms in sim.sent[seen:]:
+                    print(f"sent to {sms.number} ({sms.parts} part(s)): {sms.text}", flush=True)
+                seen = len(sim.sent)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
