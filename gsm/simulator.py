@@ -421,7 +421,7 @@ class Simulator:
                 if b == 0x0D:
                     text = line.decode("latin-1").strip()
                     line.clear()
-                    if not text[:2].upper() == "AT":
+                    if text[:2].upper() != "AT":
                         continue  # V.250 5.2.1: characters before "AT" are ignored
                     prompt = await self._command(text)
                     if prompt is not None:
@@ -766,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pty:    {sim.pty_path}", flush=True)
             seen = 0
             while True:
-                await sim.wait_for(lambda: len(sim.sent) > seen)
+                await sim.wait_sent(seen + 1)
                 for sms in sim.sent[seen:]:
                     print(f"sent to {sms.number} ({sms.parts} part(s)): {sms.text}", flush=True)
                 seen = len(sim.sent)
