@@ -26,6 +26,7 @@ from daemon.clock import Clock
 from daemon.config import Config
 from daemon.logsetup import kv
 from daemon.store import PENDING_STATES, Message, Store, StoreError
+from gsm.errors import SendUncertain
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,18 @@ class SmsSender(Protocol):
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Timeouts, OS errors and errors flagged `retryable` are worth another try."""
-    if isinstance(exc, TimeoutError | OSError):
-        return True
-    return bool(getattr(exc, "retryable", False))
+    """Is another try worth it? An explicit `retryable` flag wins (gsm.errors has one:
+    SendUncertain is a TimeoutError that must NOT be retried blindly); otherwise timeouts
+    and OS errors are retryable and everything else is permanent."""
+    flag = getattr(exc, "retryable", None)
+    if isinstance(flag, bool):
+        return flag
+    return isinstance(exc, TimeoutError | OSError)
+
+
+def is_uncertain(exc: BaseException) -> bool:
+    """The modem may have sent the text although the send failed (gsm SendUncertain)."""
+    return isinstance(exc, SendUncertain)
 
 
 def sender_ready(sender: SmsSender | None) -> bool:
@@ -340,7 +349,29 @@ class Outbox:
         tb = self._cfg.textback
         err = f"{type(exc).__name__}: {exc}"[:500]
         now = self._clock.now()
-        if is_retryable(exc) and attempt < tb.max_attempts:
+        uncertain = is_uncertain(exc)
+        if uncertain and not (tb.resend_uncertain and attempt < tb.max_attempts):
+            # The body reached the modem; a resend could text the caller twice.
+            await self._durably(
+                self._store.update_message,
+                m.id,
+                now=now,
+                state="uncertain",
+                last_error=err,
+                reason="send_uncertain",
+            )
+            log.warning(
+                kv(
+                    event="message",
+                    id=m.id,
+                    destination=m.destination,
+                    state="uncertain",
+                    reason="send_uncertain",
+                    error=err,
+                )
+            )
+            return
+        if (uncertain or is_retryable(exc)) and attempt < tb.max_attempts:
             wait = tb.retry_backoff * 2 ** (attempt - 1)
             await self._durably(
                 self._store.update_message,

@@ -12,6 +12,7 @@ import pytest
 from daemon.clock import ManualClock
 from daemon.outbox import Outbox, is_retryable
 from daemon.store import Store
+from gsm.errors import CmsError, ModemGone, SendUncertain
 from tests.outbox_fakes import NUMBERS, FakeSender, Permanent, Retryable, cfg
 
 T0 = 1_795_300_000.0
@@ -160,8 +161,32 @@ def test_which_errors_are_retryable() -> None:
     assert is_retryable(TimeoutError())
     assert is_retryable(ConnectionResetError())
     assert is_retryable(Retryable())
+    assert is_retryable(ModemGone("unplugged"))
+    assert is_retryable(CmsError("AT+CMGS", 331))  # no network service
+    assert not is_retryable(CmsError("AT+CMGS", 21))  # rejected
     assert not is_retryable(Permanent())
     assert not is_retryable(ValueError("bad number"))
+    # A TimeoutError whose body reached the modem: its own flag wins.
+    assert not is_retryable(SendUncertain("AT+CMGS", 60))
+
+
+@pytest.mark.parametrize(("resend", "state", "sends"), [(False, "uncertain", 0), (True, "sent", 1)])
+async def test_send_uncertain_is_not_resent_unless_configured(
+    store: Store, clock: ManualClock, resend: bool, state: str, sends: int
+) -> None:
+    sender = FakeSender(script=[SendUncertain("AT+CMGS", 60)])
+    outbox = _outbox(store, clock, sender, delay="0s", resend_uncertain=resend)
+    mid = await _enqueue(outbox)
+    for _ in range(10):
+        await outbox.process_due()
+        clock.advance(60)
+    m = await store.get_message(mid)
+    assert m is not None
+    assert m.state == state
+    assert len(sender.sent) == sends
+    if not resend:
+        assert m.reason == "send_uncertain"
+        assert "SendUncertain" in (m.last_error or "")
 
 
 async def test_sender_down_keeps_texts_queued_then_sends(store: Store, clock: ManualClock) -> None:
