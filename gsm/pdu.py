@@ -316,6 +316,8 @@ def _encode_timestamp(when: datetime, what: str) -> bytes:
     if rest:
         raise ValueError(f"{what} UTC offset must be whole quarter hours: {offset}")
     quarters = abs(minutes)
+    if quarters > 79:  # the tens digit has three bits; real zones stay within +-14 h
+        raise ValueError(f"{what} UTC offset beyond +-19:45 cannot be sent: {offset}")
     fields = [when.year % 100, when.month, when.day, when.hour, when.minute, when.second]
     out = bytearray(((v % 10) << 4) | (v // 10) for v in fields)
     out.append(((quarters % 10) << 4) | (quarters // 10) | (0x08 if minutes < 0 else 0))

@@ -511,6 +511,7 @@ def test_negative_time_zone() -> None:
         datetime(2024, 1, 1),  # naive
         datetime(2024, 1, 1, tzinfo=timezone(timedelta(minutes=10))),  # not a quarter hour
         datetime(2090, 1, 1, tzinfo=UTC),  # beyond what two digits can say
+        datetime(2024, 1, 1, tzinfo=timezone(timedelta(hours=20))),  # beyond 79 quarters
     ],
 )
 def test_bad_timestamps_are_refused(when: datetime) -> None:
