@@ -1,0 +1,273 @@
+"""Text templates: which wording a missed call gets, and filling it in safely.
+
+A template is trusted config; everything a caller controls (the caller ID name, the DID
+the trunk reports) is untrusted. So templates are parsed with `string.Formatter().parse`
+and the values are pasted in as plain strings: `str.format` never sees caller data, and a
+caller name such as "{business_name}" or "%s" stays literal text. The fields are a fixed
+set (`FIELDS`); anything else in a template is a config error (`check_template`).
+"""
+
+from __future__ import annotations
+
+import string
+import unicodedata
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Literal, NamedTuple
+
+from daemon.config import Config, LineConfig
+from daemon.hours import DAY_NAMES, local_time, schedule
+from daemon.model import FinishedCall
+from gsm.pdu import SmsInfo, sms_info
+
+TemplateKind = Literal["in_hours", "after_hours", "voicemail"]
+
+#: The merge fields a template may use.
+FIELDS = ("business_name", "caller_name", "did", "callback_number", "time", "day")
+#: Config key of each template kind ([textback] and [[lines]] share the names).
+TEMPLATE_KEYS: dict[TemplateKind, str] = {
+    "in_hours": "template",
+    "after_hours": "template_after_hours",
+    "voicemail": "template_voicemail",
+}
+#: Longest caller name put into a text (characters, after cleaning).
+CALLER_NAME_MAX = 30
+#: Longest DID / callback number put into a text.
+NUMBER_MAX = 20
+
+#: Caller ID names that mean "no name" (compared case-insensitively, after cleaning).
+_NO_NAME = frozenset(
+    {
+        "unknown",
+        "<unknown>",
+        "anonymous",
+        "unavailable",
+        "restricted",
+        "private",
+        "withheld",
+        "blocked",
+        "no caller id",
+        "unknown name",
+        "wireless caller",
+    }
+)
+
+
+class TemplateError(ValueError):
+    """A template cannot be rendered (unknown field, bad braces); `problems` lists why."""
+
+    def __init__(self, template: str, problems: list[str]) -> None:
+        self.template = template
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+# -- checking ---------------------------------------------------------------------------
+
+
+def check_template(template: str) -> list[str]:
+    """Problems of one template, each a sentence; [] when it is fine."""
+    known = ", ".join("{" + f + "}" for f in FIELDS)
+    if not template.strip():
+        return [f"empty template; write the text, it may use {known}"]
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return [
+            f"cannot read the template ({exc}); merge fields look like {{business_name}}, "
+            "write {{ and }} for literal braces"
+        ]
+    out: list[str] = []
+    for _, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        if field == "" or field.isdigit():
+            out.append(f"a field without a name ({{{field}}}); use a named field: {known}")
+        elif "." in field or "[" in field:
+            out.append(f"{{{field}}}: attribute or index access is not allowed; use {known}")
+        elif field not in FIELDS:
+            out.append(f"unknown field {{{field}}}; known fields: {known}")
+        if conversion:
+            out.append(f"{{{field}!{conversion}}}: a conversion is not allowed; write {{{field}}}")
+        if spec:
+            out.append(f"{{{field}:{spec}}}: a format spec is not allowed; write {{{field}}}")
+    return out
+
+
+# -- rendering --------------------------------------------------------------------------
+
+
+def render(template: str, fields: Mapping[str, str], *, strict: bool = True) -> str:
+    """Fill `template`'s fields from `fields`, values pasted verbatim (never formatted).
+
+    strict: a template problem raises TemplateError. Not strict (previews of a broken
+    config): a bad field is kept as written, an unreadable template is returned as is.
+    """
+    problems = check_template(template)
+    if problems and strict:
+        raise TemplateError(template, problems)
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError:
+        return template
+    out: list[str] = []
+    for literal, field, spec, conversion in parsed:
+        out.append(literal)
+        if field is None:
+            continue
+        value = fields.get(field) if field in FIELDS else None
+        if value is None or spec or conversion:
+            if strict:
+                raise TemplateError(template, [f"no value for {{{field}}}"])
+            out.append(_as_written(field, spec, conversion))
+        else:
+            out.append(value)
+    return "".join(out)
+
+
+def _as_written(field: str, spec: str | None, conversion: str | None) -> str:
+    conv = f"!{conversion}" if conversion else ""
+    return "{" + field + conv + (f":{spec}" if spec else "") + "}"
+
+
+def clean_text(raw: str, limit: int) -> str:
+    """Untrusted text made inert: no control, format (bidi override, zero-width),
+    surrogate, private-use or unassigned characters; whitespace runs become one space;
+    at most `limit` characters."""
+    kept = []
+    for ch in unicodedata.normalize("NFC", raw):
+        cat = unicodedata.category(ch)
+        if ch.isspace() or cat in ("Zl", "Zp"):
+            kept.append(" ")  # CR, LF, tabs, line separators: a space, then collapsed
+        elif cat[0] == "C":  # Cc control, Cf format (U+202E ...), Cs, Co, Cn
+            continue
+        else:
+            kept.append(ch)
+    return " ".join("".join(kept).split())[:limit].rstrip()
+
+
+def caller_name_value(call: FinishedCall, fallback: str) -> str:
+    """{caller_name}: the PBX's caller name when it is a real name, cleaned and cut."""
+    name = clean_text(call.caller_name, CALLER_NAME_MAX * 4)
+    if (
+        not name
+        or name.lower() in _NO_NAME
+        # A "name" without a single letter is a number or punctuation, not a name
+        # (many PBXes put the number itself into the name).
+        or not any(ch.isalpha() for ch in name)
+        or name == clean_text(call.caller, CALLER_NAME_MAX * 4)
+    ):
+        return fallback
+    return name[:CALLER_NAME_MAX].rstrip()
+
+
+def business_name(cfg: Config, line: LineConfig | None) -> str:
+    """{business_name}: the line's, else [textback]'s (a blank line value counts as unset)."""
+    if line is not None and line.business_name is not None and line.business_name.strip():
+        return line.business_name
+    return cfg.textback.business_name
+
+
+def call_fields(cfg: Config, call: FinishedCall, now: float) -> dict[str, str]:
+    """Every merge field's value for one call, at time `now` (epoch seconds)."""
+    line = cfg.line_for(call.did)
+    did = clean_text(call.did, NUMBER_MAX)
+    callback = line.callback_number if line is not None and line.callback_number else did
+    local = local_time(cfg.hours, now)
+    return {
+        "business_name": business_name(cfg, line),
+        "caller_name": caller_name_value(call, cfg.textback.caller_name_fallback),
+        "did": did,
+        "callback_number": callback,
+        **time_fields(local),
+    }
+
+
+def time_fields(local: datetime) -> dict[str, str]:
+    """{time} (HH:MM) and {day} (weekday name) of a local datetime."""
+    return {"time": f"{local.hour:02d}:{local.minute:02d}", "day": DAY_NAMES[local.weekday()]}
+
+
+def template_of(cfg: Config, line: LineConfig | None, kind: TemplateKind) -> str:
+    """The template of `kind` for a line: its own, else [textback]'s."""
+    key = TEMPLATE_KEYS[kind]
+    if line is not None:
+        own: str | None = getattr(line, key)
+        if own is not None:
+            return own
+    value: str = getattr(cfg.textback, key)
+    return value
+
+
+def select_template(cfg: Config, call: FinishedCall, now: float) -> tuple[TemplateKind, str]:
+    """Which wording: voicemail when the caller left one, else by business hours at `now`.
+
+    ValueError when [hours] is broken (bad time zone or span).
+    """
+    line = cfg.line_for(call.did)
+    kind: TemplateKind
+    if call.voicemail_left is True:
+        kind = "voicemail"
+    elif schedule(cfg.hours).is_open(now):
+        kind = "in_hours"
+    else:
+        kind = "after_hours"
+    return kind, template_of(cfg, line, kind)
+
+
+def render_for_call(cfg: Config, call: FinishedCall, now: float) -> tuple[TemplateKind, str]:
+    """The template kind and the finished text for one call. TemplateError/ValueError on a
+    broken config (which `textback check` and the daemon's start refuse)."""
+    kind, template = select_template(cfg, call, now)
+    return kind, render(template, call_fields(cfg, call, now))
+
+
+# -- previews for `textback check` --------------------------------------------------------
+
+#: Sample values for previews: a weekday morning, a short name.
+SAMPLE_CALLER_NAME = "Jane"
+SAMPLE_DID = "+12025550100"
+_SAMPLE_LOCAL = datetime(2026, 3, 3, 10, 30)  # a Tuesday
+
+
+class Preview(NamedTuple):
+    """One configured template rendered with sample values, and what it costs to send."""
+
+    label: str  # the config key, e.g. "textback.template", "lines[0].template_voicemail"
+    text: str
+    info: SmsInfo
+
+
+def render_preview(cfg: Config) -> list[Preview]:
+    """Every configured template rendered with sample values ("Jane", Tuesday 10:30).
+
+    [textback]'s three templates first, then each [[lines]] entry's effective three.
+    A broken template is shown with its bad fields as written, never raised.
+    """
+    out: list[Preview] = []
+    base = {
+        "business_name": cfg.textback.business_name,
+        "caller_name": SAMPLE_CALLER_NAME,
+        "did": SAMPLE_DID,
+        "callback_number": SAMPLE_DID,
+        **time_fields(_SAMPLE_LOCAL),
+    }
+    for kind, key in TEMPLATE_KEYS.items():
+        text = render(template_of(cfg, None, kind), base, strict=False)
+        out.append(Preview(f"textback.{key}", text, _info(text)))
+    for i, line in enumerate(cfg.lines):
+        did = clean_text(line.did, NUMBER_MAX)
+        fields = dict(
+            base,
+            business_name=business_name(cfg, line),
+            did=did,
+            callback_number=line.callback_number or did,
+        )
+        for kind, key in TEMPLATE_KEYS.items():
+            text = render(template_of(cfg, line, kind), fields, strict=False)
+            out.append(Preview(f"lines[{i}].{key}", text, _info(text)))
+    return out
+
+
+def _info(text: str) -> SmsInfo:
+    return sms_info(text)
