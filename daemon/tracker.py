@@ -144,6 +144,7 @@ class _Call:
         "dialled",
         "dialling_started",
         "did",
+        "end_unknown",
         "in_queue",
         "inbound",
         "last_at",
@@ -199,6 +200,7 @@ class _Call:
         self.pbx_answered = False
         self.pbx_hangup = False
         self.caller_left_ringing = False
+        self.end_unknown = False  # the caller's hang-up was never seen (expiry, gap)
         self.origin_hungup_at: float | None = None
         self.pres_prohibited = False
         self.dialled = ""
@@ -385,6 +387,7 @@ class CallTracker:
         if call is None:
             return None
         at = self._ts(msg)
+        call.last_at = at
         if msg["Uniqueid"] == call.origin:
             self._origin_event(call, msg)
         call.dialling_started = True
@@ -408,6 +411,7 @@ class CallTracker:
         if call is None:
             return None
         at = self._ts(msg)
+        call.last_at = at
         if msg["Uniqueid"] == call.origin:
             self._origin_event(call, msg)
         status = msg.get("DialStatus", "")
@@ -582,12 +586,9 @@ class CallTracker:
         if call.queue_abandoned:
             return Outcome.QUEUE_ABANDON
         hung = call.origin_hungup_at if call.origin_hungup_at is not None else at
-        if call.origin_hungup_at is None:
-            # the caller's hang-up was never seen (expiry, resync): judge the last state
-            left_ringing = bool(call.pending) or call.last_dial == "CANCEL"
-        else:
-            left_ringing = call.caller_left_ringing
-        if left_ringing:
+        if call.origin_hungup_at is None and not call.end_unknown:
+            call.caller_left_ringing = bool(call.pending) or call.last_dial == "CANCEL"
+        if call.caller_left_ringing:
             return self._abandon(call, hung)
         if call.queue_joined:
             return Outcome.NO_ANSWER  # the queue timed out; the dialplan moved on
@@ -603,7 +604,10 @@ class CallTracker:
 
     def _abandon(self, call: _Call, hung: float) -> Outcome:
         # the caller's whole wait counts, not only the ringing: a caller who hung up
-        # half a second into ringing after an announcement did not misdial
+        # half a second into ringing after an announcement did not misdial. When the
+        # hang-up was never seen the wait is unknown: no misdial can be claimed.
+        if call.end_unknown:
+            return Outcome.ABANDONED
         if hung - call.started_at < self._min_ring:
             return Outcome.SHORT_ABANDON
         return Outcome.ABANDONED
@@ -616,6 +620,7 @@ class CallTracker:
         old = [call for call in self._calls.values() if call.started_at < cutoff]
         out: list[FinishedCall] = []
         for call in old:
+            self._lose_sight(call)
             fin = self._finish(call, call.last_at)
             self.stats.expired += 1
             log.info(
@@ -632,6 +637,13 @@ class CallTracker:
                 self._max_age,
             )
         return out
+
+    @staticmethod
+    def _lose_sight(call: _Call) -> None:
+        """The caller's hang-up will never be seen: judge the state as it was last known."""
+        if call.origin_hungup_at is None and not call.end_unknown:
+            call.end_unknown = True
+            call.caller_left_ringing = bool(call.pending) or call.last_dial == "CANCEL"
 
     def resync(
         self, channels: Iterable[Message], gap_from: float, gap_to: float
@@ -655,13 +667,12 @@ class CallTracker:
         out: list[TrackerEvent] = []
         for lid, call in list(self._calls.items()):
             gone = call.channels - live_uids
+            if call.origin in gone:
+                self._lose_sight(call)
             if gone:
                 for uid in gone:
                     call.channels.discard(uid)
                     call.pending.discard(uid)
-                    if uid == call.origin and call.origin_hungup_at is None:
-                        call.origin_hungup_at = max(call.last_at, gap_from)
-                        call.caller_left_ringing = bool(call.pending) or call.last_dial == "CANCEL"
             if not call.channels:
                 self.stats.vanished += 1
                 fin = self._finish(call, max(call.last_at, gap_from))
