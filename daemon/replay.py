@@ -18,7 +18,13 @@ import phonenumbers
 
 from daemon.ami.stream import AmiStream
 from daemon.clock import SystemClock
-from daemon.config import Config, ConfigError, load_config, parse_duration
+from daemon.config import (
+    DEFAULT_CONFIG_PATH,
+    Config,
+    ConfigError,
+    load_config,
+    parse_duration,
+)
 from daemon.model import MISSED_OUTCOMES, FinishedCall, Outcome, Reason
 from daemon.numbers import CallerKind, classify_caller
 from daemon.tracker import WANTED_EVENTS, WANTED_VARS, CallTracker
@@ -110,7 +116,10 @@ def _read_chunks(path: Path, size: int) -> Any:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    cfg = load_config(args.config)
+    path = args.config
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH  # the daemon's own file; with none, the defaults hold
+    cfg = load_config(path)
     textback = cfg.textback
     calls = cfg.calls
     if args.region:

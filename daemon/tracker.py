@@ -215,6 +215,10 @@ class CallTracker:
         self._clock = clock
         self._calls: dict[str, _Call] = {}
         self._recent: OrderedDict[str, None] = OrderedDict()
+        # Uniqueid -> the call the channel started in. Asterisk moves a channel to another
+        # Linkedid when it is bridged with an older call (pickup, transfer); its Hangup
+        # must still close the call that counted it.
+        self._chan_call: dict[str, _Call] = {}
         self.stats = TrackerStats()
         self._handlers: dict[str, Callable[[Message], list[TrackerEvent] | None]] = {
             "Newchannel": self._on_newchannel,
@@ -303,6 +307,7 @@ class CallTracker:
             self._calls[lid] = call
             self.stats.started += 1
         call.channels.add(uid)
+        self._chan_call[uid] = call
         if uid == lid or not call.origin:
             self._set_origin(call, msg, uid)
         return None
@@ -509,10 +514,17 @@ class CallTracker:
         return None
 
     def _on_hangup(self, msg: Message) -> list[TrackerEvent] | None:
-        call = self._call_of(msg)
-        if call is None:
+        uid = msg.get("Uniqueid")
+        if not uid:
+            self.stats.missing_ids += 1
             return None
-        uid = msg["Uniqueid"]
+        call = self._chan_call.pop(uid, None)
+        if call is None:
+            if msg.get("Linkedid") in self._recent:
+                self.stats.late += 1
+            else:
+                self.stats.unknown_channel += 1
+            return None
         at = self._ts(msg)
         call.last_at = at
         if uid == call.origin:
@@ -529,6 +541,9 @@ class CallTracker:
 
     def _finish(self, call: _Call, at: float) -> FinishedCall:
         del self._calls[call.linkedid]
+        chan_call = self._chan_call
+        for uid in call.channels:  # only after expiry or a gap: channels still listed
+            chan_call.pop(uid, None)
         recent = self._recent
         recent[call.linkedid] = None
         if len(recent) > RECENT_FINISHED:
@@ -614,6 +629,26 @@ class CallTracker:
 
     # ------------------------------------------------------------------ upkeep
 
+    def ringing_longer_than(self, seconds: float, now: float) -> list[tuple[str, str]]:
+        """(linkedid, caller channel) of inbound calls still ringing unanswered for `seconds`.
+
+        For `enforce_ring_timeout`: these calls get redirected to voicemail.
+        """
+        out = []
+        for call in self._calls.values():
+            if (
+                call.inbound
+                and call.ring_start is not None
+                and call.stop_at is None
+                and call.origin_hungup_at is None
+                and not call.answered_by
+                and not call.vm_reached
+                and call.channel
+                and now - call.ring_start >= seconds
+            ):
+                out.append((call.linkedid, call.channel))
+        return out
+
     def expire(self, now: float) -> list[FinishedCall]:
         """Finish calls older than `max_call_age` whose end never arrived (lost events)."""
         cutoff = now - self._max_age
@@ -673,6 +708,7 @@ class CallTracker:
                 for uid in gone:
                     call.channels.discard(uid)
                     call.pending.discard(uid)
+                    self._chan_call.pop(uid, None)
             if not call.channels:
                 self.stats.vanished += 1
                 fin = self._finish(call, max(call.last_at, gap_from))
@@ -698,7 +734,9 @@ class CallTracker:
         self._calls[lid] = call
         self.stats.adopted += 1
         for ch in chans:
-            call.channels.add(ch.get("Uniqueid", ""))
+            uid = ch.get("Uniqueid", "")
+            call.channels.add(uid)
+            self._chan_call[uid] = call
         self._set_origin(
             call,
             {

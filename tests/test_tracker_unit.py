@@ -434,4 +434,33 @@ def test_memory_stays_flat_with_100k_lost_hangups() -> None:
     assert tracker.active == 0
     assert peak <= 60 / 0.01 + 1000  # never more than max_call_age worth of calls
     assert len(tracker._recent) <= RECENT_FINISHED
+    assert not tracker._chan_call
     assert tracker.stats.finished["short_abandon"] + tracker.stats.finished["abandoned"] == 100_000
+
+
+def test_a_channel_moved_to_another_linkedid_still_closes_its_own_call() -> None:
+    """Pickup / transfer: Asterisk gives the picker's channel the older call's Linkedid."""
+    tracker = CallTracker(make_cfg(), ManualClock(T0))
+    caller = Chan("PJSIP/trunk-00000001", "6.1", "6.1", num="+12025550160")
+    ringing = Chan("PJSIP/101-00000002", "6.2", "6.1", num="101", context="internal")
+    picker = Chan("PJSIP/102-00000003", "6.3", "6.3", num="102", context="internal", exten="*8")
+    events = feed_all(
+        tracker,
+        [
+            caller.ev("Newchannel", T0),
+            ringing.ev("Newchannel", T0 + 0.01),
+            caller.ev("DialBegin", T0 + 0.02, **caller.dest(ringing)),
+            picker.ev("Newchannel", T0 + 2),
+            caller.ev("DialEnd", T0 + 2.5, DialStatus="ANSWER", **caller.dest(picker)),
+            ringing.ev("Hangup", T0 + 2.5),
+        ],
+    )
+    assert [type(e).__name__ for e in events] == ["InboundAnswered"]
+    picker.lid = "6.1"  # bridged with the older call: its Linkedid follows
+    events = feed_all(tracker, [caller.ev("Hangup", T0 + 30), picker.ev("Hangup", T0 + 30)])
+    calls = finished(events)
+    assert sorted((c.linkedid, c.outcome.value) for c in calls) == [
+        ("6.1", "answered"),
+        ("6.3", "not_inbound"),
+    ]
+    assert tracker.active == 0
