@@ -1,0 +1,437 @@
+"""`textback run`: the daemon. Wires AMI intake, tracker, policy, outbox, store and modem.
+
+One TaskGroup supervises. The AMI protocol hands events to the tracker synchronously (it
+is cheap and in order); what the tracker emits goes through a queue to the pipeline,
+which writes to SQLite before anything is sent. The outbox owns no modem: the modem
+supervisor attaches one when it is ready and detaches it when it is gone, and texts wait
+in the outbox meanwhile.
+
+systemd: READY=1 once config and database are up (not waiting for the PBX or the modem),
+STATUS lines a person can read, WATCHDOG=1 from the event loop, SIGTERM finishes the AT
+send in flight and exits within 10 s, SIGHUP reloads templates and policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from argparse import Namespace
+from pathlib import Path
+from typing import Any
+
+from daemon.ami.client import AmiClient
+from daemon.ami.frames import Message
+from daemon.check import Severity, check_config
+from daemon.clock import Clock, SystemClock
+from daemon.config import DEFAULT_CONFIG_PATH, Config
+from daemon.logsetup import kv, setup_logging
+from daemon.model import FinishedCall, TrackerEvent
+from daemon.outbox import Outbox
+from daemon.pipeline import Pipeline
+from daemon.sdnotify import Notifier
+from daemon.store import Store, StoreError, StoreLockedError
+from daemon.tracker import WANTED_EVENTS, WANTED_VARS, CallTracker
+from gsm.errors import GsmError, PinError, SimError
+from gsm.modem import Modem, Timeouts
+from gsm.pdu import Deliver, StatusReport
+
+log = logging.getLogger("daemon.service")
+
+#: How often calls whose end never arrived are looked for.
+EXPIRE_INTERVAL = 60.0
+#: How often the STATUS line is refreshed (only sent when it changed).
+STATUS_INTERVAL = 5.0
+#: SIGTERM: the send in flight may finish within this; systemd's TimeoutStopSec is 15 s.
+STOP_GRACE = 8.0
+#: Modem start-up retries: first wait, doubling up to the longest.
+MODEM_RETRY_FIRST = 2.0
+MODEM_RETRY_MAX = 60.0
+#: enforce_ring_timeout: how often ringing calls are checked.
+ENFORCE_INTERVAL = 1.0
+
+#: Sections a SIGHUP cannot change without a restart (connections and files are open).
+RESTART_SECTIONS = ("ami", "modem", "database")
+
+
+class Service:
+    """The running daemon. `run()` returns the process exit code."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        config_path: Path | None,
+        *,
+        clock: Clock | None = None,
+        notifier: Notifier | None = None,
+        modem_timeouts: Timeouts | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.clock = clock or SystemClock()
+        self.notifier = notifier or Notifier()
+        self._modem_timeouts = modem_timeouts
+        self.tracker = CallTracker(cfg, self.clock)
+        self._events: asyncio.Queue[TrackerEvent] = asyncio.Queue()
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self.store: Store | None = None
+        self.outbox: Outbox | None = None
+        self.pipeline: Pipeline | None = None
+        self.ami: AmiClient | None = None
+        self.modem: Modem | None = None
+        self._modem_problem = "starting"
+        self._waiting = 0
+        self._redirected: set[str] = set()
+        self._bg: set[asyncio.Task[None]] = set()
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop taking new work and shut down (SIGTERM, SIGINT)."""
+        if not self._stop.is_set():
+            log.info(kv(event="stopping", reason="signal"))
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        """Reload templates and policy from the config file (SIGHUP)."""
+        self._reload.set()
+
+    async def run(self) -> int:
+        """Open the database, start everything, and serve until stopped."""
+        loop = asyncio.get_running_loop()
+        for sig, handler in (
+            (signal.SIGTERM, self.request_stop),
+            (signal.SIGINT, self.request_stop),
+            (signal.SIGHUP, self.request_reload),
+        ):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, handler)
+        try:
+            self.store = await Store.open(self.cfg.database.path, tz=self.cfg.hours.timezone)
+        except StoreLockedError as exc:
+            log.error(kv(event="start_failed", error=exc))
+            return 1
+        except (StoreError, OSError) as exc:
+            log.error(kv(event="start_failed", database=self.cfg.database.path, error=exc))
+            return 1
+        try:
+            return await self._serve()
+        finally:
+            await self.store.close()
+            self.notifier.close()
+            log.info(kv(event="stopped"))
+
+    async def _serve(self) -> int:
+        assert self.store is not None
+        cfg = self.cfg
+        self.outbox = Outbox(cfg, self.store, self.clock, sender=None)
+        self.pipeline = Pipeline(cfg, self.store, self.outbox, self.clock)
+        self.ami = AmiClient(
+            cfg.ami,
+            on_event=self._on_ami_event,
+            on_resync=self._on_resync,
+            clock=self.clock,
+            wanted=WANTED_EVENTS,
+            wanted_vars=WANTED_VARS,
+        )
+        log.info(
+            kv(
+                event="started",
+                ami=f"{cfg.ami.host}:{cfg.ami.port}",
+                modem=cfg.modem.device,
+                database=cfg.database.path,
+                ring_timeout=f"{cfg.calls.ring_timeout:g}s",
+                delay=f"{cfg.textback.delay:g}s",
+                enabled=cfg.textback.enabled,
+            )
+        )
+        self.notifier.ready(self.status_line())
+        work: list[asyncio.Task[Any]] = []
+        crashed: list[BaseException] = []
+        try:
+            async with asyncio.TaskGroup() as tg:
+                work = [
+                    tg.create_task(self.ami.run(), name="ami"),
+                    tg.create_task(self._consume(), name="pipeline"),
+                    tg.create_task(self.pipeline.run(), name="outbox"),
+                    tg.create_task(self._modem_loop(), name="modem"),
+                    tg.create_task(self._expire_loop(), name="expire"),
+                    tg.create_task(self._status_loop(), name="status"),
+                    tg.create_task(self._reload_loop(), name="reload"),
+                ]
+                interval = self.notifier.watchdog_interval()
+                if interval:
+                    work.append(tg.create_task(self._watchdog_loop(interval), name="watchdog"))
+                if cfg.calls.enforce_ring_timeout:
+                    work.append(tg.create_task(self._enforce_loop(), name="enforce"))
+                await self._stop.wait()
+                await self._shutdown(work)
+        except* Exception as group:
+            crashed.extend(group.exceptions)
+        for exc in crashed:
+            log.critical(kv(event="crashed", error=repr(exc)), exc_info=exc)
+        return 1 if crashed else 0
+
+    async def _shutdown(self, work: list[asyncio.Task[Any]]) -> None:
+        """Stop intake, let the pipeline take what arrived, finish the send in flight."""
+        self.notifier.stopping()
+        assert self.ami is not None
+        assert self.outbox is not None
+        await self.ami.close()
+        # what the tracker emitted before the intake stopped still reaches the database
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await self._drain_events()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_GRACE):
+                await self.outbox.quiesce()
+        for task in work:
+            task.cancel()
+        if self.modem is not None:
+            await self.modem.close()
+
+    async def _drain_events(self) -> None:
+        await self._events.join()
+
+    # -- AMI -> tracker -> pipeline ----------------------------------------------------------
+
+    def _on_ami_event(self, msg: Message) -> None:
+        # Called from the AMI protocol for every wanted event: keep it cheap.
+        for ev in self.tracker.feed(msg):
+            self._events.put_nowait(ev)
+
+    def _on_resync(self, channels: list[Message], gap_from: float, gap_to: float) -> None:
+        for ev in self.tracker.resync(channels, gap_from, gap_to):
+            self._events.put_nowait(ev)
+        if gap_to > gap_from and self.store is not None:
+            self._spawn_store(self.store.add_gap(gap_from, gap_to, "AMI connection lost"))
+
+    def _spawn_store(self, coro: Any) -> None:
+        async def _do() -> None:
+            try:
+                await coro
+            except StoreError as exc:
+                log.error(kv(event="store_error", during="gap", error=exc))
+
+        task = asyncio.get_running_loop().create_task(_do())
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    async def _consume(self) -> None:
+        assert self.pipeline is not None
+        while True:
+            ev = await self._events.get()
+            if isinstance(ev, FinishedCall):
+                self._redirected.discard(ev.linkedid)
+            await self.pipeline.handle(ev)
+            self._events.task_done()
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await self.clock.sleep(EXPIRE_INTERVAL)
+            for ev in self.tracker.expire(self.clock.now()):
+                self._events.put_nowait(ev)
+
+    # -- modem ---------------------------------------------------------------------------------
+
+    async def _modem_loop(self) -> None:
+        """Start the modem, retrying with backoff; hand it to the outbox while it is ready."""
+        assert self.outbox is not None
+        m = self.cfg.modem
+        delay = MODEM_RETRY_FIRST
+        first_failure = True
+        while True:
+            modem = Modem(
+                m.device,
+                baudrate=m.baudrate,
+                pin=m.pin or None,
+                smsc=m.smsc or None,
+                mode=m.mode,
+                timeouts=self._modem_timeouts,
+            )
+            try:
+                await modem.start()
+            except (PinError, SimError) as exc:
+                # a wrong PIN retried three times locks the SIM: stop, loudly, for good
+                self._modem_problem = f"SIM: {exc}"
+                log.error(kv(event="modem_failed", device=m.device, error=exc, retry="never"))
+                await modem.close()
+                return
+            except (GsmError, OSError) as exc:
+                self._modem_problem = str(exc)
+                level = logging.WARNING if first_failure else logging.DEBUG
+                log.log(
+                    level,
+                    kv(event="modem_unavailable", device=m.device, error=exc, retry_in=delay),
+                )
+                first_failure = False
+                await modem.close()
+                await self.clock.sleep(delay)
+                delay = min(delay * 2, MODEM_RETRY_MAX)
+                continue
+            self.modem = modem
+            self._modem_problem = ""
+            try:
+                info = await modem.probe()
+                log.info(
+                    kv(
+                        event="modem_ready",
+                        device=m.device,
+                        maker=info.maker,
+                        model=info.model,
+                        operator=info.operator,
+                        signal=info.rssi,
+                        registration=info.registration_text,
+                        mode=info.mode,
+                    )
+                )
+            except (GsmError, OSError) as exc:
+                log.warning(kv(event="modem_probe_failed", error=exc))
+            self.outbox.set_sender(modem)
+            await self._inbound(modem)
+            return
+
+    async def _inbound(self, modem: Modem) -> None:
+        """Delivery reports and inbound texts, into the store (replies: a later issue)."""
+        assert self.store is not None
+        async for item in modem.incoming():
+            now = self.clock.now()
+            try:
+                if isinstance(item, StatusReport):
+                    status = (
+                        "delivered" if item.delivered else ("failed" if item.final else "pending")
+                    )
+                    mid = await self.store.record_delivery(item.message_ref, status, now)
+                    log.info(
+                        kv(
+                            event="delivery_report",
+                            reference=item.message_ref,
+                            message=mid,
+                            status=status,
+                        )
+                    )
+                elif isinstance(item, Deliver):
+                    await self.store.add_reply(item.sender, item.text, now)
+                    log.info(kv(event="reply", sender=item.sender, chars=len(item.text)))
+            except StoreError as exc:
+                log.error(kv(event="store_error", during="inbound", error=exc))
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    def status_line(self) -> str:
+        """What `systemctl status` shows: AMI, modem, signal, queue."""
+        ami = "AMI connected" if self.ami is not None and self.ami.connected else "AMI connecting"
+        if self.modem is not None and self.modem.ready:
+            rssi = self.modem.rssi
+            modem = "modem ready" + (f", signal {rssi}/31" if rssi not in (None, 99) else "")
+        elif self.modem is not None:
+            modem = f"modem {self.modem.state.value}"
+        else:
+            modem = f"modem not ready ({self._modem_problem})" if self._modem_problem else "modem"
+        return f"{ami}, {modem}, {self._waiting} waiting, {self.tracker.active} calls in progress"
+
+    async def _status_loop(self) -> None:
+        assert self.store is not None
+        while True:
+            try:
+                pending = await self.store.messages(("waiting", "queued", "sending"))
+                self._waiting = len(pending)
+            except StoreError:
+                pass
+            self.notifier.status(self.status_line())
+            await self.clock.sleep(STATUS_INTERVAL)
+
+    async def _watchdog_loop(self, interval: float) -> None:
+        # deliberately the real event-loop timer: a stuck loop must miss its ping
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._reload.wait()
+            self._reload.clear()
+            self.notifier.reloading()
+            self.reload()
+            self.notifier.ready(self.status_line())
+
+    def reload(self) -> bool:
+        """Apply the config file again; a broken one is refused and the old one kept."""
+        new, problems = check_config(self.config_path)
+        errors = [p for p in problems if p.severity is Severity.ERROR]
+        if new is None or errors:
+            log.error(kv(event="reload_refused", problems=len(errors), keeping="old config"))
+            for p in errors:
+                log.error(kv(event="config_problem", key=p.key, problem=p.message, hint=p.hint))
+            return False
+        for section in RESTART_SECTIONS:
+            if getattr(new, section) != getattr(self.cfg, section):
+                log.warning(kv(event="reload_partial", section=section, needs="restart"))
+        self.cfg = new
+        self.tracker.reconfigure(new)
+        if self.pipeline is not None:
+            self.pipeline.reconfigure(new)
+        log.info(kv(event="reloaded", config=self.config_path))
+        return True
+
+    async def _enforce_loop(self) -> None:
+        """Redirect calls ringing past ring_timeout to the voicemail target (AMI Redirect)."""
+        assert self.ami is not None
+        context, exten, priority = _split_target(self.cfg.calls.voicemail_target)
+        while True:
+            await self.clock.sleep(ENFORCE_INTERVAL)
+            if not self.ami.connected:
+                continue
+            for linkedid, channel in self.tracker.ringing_longer_than(
+                self.cfg.calls.ring_timeout, self.clock.now()
+            ):
+                if linkedid in self._redirected:
+                    continue
+                self._redirected.add(linkedid)
+                try:
+                    reply = await self.ami.action(
+                        {
+                            "Action": "Redirect",
+                            "Channel": channel,
+                            "Context": context,
+                            "Exten": exten,
+                            "Priority": priority,
+                        }
+                    )
+                    ok = bool(reply) and reply[0].get("Response") == "Success"
+                    log.info(
+                        kv(
+                            event="redirect",
+                            linkedid=linkedid,
+                            channel=channel,
+                            target=self.cfg.calls.voicemail_target,
+                            ok=ok,
+                            message=reply[0].get("Message") if reply else None,
+                        )
+                    )
+                except Exception as exc:  # one failed Redirect must not stop the loop
+                    log.warning(kv(event="redirect_failed", linkedid=linkedid, error=exc))
+
+
+def _split_target(target: str) -> tuple[str, str, str]:
+    parts = [p.strip() for p in target.split(",")]
+    while len(parts) < 3:
+        parts.append("1")
+    return parts[0], parts[1], parts[2]
+
+
+def main(args: Namespace) -> int:
+    """`textback run [--config FILE]`."""
+    path = Path(args.config) if args.config else DEFAULT_CONFIG_PATH
+    cfg, problems = check_config(path)
+    errors = [p for p in problems if p.severity is Severity.ERROR]
+    if cfg is None or errors:
+        for p in errors:
+            print(f"textback: {path}: {p.key}: {p.message}", file=sys.stderr)
+        print("textback: not started; `textback check` explains each problem", file=sys.stderr)
+        return 1
+    setup_logging(cfg.log.level)
+    return asyncio.run(Service(cfg, path).run())
