@@ -91,7 +91,8 @@ _TWO_LINE_URCS = ("+CMT:", "+CDS:")
 
 @dataclass(frozen=True, slots=True)
 class Final:
-    """A final result code. `kind`: OK, ERROR, CME, CMS, NO CARRIER, BUSY, ..."""
+    """A final result code. `kind`: OK, ERROR, CME, CMS, NO CARRIER, BUSY, ...;
+    `code` the number of +CME/+CMS ERROR; `text` the line as received."""
 
     kind: str
     code: int | None = None
@@ -116,10 +117,12 @@ class Response:
         final = self.final
         if final.kind == "OK":
             return
+        code = final.code if final.code is not None else -1
+        detail = final.text.split(":", 1)[-1].strip()
         if final.kind == "CME":
-            raise CmeError(self.command, final.code if final.code is not None else -1, final.text)
+            raise CmeError(self.command, code, detail)
         if final.kind == "CMS":
-            raise CmsError(self.command, final.code if final.code is not None else -1, final.text)
+            raise CmsError(self.command, code, detail)
         raise CommandError(self.command, final.kind)
 
     def values(self, prefix: str) -> list[str]:
@@ -190,10 +193,10 @@ def parse_final(line: str) -> Final | None:
         if m:
             arg = m.group(1).strip()
             if arg.isdigit():
-                return Final(name, int(arg), arg)
+                return Final(name, int(arg), line)
             # Verbose mode (CMEE=2) gives the text: map it back to its code when we can.
             code = next((c for c, t in meanings.items() if t.lower() == arg.lower()), None)
-            return Final(name, code, arg)
+            return Final(name, code, line)
     return None
 
 
@@ -211,7 +214,13 @@ def urc_name(line: str, prefixes: tuple[str, ...] = URC_PREFIXES) -> str | None:
     """The URC name of `line` ("+CMTI", "^RSSI", "RING") or None if it is not a URC."""
     for p in prefixes:
         if line.startswith(p):
-            if p == "^" or p.endswith(":"):
+            if p == "^":
+                # Huawei reports carry a colon (^RSSI: 17, ^MODE:5,4); a bare ^WORD is an
+                # answer line (the AT+CLAC list of tests/data/modem/huaweie1752.json).
+                if ":" not in line:
+                    return None
+                return line.split(":", 1)[0].strip()
+            if p.endswith(":"):
                 return line.split(":", 1)[0].strip()
             return p
     return None

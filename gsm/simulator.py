@@ -385,9 +385,11 @@ class Simulator:
         self._changed = asyncio.Event()
 
     async def wait_for(self, predicate: Callable[[], bool]) -> None:
-        """Wait until `predicate()` holds (checked whenever the simulator changes)."""
+        """Wait until `predicate()` holds: checked whenever the simulator changes, and
+        every 10 ms for conditions outside it (the driver's state)."""
         while not predicate():
-            await self._changed.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), 0.01)
 
     async def wait_sent(self, n: int) -> None:
         """Wait until `n` whole texts were sent."""
