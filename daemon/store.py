@@ -114,7 +114,7 @@ _MIGRATIONS: tuple[str, ...] = (
         reason TEXT
     );
     CREATE INDEX messages_dest ON messages(destination, state);
-    CREATE INDEX messages_state ON messages(state);
+    CREATE INDEX messages_state ON messages(state, created_at);
     CREATE INDEX messages_created ON messages(created_at);
     CREATE TABLE message_parts (
         id INTEGER PRIMARY KEY,
