@@ -277,6 +277,7 @@ class CallTracker:
         lid = msg.get("Linkedid")
         if not lid or not msg.get("Uniqueid"):
             self.stats.missing_ids += 1
+            log.debug("event without Uniqueid/Linkedid: %s", msg.get("Event"))
             return None
         call = self._calls.get(lid)
         if call is None:
@@ -284,13 +285,31 @@ class CallTracker:
                 self.stats.late += 1
             else:
                 self.stats.unknown_channel += 1
+                log.debug("event for a call never seen: %s linkedid=%s", msg.get("Event"), lid)
         return call
 
-    def _origin_event(self, call: _Call, msg: Message) -> None:
-        """An event about the caller's own channel: keep the latest presentation."""
+    @staticmethod
+    def _origin_event(call: _Call, msg: Message) -> None:
+        """An event about the caller's own channel: keep the latest presentation.
+
+        manager.conf `channelvars = CALLERID(pres),CALLERID(num-pres)` puts it on every
+        event; the latest value counts (Newchannel is stamped before PAI/Privacy apply).
+        """
         pres = msg.get("ChanVariable:CALLERID(pres)")
-        if pres is not None:
-            call.pres_prohibited = pres.startswith("prohib")
+        num_pres = msg.get("ChanVariable:CALLERID(num-pres)")
+        if pres is not None or num_pres is not None:
+            call.pres_prohibited = (pres or "").startswith("prohib") or (num_pres or "").startswith(
+                "prohib"
+            )
+
+    def set_presentation(self, uniqueid: str, value: str) -> bool:
+        """Record a caller's presentation learnt another way (e.g. a Getvar of
+        CALLERID(pres) by the intake). Returns False when the channel is not a caller's."""
+        call = self._chan_call.get(uniqueid)
+        if call is None or call.origin != uniqueid:
+            return False
+        call.pres_prohibited = value.startswith("prohib")
+        return True
 
     def _on_newchannel(self, msg: Message) -> list[TrackerEvent] | None:
         lid = msg.get("Linkedid")
@@ -572,6 +591,15 @@ class CallTracker:
             elif call.vm_status_seen:
                 voicemail_left = False
         self.stats.finished[outcome.value] += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "call finished linkedid=%s inbound=%s outcome=%s ring=%.1fs channels=%s",
+                call.linkedid,
+                call.inbound,
+                outcome.value,
+                ring_seconds,
+                call.channel,
+            )
         return FinishedCall(
             linkedid=call.linkedid,
             caller=call.caller,

@@ -464,3 +464,25 @@ def test_a_channel_moved_to_another_linkedid_still_closes_its_own_call() -> None
         ("6.3", "not_inbound"),
     ]
     assert tracker.active == 0
+
+
+def test_presentation_learnt_later_marks_the_caller_withheld() -> None:
+    tracker = CallTracker(make_cfg(), ManualClock(T0))
+    caller = Chan("PJSIP/trunk-00000001", "2.1", "2.1", num="+12025550161")
+    leg = Chan("PJSIP/101-00000002", "2.2", "2.1", num="101", context="internal")
+    feed_all(tracker, [caller.ev("Newchannel", T0), leg.ev("Newchannel", T0)])
+    assert tracker.set_presentation("2.2", "prohib_not_screened") is False  # not the caller
+    assert tracker.set_presentation("2.9", "prohib_not_screened") is False  # unknown
+    assert tracker.set_presentation("2.1", "prohib_not_screened") is True
+    events = feed_all(tracker, [leg.ev("Hangup", T0 + 3), caller.ev("Hangup", T0 + 3)])
+    (call,) = finished(events)
+    assert call.withheld is True
+
+
+def test_num_pres_alone_also_withholds() -> None:
+    tracker = CallTracker(make_cfg(), ManualClock(T0))
+    caller = Chan("PJSIP/trunk-00000001", "2.5", "2.5", num="+12025550162")
+    pres = {"ChanVariable:CALLERID(num-pres)": "prohib_passed_screen"}
+    events = feed_all(tracker, [caller.ev("Newchannel", T0), caller.ev("Hangup", T0 + 3, **pres)])
+    (call,) = finished(events)
+    assert call.withheld is True
