@@ -249,3 +249,48 @@ async def test_asterisk_shutdown_named_in_the_loss(caplog: pytest.LogCaptureFixt
     async with rig(server, wanted=frozenset({"Hangup"})) as r:
         await until(lambda: r.client.counters.losses == 1)
     assert "(Asterisk shut down)" in caplog.text
+
+
+async def test_silent_server_login_times_out_on_the_clock(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A port that accepts and never answers (a hung Asterisk): no hang, a clear line."""
+    import asyncio
+
+    from daemon.ami.client import AmiClient
+    from daemon.clock import ManualClock
+    from daemon.config import AmiConfig
+
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        accepted.append(w)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    clock = ManualClock()
+    client = AmiClient(
+        AmiConfig(port=port, secret=SECRET, ping_timeout=10.0),
+        on_event=lambda m: None,
+        on_resync=None,
+        clock=clock,
+        wanted=None,
+        wanted_vars=frozenset(),
+    )
+    try:
+        await client.start()
+        await until(lambda: len(accepted) == 1 and clock.pending >= 1)
+        clock.advance(9.9)
+        await settle()
+        assert client.counters.backoffs == []
+        clock.advance(0.1)
+        await until(lambda: client.counters.backoffs == [1.0])
+        assert not client.connected
+        assert client.counters.connects == 0
+    finally:
+        await client.close()
+        for w in accepted:
+            w.close()
+        server.close()
+        await server.wait_closed()
+    assert "no answer to Login within 10 s" in caplog.text

@@ -84,6 +84,7 @@ class AmiCounters:
     resync_failures: int = 0
     events: int = 0
     handler_errors: int = 0
+    unexpected_errors: int = 0
     malformed: int = 0
     skipped: int = 0
     last_backoff: float = 0.0
@@ -112,6 +113,9 @@ class AmiClient:
     is left for the tracker). After every successful login, `on_resync(channels, gap_from,
     gap_to)` gets the channels Asterisk reports in progress (CoreShowChannel events) before
     any event of the new connection; `gap_from == gap_to` on the first connection.
+    `wanted`/`wanted_vars` drop other events (and VarSets of other variables) unparsed.
+    `jitter` (0..1) shortens each backoff by a random share, so many daemons restarted
+    together do not reconnect in step.
     """
 
     def __init__(
@@ -202,6 +206,10 @@ class AmiClient:
             except (OSError, AmiError) as exc:
                 if not self._closing:
                     self._note_loss(exc)
+            except Exception:
+                # a bug, not the network: say so loudly, then carry on like after a loss
+                self._counters.unexpected_errors += 1
+                log.exception("AMI intake: unexpected error, reconnecting")
             finally:
                 self._finish_connection()
             if self._stop.is_set():
@@ -246,10 +254,13 @@ class AmiClient:
         )
         self._manager = manager
         try:
+            # bounded: a black-holed host would otherwise hang the kernel's SYN retries
             _, protocol = await self._race(
-                loop.create_connection(factory, cfg.host, cfg.port), "connect"
+                loop.create_connection(factory, cfg.host, cfg.port),
+                f"TCP connect to {self.where}",
+                cfg.ping_timeout,
             )
-        except OSError:
+        except (OSError, AmiTimeout):
             self._counters.connect_failures += 1
             raise
         assert isinstance(protocol, AmiProtocol)
@@ -432,13 +443,14 @@ class AmiClient:
                 protocol.stream.buffered,
             )
         if self._manager is not None:
-            # Fail actions panoramisk parked for a resend: we never resend blindly.
+            self._manager.close()
+            # panoramisk parks unanswered actions for a resend after the next FullyBooted;
+            # we never resend blindly (a Redirect twice is worse than none): drop them.
             waiting = self._manager.awaiting_actions
             while waiting:
                 act = waiting.popleft()
                 if not act.future.done():
-                    act.future.set_exception(AmiConnectionLost("connection lost"))
-            self._manager.close()
+                    act.future.cancel()
         if protocol.transport is not None:
             protocol.transport.close()
         if was_up:
