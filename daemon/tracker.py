@@ -658,21 +658,22 @@ class CallTracker:
     # ------------------------------------------------------------------ upkeep
 
     def ringing_longer_than(self, seconds: float, now: float) -> list[tuple[str, str]]:
-        """(linkedid, caller channel) of inbound calls still ringing unanswered for `seconds`.
-
-        For `enforce_ring_timeout`: these calls get redirected to voicemail.
-        """
-        out = []
+        """Inbound calls whose phones have rung `seconds` or more with nobody answering:
+        (linkedid, caller's channel) pairs, for `enforce_ring_timeout`. Calls waiting in a
+        queue are left alone: the queue's own timeout governs them."""
+        out: list[tuple[str, str]] = []
         for call in self._calls.values():
             if (
                 call.inbound
+                and call.pending
                 and call.ring_start is not None
-                and call.stop_at is None
-                and call.origin_hungup_at is None
+                and now - call.ring_start >= seconds
+                and not call.in_queue
                 and not call.answered_by
                 and not call.vm_reached
+                and not call.carrier_vm
+                and call.origin_hungup_at is None
                 and call.channel
-                and now - call.ring_start >= seconds
             ):
                 out.append((call.linkedid, call.channel))
         return out

@@ -486,3 +486,26 @@ def test_num_pres_alone_also_withholds() -> None:
     events = feed_all(tracker, [caller.ev("Newchannel", T0), caller.ev("Hangup", T0 + 3, **pres)])
     (call,) = finished(events)
     assert call.withheld is True
+
+
+def test_ringing_longer_than_lists_unanswered_inbound_calls() -> None:
+    tracker = CallTracker(make_cfg(), ManualClock(T0))
+    caller = Chan("PJSIP/trunk-00000001", "3.1", "3.1", num="+12025550163")
+    leg = Chan("PJSIP/101-00000002", "3.2", "3.1", num="101", context="internal")
+    office = Chan("PJSIP/100-00000003", "3.3", "3.3", num="100", context="internal")
+    office_leg = Chan("PJSIP/101-00000004", "3.4", "3.3", num="101", context="internal")
+    feed_all(
+        tracker,
+        [
+            caller.ev("Newchannel", T0),
+            leg.ev("Newchannel", T0),
+            caller.ev("DialBegin", T0 + 0.01, **caller.dest(leg)),
+            office.ev("Newchannel", T0),
+            office_leg.ev("Newchannel", T0),
+            office.ev("DialBegin", T0 + 0.01, **office.dest(office_leg)),
+        ],
+    )
+    assert tracker.ringing_longer_than(20.0, T0 + 19) == []
+    assert tracker.ringing_longer_than(20.0, T0 + 21) == [("3.1", "PJSIP/trunk-00000001")]
+    tracker.feed(caller.ev("DialEnd", T0 + 22, DialStatus="ANSWER", **caller.dest(leg)))
+    assert tracker.ringing_longer_than(20.0, T0 + 30) == []
