@@ -170,3 +170,18 @@ def test_parse_fast_path_equals_careful_path_on_every_trace() -> None:
             text = raw.decode()
             if text:
                 assert parse_message(text) == _parse_careful(text, None)
+
+
+def test_protocol_works_without_a_connection_or_loop() -> None:
+    """`textback replay` feeds the live protocol straight from a file, no event loop."""
+    raw = (AMI_DIR / "11-ivr-hangup.ami").read_bytes()
+    got: list[dict[str, str]] = []
+    proto = AmiProtocol(got.append, wanted=frozenset({"Newchannel", "Hangup"}))
+    for i in range(0, len(raw), 333):
+        proto.data_received(raw[i : i + 333])
+    full = [m for m in _events(raw) if m.get("Event") in {"Newchannel", "Hangup"}]
+    assert got == full
+    assert proto.events == len(full)
+    assert proto.stream.buffered == 0
+    proto.data_received(b"Event: Hangup\r\nUniqueid: 1.")
+    assert proto.stream.buffered > 0  # the input stopped mid-message: visible to the caller

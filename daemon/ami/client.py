@@ -361,7 +361,9 @@ class AmiClient:
             raise AmiConnectionLost("not connected")
         if protocol.closed:
             lost = protocol.lost
-            raise AmiConnectionLost(self._loss_reason(lost.result()) if lost.done() else "closed")
+            raise AmiConnectionLost(
+                self._loss_reason(lost.result()) if lost is not None and lost.done() else "closed"
+            )
         fut = manager.send_action(dict(action))
         limit = self._cfg.ping_timeout if timeout is None else timeout
         name = action.get("Action", "?")

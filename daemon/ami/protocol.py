@@ -36,6 +36,9 @@ class AmiProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk ships no typ
     `on_event` gets every wanted event as a plain dict, in order. While `hold()` is on
     (during the resync after a connect) events are kept and handed over by `release()`.
     An exception raised by `on_event` is logged and counted, never kills the reader.
+
+    Without a connection (`textback replay`), call `data_received` with the file's bytes in
+    any pieces; `stream.buffered` at the end tells whether the input stopped mid-message.
     """
 
     def __init__(
@@ -64,8 +67,9 @@ class AmiProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk ships no typ
         self.events = 0
         self.handler_errors = 0
         self.shutdown = False
-        #: Set (to the reason, or None) when the connection ends, however it ends.
-        self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        #: Set (to the reason, or None) when the connection ends, however it ends; it is
+        #: made in connection_made, so a protocol fed without a connection needs no loop.
+        self.lost: asyncio.Future[BaseException | None] | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -74,6 +78,7 @@ class AmiProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk ships no typ
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.closed = False
+        self.lost = asyncio.get_running_loop().create_future()
         self.stream.reset()
 
     def data_received(self, data: bytes) -> None:
@@ -86,7 +91,7 @@ class AmiProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk ships no typ
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Tell the waiting client, then let panoramisk fail what was pending."""
-        if not self.lost.done():
+        if self.lost is not None and not self.lost.done():
             self.lost.set_result(exc)
         if not self.closed and self.factory is not None:
             super().connection_lost(exc)
