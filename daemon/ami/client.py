@@ -455,7 +455,7 @@ class AmiClient:
                     act.future.cancel()
         if protocol.transport is not None:
             protocol.transport.close()
-        if was_up:
+        if was_up and not self._closing:
             self._counters.losses += 1
             if self._lost_at is None:
                 self._lost_at = self._last_rx or self._clock.now()
