@@ -290,17 +290,18 @@ class CallTracker:
 
     @staticmethod
     def _origin_event(call: _Call, msg: Message) -> None:
-        """An event about the caller's own channel: keep the latest presentation.
+        """An event about the caller's own channel: watch the presentation.
 
         manager.conf `channelvars = CALLERID(pres),CALLERID(num-pres)` puts it on every
-        event; the latest value counts (Newchannel is stamped before PAI/Privacy apply).
+        event. Newchannel is stamped before PAI/Privacy apply, so later events decide;
+        once any says prohibited, the caller stays withheld (never text a withheld caller).
         """
         pres = msg.get("ChanVariable:CALLERID(pres)")
+        if pres is not None and pres.startswith("prohib"):
+            call.pres_prohibited = True
         num_pres = msg.get("ChanVariable:CALLERID(num-pres)")
-        if pres is not None or num_pres is not None:
-            call.pres_prohibited = (pres or "").startswith("prohib") or (num_pres or "").startswith(
-                "prohib"
-            )
+        if num_pres is not None and num_pres.startswith("prohib"):
+            call.pres_prohibited = True
 
     def set_presentation(self, uniqueid: str, value: str) -> bool:
         """Record a caller's presentation learnt another way (e.g. a Getvar of
@@ -308,7 +309,8 @@ class CallTracker:
         call = self._chan_call.get(uniqueid)
         if call is None or call.origin != uniqueid:
             return False
-        call.pres_prohibited = value.startswith("prohib")
+        if value.startswith("prohib"):
+            call.pres_prohibited = True
         return True
 
     def _on_newchannel(self, msg: Message) -> list[TrackerEvent] | None:
