@@ -165,7 +165,13 @@ def text_mode_safe(text: str) -> bool:
 
 
 class Modem:
-    """A GSM modem on a serial port. See the module docstring for the life cycle."""
+    """A GSM modem on a serial port. See the module docstring for the life cycle.
+
+    `pin` is entered once if the SIM asks; `smsc` ("+digits") is set with AT+CSCA;
+    `mode` "text" sends in text mode (single plain GSM-7 texts only); `reconnect`
+    reopens a vanished device; `require_network` False lets `start()` finish without
+    registration (for probing).
+    """
 
     def __init__(
         self,
@@ -178,8 +184,10 @@ class Modem:
         timeouts: Timeouts | None = None,
         validity_minutes: int | None = None,
         reconnect: bool = True,
+        require_network: bool = True,
     ) -> None:
         self.device = device
+        self._require_network = require_network
         self.baudrate = baudrate
         self._pin = C.check_pin(pin) if pin else None
         self._smsc = C.check_number(smsc) if smsc else None
@@ -512,7 +520,10 @@ class Modem:
         self._maker = await self._optional(C.CGMI.line(), None)
         self._quirks = C.quirks_for(self._maker)
         await self._unlock_sim()
-        await self._wait_registered()
+        if self._require_network:
+            await self._wait_registered()
+        else:
+            await self._registration_state()
         if self._smsc:
             await self._cmd(C.CSCA.line(f'"{self._smsc}",145'), timeout=C.CSCA.timeout)
         await self._set_mode()
