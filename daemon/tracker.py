@@ -751,6 +751,15 @@ class CallTracker:
                     gap_to - gap_from,
                 )
                 out.append(fin)
+            elif lid in live:
+                # still up: legs born during the gap join it, and what happened meanwhile
+                # (answered, voicemail) is read from the snapshot
+                for ch in live[lid]:
+                    uid = ch.get("Uniqueid", "")
+                    if uid not in call.channels:
+                        call.channels.add(uid)
+                        self._chan_call[uid] = call
+                out.extend(self._apply_snapshot(call, live[lid], gap_to))
         for lid, chans in live.items():
             if lid in self._calls or lid in self._recent:
                 continue
@@ -779,31 +788,40 @@ class CallTracker:
             },
             origin.get("Uniqueid", lid),
         )
-        app = origin.get("Application", "")
-        if app in VOICEMAIL_APPS:
-            call.vm_reached = True
-        elif app == "Queue":
-            call.queue_joined = call.in_queue = True
-            call.ring_start = started
-        if origin.get("ChannelStateDesc") == "Up":
-            call.pbx_answered = True
-        bridge = origin.get("BridgeId", "")
-        others = [
-            c
-            for c in chans
-            if c is not origin
-            and bridge
-            and c.get("BridgeId") == bridge
-            and not c.get("Channel", "").startswith("Local/")
-        ]
         log.info(
             "adopted a call in progress after a gap linkedid=%s inbound=%s channels=%d",
             lid,
             call.inbound,
             len(chans),
         )
-        if others:
-            return self._answered(call, others[0].get("Channel", ""), now) or []
+        return self._apply_snapshot(call, chans, now)
+
+    def _apply_snapshot(self, call: _Call, chans: list[Message], now: float) -> list[TrackerEvent]:
+        """What CoreShowChannel says about a live call: voicemail, queue, answered."""
+        origin = next((c for c in chans if c.get("Uniqueid") == call.origin), None)
+        if origin is None:
+            return []
+        app = origin.get("Application", "")
+        if app in VOICEMAIL_APPS and not call.vm_reached:
+            call.vm_reached = True
+            if call.stop_at is None and not call.answered_by:
+                call.stop_at = now
+        elif app == "Queue" and not call.queue_joined:
+            call.queue_joined = call.in_queue = True
+            call.queue_join_at = call.started_at
+        if origin.get("ChannelStateDesc") == "Up":
+            call.pbx_answered = True
+        bridge = origin.get("BridgeId", "")
+        if not bridge or call.answered_by:
+            return []
+        for c in chans:
+            # bridged with another real channel of the call: somebody answered
+            if (
+                c is not origin
+                and c.get("BridgeId") == bridge
+                and not c.get("Channel", "").startswith("Local/")
+            ):
+                return self._answered(call, c.get("Channel", ""), now) or []
         return []
 
 

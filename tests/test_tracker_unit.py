@@ -509,3 +509,23 @@ def test_ringing_longer_than_lists_unanswered_inbound_calls() -> None:
     assert tracker.ringing_longer_than(20.0, T0 + 21) == [("3.1", "PJSIP/trunk-00000001")]
     tracker.feed(caller.ev("DialEnd", T0 + 22, DialStatus="ANSWER", **caller.dest(leg)))
     assert tracker.ringing_longer_than(20.0, T0 + 30) == []
+
+
+def test_resync_learns_an_answer_that_happened_during_the_gap() -> None:
+    tracker = CallTracker(make_cfg(), ManualClock(T0))
+    caller = Chan("PJSIP/trunk-00000001", "1.1", "1.1", num="+12025550164")
+    feed_all(tracker, [caller.ev("Newchannel", T0)])
+    agent = Chan("PJSIP/101-00000002", "1.2", "1.1", num="101", context="internal")
+    out = tracker.resync(
+        [
+            _channel_row(caller, ChannelStateDesc="Up", BridgeId="b7"),
+            _channel_row(agent, ChannelStateDesc="Up", BridgeId="b7"),
+        ],
+        gap_from=T0 + 1,
+        gap_to=T0 + 4,
+    )
+    assert [type(e).__name__ for e in out] == ["InboundAnswered"]
+    # the leg born during the gap is part of the call: the call ends with its hang-up
+    assert finished(feed_all(tracker, [caller.ev("Hangup", T0 + 9)])) == []
+    (call,) = finished(feed_all(tracker, [agent.ev("Hangup", T0 + 9)]))
+    assert call.outcome is Outcome.ANSWERED
