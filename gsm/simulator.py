@@ -251,6 +251,8 @@ class Simulator:
         self.sent: list[SentSms] = []
         self.parts: list[PartRecord] = []
         self.commands: list[str] = []
+        self.on_command: Callable[[str], None] | None = None
+        """Called with each command line as it is parsed (benchmarks time AT+CMGS by it)."""
         self.pin_attempts = 0
         self.duplicates = 0
         self.vanished = 0
@@ -463,6 +465,8 @@ class Simulator:
     async def _command(self, text: str) -> tuple[str, int | str] | None:
         """Answer one command line; for AT+CMGS return what the body is for."""
         self.commands.append(text)
+        if self.on_command is not None:
+            self.on_command(text)
         self._notify()
         st = self._state
         cmd = text[2:]
