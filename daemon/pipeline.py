@@ -16,11 +16,10 @@ memory, in order, and retried with backoff.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 from collections import Counter, OrderedDict, deque
-from dataclasses import asdict, dataclass, replace
-from typing import Any, Protocol
+from dataclasses import dataclass, replace
+from typing import Any
 
 from daemon.clock import Clock
 from daemon.config import Config
@@ -35,6 +34,7 @@ from daemon.model import (
 )
 from daemon.numbers import CallerKind, classify_caller
 from daemon.outbox import Outbox
+from daemon.policy import GuardLatch, Pause, decide, destination_check, sending_pause
 from daemon.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -44,35 +44,6 @@ MAX_RESULTS = 10_000
 #: First and longest wait before retrying events the database refused.
 RETRY_FIRST = 1.0
 RETRY_MAX = 60.0
-
-
-class DecisionLike(Protocol):
-    """What the pipeline reads from policy.Decision."""
-
-    @property
-    def action(self) -> str: ...
-    @property
-    def reason(self) -> Reason: ...
-    @property
-    def destination(self) -> str | None: ...
-    @property
-    def template_kind(self) -> Any: ...
-    @property
-    def text(self) -> str | None: ...
-    @property
-    def parts(self) -> int: ...
-    @property
-    def encoding(self) -> str: ...
-    @property
-    def detail(self) -> str: ...
-
-
-class PolicyApi(Protocol):
-    """The pure policy module (daemon.policy), or a stand-in with the same shape."""
-
-    def PolicyFacts(self, **facts: Any) -> Any: ...
-    def destination_check(self, call: FinishedCall, cfg: Config) -> tuple[str | None, Any]: ...
-    def decide(self, call: FinishedCall, facts: Any, cfg: Config, now: float) -> DecisionLike: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,21 +80,18 @@ class Pipeline:
         outbox: Outbox,
         clock: Clock,
         *,
-        policy: PolicyApi | None = None,
         drive_outbox: bool = False,
     ) -> None:
         self._cfg = cfg
         self._store = store
         self._outbox = outbox
         self._clock = clock
-        # Imported lazily so the pipeline can be tested with a stand-in policy.
-        self._policy: PolicyApi = policy or importlib.import_module("daemon.policy")
         self._drive_outbox = drive_outbox
         self._backlog: deque[tuple[TrackerEvent, float]] = deque()
         self._backlog_ready = asyncio.Event()
         self._retry_delay = RETRY_FIRST
         self._results: OrderedDict[str, CallReport] = OrderedDict()
-        self._tripped: set[str] = set()
+        self._latch = GuardLatch()
         #: In-memory counters (the database may be what is failing).
         self.counts: Counter[str] = Counter()
 
@@ -230,7 +198,7 @@ class Pipeline:
 
     async def _finished(self, call: FinishedCall, now: float) -> None:
         cfg = self._cfg
-        destination, _ = self._policy.destination_check(call, cfg)
+        destination, _ = destination_check(call, cfg)
         missed = call.inbound and call.outcome in MISSED_OUTCOMES
         async with self._store.transaction():
             call_id = await self._store.record_call(call, destination=destination, now=now)
@@ -256,16 +224,15 @@ class Pipeline:
                     call.linkedid,
                     call_id,
                     "send",
-                    Reason.MISSED,
+                    str(Reason.MISSED),
                     detail,
                     pending.text,
                     pending.id,
                     merged=True,
                 )
             else:
-                row = await self._store.policy_facts(destination, now, cfg)
-                facts = self._policy.PolicyFacts(**asdict(row))
-                decision = self._policy.decide(call, facts, cfg, now)
+                facts = await self._store.policy_facts(destination, now, cfg)
+                decision = decide(call, facts, cfg, now)
                 action, reason, detail = decision.action, decision.reason, decision.detail
                 mid = None
                 if action == "send":
@@ -304,7 +271,10 @@ class Pipeline:
                     mid,
                     merged=False,
                 )
-                self._watch_guards(action, reason, detail, now)
+                if action == "send":
+                    self._watch_guards(None)
+                elif reason is Reason.CAP_REACHED:
+                    self._watch_guards(sending_pause(decision.destination, facts, cfg, now))
         self.counts[f"decision.{report.decision}.{report.reason}"] += 1
         self._remember(report)
         log.info(
@@ -322,29 +292,27 @@ class Pipeline:
             )
         )
 
-    def _watch_guards(self, action: str, reason: str, detail: str, now: float) -> None:
+    def _watch_guards(self, pause: Pause | None) -> None:
         """One loud line when a cap or the pumping guard trips, not one per call."""
-        if action == "send":
-            if self._tripped:
-                log.warning(kv(event="sending_resumed", was=",".join(sorted(self._tripped))))
-                self._tripped.clear()
+        if pause is not None:
+            self.counts[f"guard.{pause.guard}"] += 1
+        seen = self._latch.observe(pause)
+        if seen is None:
+            if pause is not None:
+                log.debug(kv(event="sending_paused", guard=pause.guard, detail=pause.detail))
             return
-        pumping = "pumping" in detail.lower()
-        if reason != Reason.CAP_REACHED and not pumping:
+        what, tripped = seen
+        if what == "resumed":
+            log.warning(kv(event="sending_resumed"))
             return
-        key = "pumping" if pumping else (detail.split(maxsplit=1)[0] if detail else str(reason))
-        self.counts[f"guard.{key}"] += 1
-        if key in self._tripped:
-            log.debug(kv(event="sending_paused", guard=key, detail=detail))
-            return
-        self._tripped.add(key)
+        assert tripped is not None
         self.counts["guard_trips"] += 1
         log.warning(
             kv(
                 event="sending_paused",
-                guard=key,
-                detail=detail,
-                note="texts are suppressed until the cap window passes; see textback stats",
+                guard=tripped.guard,
+                detail=tripped.detail,
+                note="texts are suppressed (cap_reached) until the window passes",
             )
         )
 

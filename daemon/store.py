@@ -31,6 +31,7 @@ import aiosqlite
 from daemon.config import Config
 from daemon.logsetup import kv
 from daemon.model import FinishedCall
+from daemon.policy import PolicyFacts
 
 log = logging.getLogger(__name__)
 
@@ -170,18 +171,6 @@ class StoreLockedError(StoreError):
             f"database {db_path} is in use by another textback daemon "
             f"(lock {lock_path} is held); only one daemon may own a database"
         )
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyFactsRow:
-    """Facts as the store knows them; the pipeline turns these into policy.PolicyFacts."""
-
-    opted_out: bool = False
-    last_text_at: float | None = None
-    sent_last_hour: int = 0
-    sent_today: int = 0
-    sent_this_month: int = 0
-    range_destinations: int = 0
 
 
 @dataclass(slots=True)
@@ -584,9 +573,7 @@ class Store:
 
     # -- policy facts ----------------------------------------------------------------------
 
-    async def policy_facts(
-        self, destination: str | None, now: float, cfg: Config
-    ) -> PolicyFactsRow:
+    async def policy_facts(self, destination: str | None, now: float, cfg: Config) -> PolicyFacts:
         """What the policy needs to know about a destination and about recent sending."""
         live = _placeholders(LIVE_STATES)
         async with self._reading():
@@ -603,7 +590,7 @@ class Store:
                 (*LIVE_STATES, self.month_start(now)),
             )
             if destination is None:
-                return PolicyFactsRow(
+                return PolicyFacts(
                     sent_last_hour=int(hour), sent_today=int(today), sent_this_month=int(month)
                 )
             opted = await self._scalar("SELECT 1 FROM optouts WHERE number = ?", (destination,))
@@ -619,7 +606,7 @@ class Store:
                 " WHERE substr(destination, 1, ?) = ? AND created_at >= ? AND destination != ?",
                 (len(prefix), prefix, now - cfg.textback.pumping_window, destination),
             )
-        return PolicyFactsRow(
+        return PolicyFacts(
             opted_out=opted is not None,
             last_text_at=None if last is None else float(last),
             sent_last_hour=int(hour),

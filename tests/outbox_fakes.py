@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 from daemon.config import Config
-from daemon.model import MISSED_OUTCOMES, FinishedCall, Outcome, Reason
-from daemon.numbers import CallerKind, classify_caller
+from daemon.model import FinishedCall, Outcome
 
 #: Test numbers only (555-01xx).
 NUMBERS = ["+12025550101", "+12065550102", "+13055550103", "+13125550104", "+14155550105"]
@@ -93,73 +91,3 @@ def call(
         voicemail_left=voicemail_left,
         withheld=withheld,
     )
-
-
-# -- a stand-in for daemon.policy (same API), used until/unless the real one is wanted --------
-
-
-@dataclass(frozen=True)
-class StandInFacts:
-    opted_out: bool = False
-    last_text_at: float | None = None
-    sent_last_hour: int = 0
-    sent_today: int = 0
-    sent_this_month: int = 0
-    range_destinations: int = 0
-
-
-@dataclass(frozen=True)
-class StandInDecision:
-    action: str
-    reason: Reason
-    destination: str | None
-    template_kind: str | None = None
-    text: str | None = None
-    parts: int = 0
-    encoding: str = ""
-    detail: str = ""
-
-
-def _destination_check(c: FinishedCall, config: Config) -> tuple[str | None, Reason | None]:
-    judged = classify_caller(c.caller, home_region=config.textback.home_region, withheld=c.withheld)
-    if judged.kind is CallerKind.ANONYMOUS:
-        return None, Reason.ANONYMOUS
-    if judged.kind is CallerKind.INVALID:
-        return None, Reason.INVALID_NUMBER
-    return judged.e164, None
-
-
-def _decide(c: FinishedCall, facts: StandInFacts, config: Config, now: float) -> StandInDecision:
-    tb = config.textback
-
-    def no(reason: Reason, detail: str = "") -> StandInDecision:
-        return StandInDecision("suppress", reason, dest, detail=detail)
-
-    dest, bad = _destination_check(c, config)
-    if not c.inbound:
-        return no(Reason.NOT_INBOUND)
-    if c.outcome is Outcome.SHORT_ABANDON:
-        return no(Reason.SHORT_ABANDON)
-    if c.outcome not in MISSED_OUTCOMES:
-        return no(Reason.ANSWERED)
-    if dest is None:
-        assert bad is not None
-        return no(bad)
-    if not tb.enabled:
-        return no(Reason.DISABLED)
-    if facts.opted_out:
-        return no(Reason.OPTED_OUT)
-    if facts.last_text_at is not None and now - facts.last_text_at < tb.cooldown:
-        return no(Reason.COOLDOWN)
-    if tb.max_per_hour and facts.sent_last_hour >= tb.max_per_hour:
-        return no(Reason.CAP_REACHED, f"max_per_hour {tb.max_per_hour} reached")
-    if tb.pumping_max_per_range and facts.range_destinations >= tb.pumping_max_per_range:
-        return no(Reason.CAP_REACHED, "pumping guard: many numbers in one range")
-    kind = "voicemail" if c.voicemail_left else "in_hours"
-    text = f"Sorry we missed your call to {tb.business_name}."
-    return StandInDecision("send", Reason.MISSED, dest, kind, text, 1, "gsm7")
-
-
-STAND_IN_POLICY = SimpleNamespace(
-    PolicyFacts=StandInFacts, destination_check=_destination_check, decide=_decide
-)

@@ -16,7 +16,7 @@ from daemon.model import InboundAnswered, OutboundDialled, Outcome
 from daemon.outbox import Outbox
 from daemon.pipeline import Pipeline
 from daemon.store import Store
-from tests.outbox_fakes import NUMBERS, STAND_IN_POLICY, FakeSender, call, cfg
+from tests.outbox_fakes import NUMBERS, FakeSender, call, cfg
 
 T0 = 1_795_300_000.0
 
@@ -29,9 +29,7 @@ class Rig:
         self.store = store
         self.sender = FakeSender(clock=self.clock)
         self.outbox = Outbox(config, store, self.clock, self.sender)
-        self.pipeline = Pipeline(
-            config, store, self.outbox, self.clock, policy=STAND_IN_POLICY, drive_outbox=drive
-        )
+        self.pipeline = Pipeline(config, store, self.outbox, self.clock, drive_outbox=drive)
 
     async def at(self, t: float, event: Any) -> None:
         self.clock.set(T0 + t)
