@@ -58,6 +58,7 @@ from daemon.templates import (
     business_name,
     caller_name_value,
     clean_text,
+    line_for,
     render,
     render_for_call,
     time_fields,
@@ -380,7 +381,7 @@ def decide(call: FinishedCall, facts: PolicyFacts, cfg: Config, now: float) -> D
         return _suppress(Reason.OPTED_OUT, f"{e164} opted out", e164)
     if not tb.enabled:
         return _suppress(Reason.DISABLED, "[textback] enabled = false", e164)
-    line = cfg.line_for(call.did)
+    line = line_for(cfg, call.did)
     if line is not None and not line.enabled:
         did = clean_text(call.did, 20)
         return _suppress(Reason.DISABLED, f"[[lines]] did {did!r} has enabled = false", e164)
@@ -428,7 +429,7 @@ def _render(cfg: Config, call: FinishedCall, now: float) -> tuple[TemplateKind, 
     kind = "voicemail" if call.voicemail_left is True else "in_hours"
     default: str = TextbackConfig.model_fields[TEMPLATE_KEYS[kind]].default
     fields = {
-        "business_name": clean_text(business_name(cfg, cfg.line_for(call.did)), 60),
+        "business_name": clean_text(business_name(cfg, line_for(cfg, call.did)), 60),
         "caller_name": caller_name_value(call, ""),
         "did": clean_text(call.did, 20),
         "callback_number": clean_text(call.did, 20),

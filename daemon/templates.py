@@ -13,11 +13,13 @@ import string
 import unicodedata
 from collections.abc import Mapping
 from datetime import datetime
+from functools import lru_cache
 from typing import Literal, NamedTuple
 
 from daemon.config import Config, LineConfig
 from daemon.hours import DAY_NAMES, local_time, schedule
 from daemon.model import FinishedCall
+from daemon.numbers import CallerKind, classify_caller
 from gsm.pdu import SmsInfo, sms_info
 
 TemplateKind = Literal["in_hours", "after_hours", "voicemail"]
@@ -48,7 +50,16 @@ _NO_NAME = frozenset(
         "blocked",
         "no caller id",
         "unknown name",
+        "unknown caller",
+        "unknown number",
+        "anonymous caller",
+        "private caller",
+        "private number",
+        "no name",
+        "out of area",
         "wireless caller",
+        "cell phone",
+        "toll free call",
     }
 )
 
@@ -134,6 +145,9 @@ def clean_text(raw: str, limit: int) -> str:
     """Untrusted text made inert: no control, format (bidi override, zero-width),
     surrogate, private-use or unassigned characters; whitespace runs become one space;
     at most `limit` characters."""
+    # Bounded work whatever the input size (a caller ID name may be megabytes of junk):
+    # what lies beyond this many characters never makes it into a text anyway.
+    raw = raw[: max(16 * limit, 256)]
     kept = []
     for ch in unicodedata.normalize("NFC", raw):
         cat = unicodedata.category(ch)
@@ -161,6 +175,28 @@ def caller_name_value(call: FinishedCall, fallback: str) -> str:
     return name[:CALLER_NAME_MAX].rstrip()
 
 
+def line_for(cfg: Config, did: str) -> LineConfig | None:
+    """The [[lines]] entry of a DID: the exact string first, else the same number written
+    another way ("+12025550100" in the config, "2025550100" from the trunk)."""
+    line = cfg.line_for(did)
+    if line is not None or not did:
+        return line
+    region = cfg.textback.home_region.upper()
+    key = _did_key(did, region)
+    if key is None:
+        return None
+    for line in cfg.lines:
+        if _did_key(line.did, region) == key:
+            return line
+    return None
+
+
+@lru_cache(maxsize=256)
+def _did_key(did: str, region: str) -> str | None:
+    judged = classify_caller(did, home_region=region)
+    return judged.e164 if judged.kind is CallerKind.VALID else None
+
+
 def business_name(cfg: Config, line: LineConfig | None) -> str:
     """{business_name}: the line's, else [textback]'s (a blank line value counts as unset)."""
     if line is not None and line.business_name is not None and line.business_name.strip():
@@ -170,7 +206,7 @@ def business_name(cfg: Config, line: LineConfig | None) -> str:
 
 def call_fields(cfg: Config, call: FinishedCall, now: float) -> dict[str, str]:
     """Every merge field's value for one call, at time `now` (epoch seconds)."""
-    line = cfg.line_for(call.did)
+    line = line_for(cfg, call.did)
     did = clean_text(call.did, NUMBER_MAX)
     callback = line.callback_number if line is not None and line.callback_number else did
     local = local_time(cfg.hours, now)
@@ -204,7 +240,7 @@ def select_template(cfg: Config, call: FinishedCall, now: float) -> tuple[Templa
 
     ValueError when [hours] is broken (bad time zone or span).
     """
-    line = cfg.line_for(call.did)
+    line = line_for(cfg, call.did)
     kind: TemplateKind
     if call.voicemail_left is True:
         kind = "voicemail"

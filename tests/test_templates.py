@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import unicodedata
 from datetime import datetime
 from typing import Any
@@ -20,6 +21,7 @@ from daemon.templates import (
     caller_name_value,
     check_template,
     clean_text,
+    line_for,
     render,
     render_for_call,
     render_preview,
@@ -184,9 +186,8 @@ def test_caller_name_is_cleaned_collapsed_and_cut() -> None:
     cut = caller_name_value(mkcall(caller_name=long), "")
     assert cut == long[:CALLER_NAME_MAX].rstrip()
     assert len(cut) == CALLER_NAME_MAX
-    assert (
-        caller_name_value(mkcall(caller_name="A" * 29 + " B"), "") == "A" * 29
-    )  # no trailing space
+    # Cut after "A" * 29 + " ": no trailing space.
+    assert caller_name_value(mkcall(caller_name="A" * 29 + " B"), "") == "A" * 29
 
 
 @pytest.mark.parametrize(
@@ -204,6 +205,8 @@ def test_caller_name_is_cleaned_collapsed_and_cut() -> None:
         "+1 (202) 555-0123",
         "\x00\r\n",
         "\u202e",
+        "Unknown Caller",
+        "OUT OF AREA",
     ],
 )
 def test_no_real_name_gives_the_fallback(name: str) -> None:
@@ -284,6 +287,30 @@ def test_lines_override_name_templates_and_callback_number() -> None:
     assert (
         render_for_call(cfg, mkcall(did="2025550142"), OPEN)[1] == "Main Street Dental 2025550142"
     )
+
+
+def test_line_matches_the_did_written_another_way() -> None:
+    cfg = Config(
+        lines=[
+            {"did": "+1 (202) 555-0100", "business_name": "Annex"},
+            {"did": "100", "business_name": "Internal"},
+        ]
+    )
+    assert line_for(cfg, "2025550100") is cfg.lines[0]
+    assert line_for(cfg, "+12025550100") is cfg.lines[0]
+    assert line_for(cfg, "100") is cfg.lines[1]  # exact match: short numbers too
+    assert line_for(cfg, "2025550101") is None
+    assert line_for(cfg, "") is None
+    assert line_for(cfg, "x" * 1000) is None
+    assert render_for_call(cfg, mkcall(did="2025550100"), OPEN)[1].startswith("Sorry we missed")
+    assert "Annex" in render_for_call(cfg, mkcall(did="2025550100"), OPEN)[1]
+
+
+def test_ten_megabyte_name_is_cheap() -> None:
+    start = time.perf_counter()
+    value = caller_name_value(mkcall(caller_name="\u202e" + "A" * 10_000_000), "")
+    assert value == "A" * CALLER_NAME_MAX
+    assert time.perf_counter() - start < 0.5
 
 
 def test_time_and_day_are_local_to_the_office() -> None:
