@@ -341,14 +341,19 @@ class CallTracker:
         call.caller_name = _clean(msg.get("CallerIDName"))
         context = msg.get("Context", "")
         exten = msg.get("Exten", "")
-        if context in self._inbound_contexts or exten in self._inbound_dids:
-            call.inbound = True
-            call.did = exten
-        elif self._inbound_trunks and (
-            _endpoint(channel) in self._inbound_trunks
-            or channel.rpartition("-")[0] in self._inbound_trunks
+        if (
+            context in self._inbound_contexts
+            or exten in self._inbound_dids
+            or (
+                self._inbound_trunks
+                and (
+                    _endpoint(channel) in self._inbound_trunks
+                    or channel.rpartition("-")[0] in self._inbound_trunks
+                )
+            )
         ):
             call.inbound = True
+            # "s": the trunk gave no number; a later inbound context may show the DID
             call.did = "" if exten == "s" else exten
         self._origin_event(call, msg)
 
@@ -378,12 +383,13 @@ class CallTracker:
         self._origin_event(call, msg)
         if app in _PBX_HANGUP_APPS:
             call.pbx_hangup = True
-        context = msg.get("Context", "")
-        if context in self._inbound_contexts and not call.did and not call.dialling_started:
-            # the caller's channel entered an inbound context (e.g. a trunk context that
-            # does Goto(from-pstn,${EXTEN},1)): this is where the DID is seen
-            call.inbound = True
-            call.did = msg.get("Exten", "")
+        if not call.did and not call.dialling_started:
+            exten = msg.get("Exten", "")
+            if exten != "s" and msg.get("Context", "") in self._inbound_contexts:
+                # the caller's channel entered an inbound context (e.g. a trunk context
+                # that does Goto(from-pstn,${EXTEN},1)): this is where the DID is seen
+                call.inbound = True
+                call.did = exten
         return None
 
     def _on_newcallerid(self, msg: Message) -> list[TrackerEvent] | None:

@@ -529,3 +529,84 @@ def test_resync_learns_an_answer_that_happened_during_the_gap() -> None:
     assert finished(feed_all(tracker, [caller.ev("Hangup", T0 + 9)])) == []
     (call,) = finished(feed_all(tracker, [agent.ev("Hangup", T0 + 9)]))
     assert call.outcome is Outcome.ANSWERED
+
+
+def test_did_from_a_later_inbound_context() -> None:
+    """A trunk that lands in its own context and jumps to from-pstn with the DID."""
+    tracker = CallTracker(
+        make_cfg(inbound_contexts=["from-pstn"], inbound_trunks=["carrier"]), ManualClock(T0)
+    )
+    caller = Chan(
+        "PJSIP/carrier-00000001", "4.4", "4.4", num="+12025550165", context="c-in", exten="s"
+    )
+    events = feed_all(
+        tracker,
+        [
+            caller.ev("Newchannel", T0),
+            caller.ev("Newexten", T0, Application="Goto", Context="c-in", Exten="s"),
+            caller.ev("Newexten", T0, Application="NoOp", Context="from-pstn", Exten="5551009"),
+            caller.ev("Hangup", T0 + 5),
+        ],
+    )
+    (call,) = finished(events)
+    assert call.inbound
+    assert call.did == "5551009"
+
+
+def _ivr_then(*tail: dict[str, str]) -> list[dict[str, str]]:
+    caller = Chan("PJSIP/trunk-00000001", "6.6", "6.6", num="+12025550166", exten="5551003")
+    return [
+        caller.ev("Newchannel", T0),
+        caller.ev("Newexten", T0, Application="Answer"),
+        caller.ev("Newstate", T0, ChannelStateDesc="Up"),
+        caller.ev("Newexten", T0 + 0.1, Application="Background"),
+        *tail,
+    ]
+
+
+def test_ivr_then_ringing_then_caller_hangs_up_is_abandoned() -> None:
+    caller = Chan("PJSIP/trunk-00000001", "6.6", "6.6", num="+12025550166", exten="5551003")
+    leg = Chan("PJSIP/101-00000002", "6.7", "6.6", num="101", context="internal")
+    msgs = _ivr_then(
+        leg.ev("Newchannel", T0 + 8),
+        caller.ev("DialBegin", T0 + 8, **caller.dest(leg)),
+        caller.ev("DialEnd", T0 + 8.5, DialStatus="CANCEL", **caller.dest(leg)),
+        leg.ev("Hangup", T0 + 8.5),
+        caller.ev("Hangup", T0 + 8.5),
+    )
+    (call,) = finished(feed_all(CallTracker(make_cfg(), ManualClock(T0)), msgs))
+    # half a second of ringing, but 8.5 s of waiting: not a misdial
+    assert call.outcome is Outcome.ABANDONED
+    assert abs(call.ring_seconds - 0.5) < 0.01
+
+
+def test_dialplan_hangup_with_nothing_answered_is_no_answer() -> None:
+    caller = Chan("PJSIP/trunk-00000001", "7.7", "7.7", num="+12025550167")
+    msgs = [
+        caller.ev("Newchannel", T0),
+        caller.ev("Newexten", T0, Application="Hangup"),
+        caller.ev("Hangup", T0 + 0.2),
+    ]
+    (call,) = finished(feed_all(CallTracker(make_cfg(), ManualClock(T0)), msgs))
+    assert call.outcome is Outcome.NO_ANSWER
+
+
+def test_queue_timeout_is_no_answer_not_abandon() -> None:
+    """The queue cancels its members when its own timeout hits; the caller did not leave."""
+    caller = Chan("PJSIP/trunk-00000001", "8.8", "8.8", num="+12025550168", exten="5551002")
+    leg = Chan("PJSIP/101-00000002", "8.9", "8.8", num="101", context="internal")
+    msgs = [
+        caller.ev("Newchannel", T0),
+        caller.ev("Newstate", T0, ChannelStateDesc="Up"),
+        caller.ev("QueueCallerJoin", T0 + 0.01, Queue="sales"),
+        leg.ev("Newchannel", T0 + 0.02),
+        caller.ev("DialBegin", T0 + 0.02, **caller.dest(leg)),
+        caller.ev("DialEnd", T0 + 20, DialStatus="CANCEL", **caller.dest(leg)),
+        leg.ev("Hangup", T0 + 20),
+        caller.ev("QueueCallerLeave", T0 + 20, Queue="sales"),
+        caller.ev("Newexten", T0 + 20, Application="Hangup"),
+        caller.ev("Hangup", T0 + 20),
+    ]
+    (call,) = finished(feed_all(CallTracker(make_cfg(), ManualClock(T0)), msgs))
+    assert call.outcome is Outcome.NO_ANSWER
+    assert abs(call.ring_seconds - 19.98) < 0.01
