@@ -246,3 +246,65 @@ async def test_live_mode_sends_from_the_background_worker(store: Store) -> None:
         runner.cancel()
         with pytest.raises(asyncio.CancelledError):
             await runner
+
+
+async def test_dry_run_on_the_events_own_clock() -> None:
+    from daemon.pipeline import dry_run
+
+    t = T0 + 100_000
+    repeat1, repeat2 = call(NUMBERS[0], at=t), call(NUMBERS[0], at=t + 40)
+    called_back = call(NUMBERS[1], at=t + 50)
+    answered = call(NUMBERS[2], at=t + 60, outcome=Outcome.ANSWERED)
+    async with dry_run(cfg(delay="30s")) as run:
+        await run.feed(repeat1)
+        await run.feed(InboundAnswered("x", NUMBERS[3], t + 5))  # someone else: no effect
+        await run.feed(repeat2)  # 40 s later: the first text has already gone
+        await run.feed(called_back)
+        await run.feed(OutboundDialled("cb", NUMBERS[1], t + 70))
+        await run.feed(answered)
+        reports = {r.linkedid: r for r in await run.finish()}
+        sent = list(run.sender.sent)
+    assert [reports[c.linkedid].message for c in (repeat1, repeat2, called_back, answered)] == [
+        "sent",
+        None,
+        "cancelled",
+        None,
+    ]
+    assert reports[repeat2.linkedid].reason == "cooldown"
+    assert reports[answered.linkedid].reason == "answered"
+    assert [n for n, _ in sent] == [NUMBERS[0]]
+    assert all(r.text for r in reports.values() if r.decision == "send")
+
+
+async def test_dry_run_merges_a_repeat_call_inside_the_wait() -> None:
+    from daemon.pipeline import dry_run
+
+    t = T0 + 200_000
+    first, second = call(NUMBERS[0], at=t), call(NUMBERS[0], at=t + 20)
+    async with dry_run(cfg(delay="30s")) as run:
+        await run.feed(first)
+        await run.feed(second)
+        reports = {r.linkedid: r for r in await run.finish()}
+        assert len(run.sender.sent) == 1
+    assert (reports[first.linkedid].message, reports[second.linkedid].message) == (
+        "sent",
+        "merged",
+    )
+
+
+async def test_pumping_guard_pauses_a_range_with_one_loud_line(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = Rig(store, cfg(delay="30s", pumping_max_per_range=5, pumping_window="10m"))
+    spoofed = [f"+120255501{i:02d}" for i in range(10, 20)]  # one range, ten numbers
+    with caplog.at_level(logging.INFO, logger="daemon.pipeline"):
+        for i, n in enumerate(spoofed):
+            await rig.at(i, call(n, at=T0 + i))
+        await rig.at(11, call(NUMBERS[1], at=T0 + 11))  # another range still gets its text
+    await rig.finish()
+    assert len(rig.sender.sent) == 6
+    assert rig.pipeline.counts["guard.pumping"] == 5
+    loud = [r.message for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(loud) == 2  # paused once, resumed once (the other range's send)
+    assert "event=sending_paused guard=pumping" in loud[0]
+    assert "sending_resumed" in loud[1]
