@@ -26,7 +26,17 @@ What each outcome is built from (see `_classify`):
                       hung up (Hangup app) with nothing answered
   busy                the last dial ended BUSY / CHANUNAVAIL / CONGESTION
   ivr_abandon         the PBX answered the caller's channel (IVR, announcement), nobody else
-  not_inbound         the caller's channel did not come in from outside
+  not_inbound         the caller's channel did not come in from outside (by context,
+                      trunk endpoint or DID); an office phone dialling a trunk emits
+                      OutboundDialled and keeps the number in `dialled`
+
+ring_seconds runs from the first DialBegin (a phone starts ringing) to the answer, the
+voicemail, or the end of the last ringing leg / the caller's hang-up; 0 when no phone
+rang (IVR, busy). A caller who left a queue counts from joining it (Asterisk's HoldTime).
+
+Inbound callers are withheld when any event of their channel carries CALLERID(pres) or
+CALLERID(num-pres) prohib* (manager.conf channelvars), when NewCallerid says Prohibited,
+when `set_presentation` is told so (a Getvar answer), or when the number is "anonymous".
 """
 
 from __future__ import annotations
