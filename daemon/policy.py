@@ -63,7 +63,7 @@ from daemon.templates import (
     render_for_call,
     time_fields,
 )
-from gsm.pdu import sms_info
+from gsm.pdu import SmsInfo, sms_info
 
 #: The reason words in the order they are checked (see the module docstring).
 CHECK_ORDER: tuple[Reason, ...] = (
@@ -398,8 +398,7 @@ def decide(call: FinishedCall, facts: PolicyFacts, cfg: Config, now: float) -> D
     if pause is not None:
         return _suppress(Reason.CAP_REACHED, pause.detail, e164)
 
-    kind, text, note = _render(cfg, call, now)
-    info = sms_info(text)
+    kind, text, info, note = _render(cfg, call, now)
     detail = f"{kind}, {info.parts} part{'s' if info.parts != 1 else ''} {info.encoding}"
     if note:
         detail += f"; {note}"
@@ -415,24 +414,30 @@ def decide(call: FinishedCall, facts: PolicyFacts, cfg: Config, now: float) -> D
     )
 
 
-def _render(cfg: Config, call: FinishedCall, now: float) -> tuple[TemplateKind, str, str]:
-    """The text for a call; a broken template or [hours] (which the config check refuses)
-    falls back to the built-in wording, so a config slip never silences a missed call."""
+def _render(cfg: Config, call: FinishedCall, now: float) -> tuple[TemplateKind, str, SmsInfo, str]:
+    """The text for a call and its cost; a broken template or [hours] (which the config
+    check refuses) falls back to the built-in wording, so a config slip never silences a
+    missed call. The last item says what went wrong, "" when nothing did."""
     try:
         kind, text = render_for_call(cfg, call, now)
-        sms_info(text)  # a text the modem cannot encode is a broken text too
+        info = sms_info(text)  # a text the modem cannot encode is a broken text too
         if text.strip():
-            return kind, text, ""
+            return kind, text, info, ""
         problem = "the template rendered to an empty text"
     except ValueError as exc:  # TemplateError is a ValueError; so are zone/span problems
         problem = f"template problem ({exc})"
     kind = "voicemail" if call.voicemail_left is True else "in_hours"
     default: str = TextbackConfig.model_fields[TEMPLATE_KEYS[kind]].default
+    try:
+        when = time_fields(datetime.fromtimestamp(now, UTC))
+    except (ValueError, OverflowError, OSError):
+        when = {"time": "", "day": ""}
     fields = {
         "business_name": clean_text(business_name(cfg, line_for(cfg, call.did)), 60),
         "caller_name": caller_name_value(call, ""),
         "did": clean_text(call.did, 20),
         "callback_number": clean_text(call.did, 20),
-        **time_fields(datetime.fromtimestamp(now, UTC)),
+        **when,
     }
-    return kind, render(default, fields, strict=False), f"{problem}; used the built-in wording"
+    text = render(default, fields, strict=False)
+    return kind, text, sms_info(text), f"{problem}; used the built-in wording"
