@@ -755,6 +755,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise", action="store_true", help="URCs inside answers")
     parser.add_argument("--garbage", action="store_true", help="garbage before answers")
     parser.add_argument("--no-network", action="store_true", help="never registered")
+    parser.add_argument("--mute", action="store_true", help="answer nothing at all")
     args = parser.parse_args(argv)
     faults = Faults(
         slow=args.slow,
@@ -763,6 +764,7 @@ def main(argv: list[str] | None = None) -> int:
         garbage=args.garbage,
         no_network=args.no_network,
         pin=args.pin,
+        mute=args.mute,
     )
 
     async def run() -> None:

@@ -1,0 +1,169 @@
+"""`textback modem` (probe the modem) and `textback send-test` (send one SMS now).
+
+Both work without a config file when --device is given; without either they read the
+default config (/etc/textback/textback.toml) if it exists, else use the defaults. A
+technician's usual mistakes each get one clear line and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from daemon.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from daemon.numbers import CallerKind, classify_caller
+from daemon.templates import render_preview
+from gsm.errors import (
+    AtTimeout,
+    DevicePermission,
+    GsmError,
+    NoDevice,
+    NotRegistered,
+    PinError,
+)
+from gsm.modem import Modem, ModemInfo, Timeouts
+
+# How long the modem may take to answer AT when the command starts (a stick that was
+# just plugged in boots in about 10 s). Tests shorten it.
+STARTUP_TIMEOUT = 15.0
+# How long send-test waits for network registration.
+REGISTRATION_TIMEOUT = 30.0
+
+
+def _config(args: argparse.Namespace) -> Config:
+    path = getattr(args, "config", None)
+    if path:
+        return load_config(path)
+    if DEFAULT_CONFIG_PATH.exists() and not getattr(args, "device", None):
+        return load_config(DEFAULT_CONFIG_PATH)
+    return load_config(None)
+
+
+def explain(exc: GsmError, device: str) -> str:
+    """One line a technician can act on."""
+    if isinstance(exc, NoDevice):
+        return f"no such device: {device} (is the modem plugged in? see ls /dev/serial/by-id/)"
+    if isinstance(exc, DevicePermission):
+        return str(exc)
+    if isinstance(exc, AtTimeout) and exc.command == "AT":
+        return (
+            f"the modem on {device} does not answer AT (wrong port? try the other"
+            " /dev/ttyUSBn, or a stick still in storage mode needs usb_modeswitch)"
+        )
+    if isinstance(exc, PinError):
+        return f"SIM: {exc}"
+    if isinstance(exc, NotRegistered):
+        return f"{exc} (check the antenna, the SIM's plan, and coverage)"
+    return f"modem on {device}: {exc}"
+
+
+def _fail(message: str) -> int:
+    print(f"textback: {message}", file=sys.stderr)
+    return 1
+
+
+def _modem(cfg: Config, device: str, *, require_network: bool) -> Modem:
+    m = cfg.modem
+    return Modem(
+        device,
+        baudrate=m.baudrate,
+        pin=m.pin or None,
+        smsc=m.smsc or None,
+        mode=m.mode,
+        timeouts=Timeouts(
+            startup=STARTUP_TIMEOUT,
+            send=m.send_timeout,
+            registration=REGISTRATION_TIMEOUT,
+            health_interval=0,
+        ),
+        reconnect=False,
+        require_network=require_network,
+    )
+
+
+def format_info(info: ModemInfo) -> str:
+    """The probe as aligned lines."""
+    signal = "unknown" if info.rssi is None or info.dbm is None else f"{info.rssi} ({info.dbm} dBm)"
+    rows = [
+        ("device", info.device),
+        ("maker", info.maker),
+        ("model", info.model),
+        ("firmware", info.firmware),
+        ("IMEI", info.imei),
+        ("SIM ICCID", info.iccid),
+        ("operator", info.operator),
+        ("signal", signal),
+        ("registration", info.registration_text),
+        ("SMS mode", info.mode),
+        ("inbound SMS", "yes" if info.inbound else "no (modem has no AT+CNMI)"),
+    ]
+    return "\n".join(f"{k + ':':<14}{v if v is not None else 'unknown'}" for k, v in rows)
+
+
+async def _probe(modem: Modem) -> ModemInfo:
+    try:
+        await modem.start()
+        return await modem.probe()
+    finally:
+        await modem.close()
+
+
+def modem_main(args: argparse.Namespace) -> int:
+    """`textback modem [--config FILE] [--device PATH]`."""
+    try:
+        cfg = _config(args)
+    except ConfigError as exc:
+        return _fail(str(exc).splitlines()[0])
+    device = getattr(args, "device", None) or cfg.modem.device
+    try:
+        info = asyncio.run(_probe(_modem(cfg, device, require_network=False)))
+    except GsmError as exc:
+        return _fail(explain(exc, device))
+    except ValueError as exc:  # a PIN or SMSC in the config that cannot be right
+        return _fail(str(exc))
+    print(format_info(info))
+    return 0
+
+
+async def _send(modem: Modem, number: str, text: str, status_report: bool) -> list[int]:
+    try:
+        await modem.start()
+        return await modem.send_sms(number, text, status_report=status_report)
+    finally:
+        await modem.close()
+
+
+def send_test_main(args: argparse.Namespace) -> int:
+    """`textback send-test NUMBER [--config FILE] [--device PATH] [--text TEXT]`."""
+    try:
+        cfg = _config(args)
+    except ConfigError as exc:
+        return _fail(str(exc).splitlines()[0])
+    device = getattr(args, "device", None) or cfg.modem.device
+    raw = str(args.number)
+    number = classify_caller(raw, home_region=cfg.textback.home_region)
+    if number.kind is not CallerKind.VALID or number.e164 is None:
+        return _fail(f"not a valid phone number: {raw!r} (write it as +<country><number>)")
+    text = getattr(args, "text", None)
+    if not text:
+        text = render_preview(cfg)[0].text
+    try:
+        refs = asyncio.run(
+            _send(
+                _modem(cfg, device, require_network=True),
+                number.e164,
+                text,
+                cfg.modem.status_reports,
+            )
+        )
+    except GsmError as exc:
+        return _fail(explain(exc, device))
+    except ValueError as exc:
+        return _fail(str(exc))
+    parts = "part" if len(refs) == 1 else "parts"
+    print(
+        f"sent to {number.e164} in {len(refs)} {parts};"
+        f" message reference(s): {', '.join(str(r) for r in refs)}"
+    )
+    return 0
