@@ -199,6 +199,11 @@ def main(args: argparse.Namespace) -> int:
         + f" unknown_channel={tracker.stats.unknown_channel}"
         + f" missing_ids={tracker.stats.missing_ids}"
     )
+    if tracker.stats.no_timestamp:
+        summary += (
+            f"; {tracker.stats.no_timestamp} event(s) had no Timestamp header, timed on "
+            "reading (set timestampevents = yes in manager.conf)"
+        )
     if tracker.active:
         summary += f"; {tracker.active} call(s) still in progress at the end of the trace"
     print(summary, file=sys.stderr)

@@ -132,6 +132,7 @@ class TrackerStats:
     missing_ids: int = 0  # an event without Uniqueid or Linkedid
     late: int = 0  # an event for a call already finished (duplicate Hangup ...)
     bad_timestamp: int = 0
+    no_timestamp: int = 0  # timed by the clock: manager.conf lacks timestampevents = yes
     started: int = 0
     adopted: int = 0  # calls picked up by a resync
     expired: int = 0  # calls finished because their end never arrived
@@ -280,6 +281,8 @@ class CallTracker:
                 return float(stamp)
             except ValueError:
                 self.stats.bad_timestamp += 1
+        else:
+            self.stats.no_timestamp += 1
         return self._clock.now()
 
     def _call_of(self, msg: Message) -> _Call | None:

@@ -205,6 +205,7 @@ def test_bad_or_missing_timestamp_falls_back_to_the_clock() -> None:
     assert call.started_at == T0
     assert call.ended_at == T0 + 4.0
     assert tracker.stats.bad_timestamp == 1
+    assert tracker.stats.no_timestamp == 1
     assert call.outcome is Outcome.ABANDONED
 
 
