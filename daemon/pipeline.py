@@ -38,8 +38,15 @@ from daemon.model import (
 )
 from daemon.numbers import CallerKind, classify_caller
 from daemon.outbox import Outbox
-from daemon.policy import GuardLatch, Pause, decide, destination_check, sending_pause
-from daemon.store import Store, StoreError
+from daemon.policy import (
+    GuardLatch,
+    Pause,
+    PolicyFacts,
+    decide,
+    destination_check,
+    sending_pause,
+)
+from daemon.store import Message, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +219,10 @@ class Pipeline:
             if pending is not None:
                 await self._outbox.join(pending, call_id, now=now)
                 detail = f"merged into message {pending.id}"
+                if call.voicemail_left and await self._reword_for_voicemail(call, pending, now):
+                    reworded = await self._store.get_message(pending.id)
+                    pending = reworded or pending
+                    detail += f"; text reworded ({pending.template_kind})"
                 await self._store.record_decision(
                     call_id,
                     action="send",
@@ -296,6 +307,23 @@ class Pipeline:
             )
         )
 
+    async def _reword_for_voicemail(self, call: FinishedCall, pending: Message, now: float) -> bool:
+        """The joining call left a voicemail: the pending text thanks for the message."""
+        again = decide(call, PolicyFacts(), self._cfg, now)
+        kind = _template_kind(again.template_kind)
+        if again.action != "send" or not again.text or kind == pending.template_kind:
+            return False
+        await self._store.update_message(
+            pending.id,
+            now=now,
+            text=again.text,
+            template_kind=kind,
+            parts=again.parts,
+            encoding=again.encoding,
+        )
+        log.info(kv(event="message", id=pending.id, reworded=kind))
+        return True
+
     def _watch_guards(self, pause: Pause | None) -> None:
         """One loud line when a cap or the pumping guard trips, not one per call."""
         if pause is not None:
@@ -362,13 +390,14 @@ class Pipeline:
             return None
         if r.message_id is None:
             return r
-        if r.merged:
-            return replace(r, message="merged")
         m = await self._store.get_message(r.message_id)
         if m is None:
             return r
+        # The text as it stands (a joining voicemail may have reworded it).
+        if r.merged:
+            return replace(r, message="merged", text=m.text)
         why = m.reason if m.state in ("cancelled", "failed", "expired", "uncertain") else None
-        return replace(r, message=m.state, message_reason=why)
+        return replace(r, message=m.state, message_reason=why, text=m.text)
 
     async def reports(self) -> list[CallReport]:
         """Every remembered call's report, in the order the calls finished."""

@@ -308,3 +308,22 @@ async def test_pumping_guard_pauses_a_range_with_one_loud_line(
     assert len(loud) == 2  # paused once, resumed once (the other range's send)
     assert "event=sending_paused guard=pumping" in loud[0]
     assert "sending_resumed" in loud[1]
+
+
+async def test_a_joining_voicemail_rewords_the_pending_text(store: Store) -> None:
+    rig = Rig(
+        store, cfg(delay="30s", template_voicemail="Thanks for your message, {business_name}.")
+    )
+    first = call(NUMBERS[0], at=T0, outcome=Outcome.ABANDONED)
+    second = call(NUMBERS[0], at=T0 + 20, outcome=Outcome.VOICEMAIL, voicemail_left=True)
+    await rig.at(0, first)
+    await rig.at(20, second)
+    await rig.finish()
+    assert rig.sender.sent == [(NUMBERS[0], "Thanks for your message, our office.")]
+    r = await rig.pipeline.report(second.linkedid)
+    assert r is not None
+    assert r.message == "merged"
+    assert "reworded (voicemail)" in r.detail
+    a = await rig.pipeline.report(first.linkedid)
+    assert a is not None
+    assert (a.message, a.text) == ("sent", "Thanks for your message, our office.")
