@@ -6,6 +6,8 @@ import logging
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from daemon.clock import ManualClock
 from daemon.config import Config
@@ -611,3 +613,42 @@ def test_queue_timeout_is_no_answer_not_abandon() -> None:
     (call,) = finished(feed_all(CallTracker(make_cfg(), ManualClock(T0)), msgs))
     assert call.outcome is Outcome.NO_ANSWER
     assert abs(call.ring_seconds - 19.98) < 0.01
+
+
+def _trace_messages(name: str) -> list[dict[str, str]]:
+    from daemon.ami.frames import FrameParser
+
+    parser = FrameParser(wanted_events=WANTED_EVENTS, wanted_vars=WANTED_VARS)
+    return [m for m in parser.feed((AMI_DIR / f"{name}.ami").read_bytes()) if "Event" in m]
+
+
+_BURST = _trace_messages("17-burst")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    drop=st.sets(st.integers(0, len(_BURST) - 1), max_size=60),
+    dup=st.sets(st.integers(0, len(_BURST) - 1), max_size=30),
+    swaps=st.lists(st.integers(0, len(_BURST) - 2), max_size=30),
+)
+def test_lost_duplicated_and_reordered_events_never_double_finish(
+    drop: set[int], dup: set[int], swaps: list[int]
+) -> None:
+    msgs = [m for i, m in enumerate(_BURST) if i not in drop]
+    for i in sorted(dup, reverse=True):
+        if i < len(msgs):
+            msgs.insert(i, msgs[i])
+    for i in swaps:
+        if i + 1 < len(msgs):
+            msgs[i], msgs[i + 1] = msgs[i + 1], msgs[i]
+    clock = ManualClock(T0)
+    tracker = CallTracker(make_cfg(ring_timeout=5.0), clock)
+    calls = finished(feed_all(tracker, msgs))
+    clock.set(2_000_000_000.0)
+    calls += tracker.expire(clock.now())
+    ids = [c.linkedid for c in calls]
+    assert len(ids) == len(set(ids)), "a call finished twice"
+    started = {m["Linkedid"] for m in msgs if m.get("Event") == "Newchannel"}
+    assert set(ids) == started
+    assert tracker.active == 0
+    assert not tracker._chan_call
