@@ -256,6 +256,8 @@ class Simulator:
         self.pin_attempts = 0
         self.duplicates = 0
         self.vanished = 0
+        self.raw_echo = False
+        """Echo every byte straight back and answer nothing (the benchmark's baseline)."""
         self._rng = random.Random(seed)
         self._master = -1
         self._slave = -1
@@ -353,7 +355,9 @@ class Simulator:
             return
         except OSError:
             data = b""
-        if data:
+        if data and self.raw_echo:
+            self._send(data)  # the benchmark's floor: bytes straight back, no parsing
+        elif data:
             self._rx.put_nowait(data)
 
     def _send(self, data: bytes) -> None:
