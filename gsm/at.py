@@ -112,18 +112,22 @@ class Response:
     lines: tuple[str, ...]
     final: Final
 
-    def raise_for_error(self) -> None:
-        """Raise the matching GsmError unless the final code is OK."""
+    def raise_for_error(self, name: str | None = None) -> None:
+        """Raise the matching GsmError unless the final code is OK.
+
+        `name` replaces the command in the message (to keep a PIN out of logs).
+        """
         final = self.final
+        command = name or self.command
         if final.kind == "OK":
             return
         code = final.code if final.code is not None else -1
         detail = final.text.split(":", 1)[-1].strip()
         if final.kind == "CME":
-            raise CmeError(self.command, code, detail)
+            raise CmeError(command, code, detail)
         if final.kind == "CMS":
-            raise CmsError(self.command, code, detail)
-        raise CommandError(self.command, final.kind)
+            raise CmsError(command, code, detail)
+        raise CommandError(command, final.kind)
 
     def values(self, prefix: str) -> list[str]:
         """The text after `prefix` of every line starting with it (stripped)."""

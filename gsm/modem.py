@@ -471,14 +471,13 @@ class Modem:
         self._drain()
         self._parser.expect(Expect(line, prefix, done_on_prefix=done_on_prefix))
         self._write(line.encode("ascii") + b"\r", secret=secret)
-        reply = await self._next_reply(
-            "AT+CPIN=<pin>" if secret else line, timeout or self.t.command
-        )
+        name = "AT+CPIN=<pin>" if secret else line  # the PIN never reaches a message
+        reply = await self._next_reply(name, timeout or self.t.command)
         if isinstance(reply, Prompt):
             self._write(ESC)
-            raise ProtocolError(f"{line}: unexpected '> ' prompt")
+            raise ProtocolError(f"{name}: unexpected '> ' prompt")
         if check:
-            reply.raise_for_error()
+            reply.raise_for_error(name)
         return reply
 
     async def _resync(self) -> None:
@@ -490,10 +489,8 @@ class Modem:
         try:
             reply = await self._next_reply("AT+CSQ (resync)", self.t.command)
         except AtTimeout:
-            if self._timeouts_in_row >= 3 and self._started:
-                asyncio.get_running_loop().create_task(
-                    self._force_reconnect("no answer to three commands in a row")
-                )
+            if self._timeouts_in_row >= 3 and self._state is ModemState.READY:
+                self._spawn(self._force_reconnect("no answer to three commands in a row"))
             raise
         if isinstance(reply, Response):
             self._dirty = False

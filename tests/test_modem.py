@@ -309,8 +309,9 @@ async def test_sim_pin_is_entered_once(profile: str) -> None:
 async def test_wrong_pin_stops_and_is_never_retried() -> None:
     async with running("sim800", Faults(pin="4321")) as sim:
         modem = Modem(sim.device, timeouts=FAST, pin="1111")
-        with pytest.raises(errors.PinError, match="not retrying"):
+        with pytest.raises(errors.PinError, match="not retrying") as exc:
             await modem.start()
+        assert "1111" not in str(exc.value)  # the PIN is never in a message or log
         assert not errors.PinError.retryable
         assert modem.state is ModemState.FAILED
         await modem.close()
@@ -416,3 +417,19 @@ async def test_context_manager_and_raw_command(sim: Simulator) -> None:
             await modem.command("AT+NOPE")
         with pytest.raises(ValueError, match="control bytes"):
             await modem.command('AT+CMGS="x"\r')
+
+
+async def test_health_check_notices_a_dead_modem_and_reopens() -> None:
+    fast = replace(FAST, health_interval=0.02, command=0.05, probe=0.02, startup=0.1)
+    async with running("sim800") as sim:
+        modem = await _started(sim, timeouts=fast)
+        try:
+            sim.faults.mute = True
+            await asyncio.wait_for(sim.wait_for(lambda: modem.state is ModemState.RECONNECTING), 5)
+            sim.faults.mute = False
+            await asyncio.wait_for(modem.wait_ready(), 5)
+            assert modem.reconnects == 1
+            assert await modem.send_sms(TO, "back")
+        finally:
+            await modem.close()
+        assert [s.text for s in sim.sent] == ["back"]
