@@ -158,12 +158,12 @@ class Outbox:
         """
         at = self._clock.now() if now is None else now
         calls = [*message.call_ids, call_id]
-        if message.state == "waiting":
-            due = max(message.due_at, at + self._cfg.textback.delay)
-            await self._store.update_message(
-                message.id, now=at, call_ids=calls, due_at=due, next_attempt_at=due
-            )
-        else:
+        due = max(message.due_at, at + self._cfg.textback.delay)
+        # Only a text still in its wait step waits again; one already going out just
+        # gains the call (it is the one text this caller gets either way).
+        if not await self._store.update_message(
+            message.id, now=at, expect=("waiting",), call_ids=calls, due_at=due, next_attempt_at=due
+        ):
             await self._store.update_message(message.id, now=at, call_ids=calls)
         log.info(
             kv(
@@ -181,7 +181,10 @@ class Outbox:
         at = self._clock.now() if now is None else now
         done = []
         for m in await self._store.messages(PENDING_STATES, destination):
-            await self._store.update_message(m.id, now=at, state="cancelled", reason=reason)
+            if not await self._store.update_message(
+                m.id, now=at, expect=PENDING_STATES, state="cancelled", reason=reason
+            ):
+                continue  # it went to the modem in the meantime: too late to cancel
             log.info(
                 kv(
                     event="message",
@@ -258,8 +261,13 @@ class Outbox:
         for m in await self._store.messages(PENDING_STATES):
             if now - m.created_at > tb.max_age:
                 await self._expire(m, now)
-            elif m.state == "waiting" and m.due_at <= now:
-                await self._store.update_message(m.id, now=now, state="queued", next_attempt_at=now)
+            elif (
+                m.state == "waiting"
+                and m.due_at <= now
+                and await self._store.update_message(
+                    m.id, now=now, expect=("waiting",), state="queued", next_attempt_at=now
+                )
+            ):
                 log.info(kv(event="message", id=m.id, destination=m.destination, state="queued"))
         attempts = 0
         for m in await self._store.messages(["queued"]):
@@ -272,12 +280,14 @@ class Outbox:
         return attempts
 
     async def _expire(self, m: Message, now: float) -> None:
-        await self._store.update_message(
+        if not await self._store.update_message(
             m.id,
             now=now,
+            expect=PENDING_STATES,
             state="expired",
             reason=f"not sent within max_age {self._cfg.textback.max_age:g}s",
-        )
+        ):
+            return
         log.warning(
             kv(
                 event="message",
@@ -304,7 +314,10 @@ class Outbox:
                 return False
             attempt = m.attempts + 1
             # Durable before the modem hears of it: a crash from here on means `uncertain`.
-            await self._store.update_message(m.id, now=now, state="sending", attempts=attempt)
+            if not await self._store.update_message(
+                m.id, now=now, expect=("queued",), state="sending", attempts=attempt
+            ):
+                return False  # cancelled while we looked at it
             log.info(
                 kv(
                     event="message",
@@ -414,7 +427,7 @@ class Outbox:
         )
 
     async def _durably(
-        self, fn: Callable[..., Awaitable[None]], *args: object, **kwargs: object
+        self, fn: Callable[..., Awaitable[object]], *args: object, **kwargs: object
     ) -> None:
         """Write the outcome of a send that happened; retry until the database takes it.
 
@@ -507,6 +520,16 @@ class Outbox:
             for w in waiters:
                 with contextlib.suppress(asyncio.CancelledError):
                     await w
+
+    async def quiesce(self) -> None:
+        """Shutdown: start no new send, and return once the send in flight has finished.
+
+        The text being sent when SIGTERM arrives finishes (and is recorded as sent or
+        failed) rather than being cut off mid AT+CMGS and left `uncertain`.
+        """
+        self._sender = None
+        async with self._send_lock:
+            pass
 
     async def settle(self) -> None:
         """Wait until the running worker has made a full pass that started after this call.

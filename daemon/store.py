@@ -680,8 +680,19 @@ class Store:
         found = await self.messages(PENDING_STATES, destination)
         return found[-1] if found else None
 
-    async def update_message(self, message_id: int, *, now: float, **fields: Any) -> None:
-        """Change columns of an outbox row (state, attempts, last_error, ...)."""
+    async def update_message(
+        self,
+        message_id: int,
+        *,
+        now: float,
+        expect: Sequence[str] | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Change columns of an outbox row (state, attempts, last_error, ...).
+
+        With `expect`, only while the row is in one of those states (compare-and-set, so a
+        cancel and a send racing each other cannot both win); returns whether it changed.
+        """
         allowed = {
             "state",
             "text",
@@ -702,14 +713,19 @@ class Store:
         if "call_ids" in fields:
             fields["call_ids"] = json.dumps(list(fields["call_ids"]))
         cols = ", ".join(f"{k} = ?" for k in fields)
+        sql = f"UPDATE messages SET {cols}, updated_at = ? WHERE id = ?"
+        params: list[Any] = [*fields.values(), now, message_id]
+        if expect is not None:
+            sql += f" AND state IN ({_placeholders(expect)})"
+            params += list(expect)
         async with self.transaction():
-            await self._db.execute(
-                f"UPDATE messages SET {cols}, updated_at = ? WHERE id = ?",
-                (*fields.values(), now, message_id),
-            )
+            cur = await self._db.execute(sql, params)
+            if cur.rowcount == 0:
+                return False
             state = fields.get("state")
             if state in ("sent", "failed", "cancelled", "expired", "uncertain"):
                 await self._bump(f"texts.{state}", 1, now)
+            return True
 
     async def add_parts(self, message_id: int, references: Sequence[int], now: float) -> None:
         """Keep the modem's message reference of each part of a sent text."""

@@ -39,12 +39,14 @@ class FakeSender:
     clock: Any = None
     gate: asyncio.Event | None = None  # when set, each send waits for it
     in_flight: int = 0
+    started: asyncio.Event = field(default_factory=asyncio.Event)  # set when a send begins
     max_in_flight: int = 0
     _ref: int = 0
 
     async def send_sms(self, number: str, text: str, *, status_report: bool = True) -> list[int]:
         self.attempts.append((number, self.clock.now() if self.clock else None))
         self.in_flight += 1
+        self.started.set()
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             if self.gate is not None:

@@ -314,3 +314,31 @@ async def test_worker_survives_a_locked_database_and_sends_afterwards(
         with pytest.raises(asyncio.CancelledError):
             await worker
         await store.close()
+
+
+async def test_cancel_while_another_text_is_being_sent(store: Store, clock: ManualClock) -> None:
+    sender = FakeSender(gate=asyncio.Event())
+    outbox = _outbox(store, clock, sender, delay="0s")
+    first = await _enqueue(outbox, NUMBERS[0])
+    second = await _enqueue(outbox, NUMBERS[1])
+    run = asyncio.create_task(outbox.process_due())
+    await asyncio.wait_for(sender.started.wait(), 10)
+    assert sender.in_flight == 1
+    # The one in flight is past cancelling; the one behind it is not.
+    assert await outbox.cancel(NUMBERS[0], "called_back") == []
+    assert await outbox.cancel(NUMBERS[1], "called_back") == [second]
+    assert sender.gate is not None
+    sender.gate.set()
+    await run
+    assert [n for n, _ in sender.sent] == [NUMBERS[0]]
+    assert await _state(store, first) == "sent"
+    assert await _state(store, second) == "cancelled"
+
+
+async def test_state_changes_are_compare_and_set(store: Store, clock: ManualClock) -> None:
+    outbox = _outbox(store, clock, FakeSender(), delay="0s")
+    mid = await _enqueue(outbox)
+    assert await store.update_message(mid, now=T0, expect=("queued",), state="sending") is False
+    assert await _state(store, mid) == "waiting"
+    assert await store.update_message(mid, now=T0, expect=("waiting",), state="queued") is True
+    assert await _state(store, mid) == "queued"
