@@ -187,8 +187,11 @@ def main(args: argparse.Namespace) -> int:
     else:
         rows = [[f"{k}={_show(rec[k])}" for k in _HUMAN_KEYS] for rec in records]
         widths = [max((len(r[i]) for r in rows), default=0) for i in range(len(_HUMAN_KEYS))]
-        for row in rows:
-            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        for rec, row in zip(records, rows, strict=True):
+            line = "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+            if rec["dialled"]:
+                line += f"  dialled={_show(rec['dialled'])}"  # an office phone called out
+            print(line.rstrip())
     outcomes = Counter(rec["outcome"] for rec in records)
     sends = sum(1 for rec in records if rec["decision"] == "send")
     fs = stream.stats

@@ -197,3 +197,12 @@ def test_garbage_trace_is_survived(capsys: pytest.CaptureFixture[str], tmp_path:
     assert "0 calls" in err
     assert "still in progress" in err
     assert "malformed=0" not in err
+
+
+def test_outbound_calls_show_the_dialled_number(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run(capsys, str(AMI_DIR / "21-missed-then-callback.ami"))
+    assert rc == 0
+    first, second = out.splitlines()
+    assert "dialled=" not in first
+    assert second.endswith("dialled=+12025550121")
+    assert "reason=not_inbound" in second
