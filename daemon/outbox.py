@@ -90,6 +90,7 @@ class Outbox:
         self._recovered = False
         #: Store errors seen (kept in memory: the database may be what is failing).
         self.store_errors = 0
+        self._saved_errors = 0
 
     # -- wiring ------------------------------------------------------------------------------
 
@@ -483,6 +484,11 @@ class Outbox:
                 nxt = await self.next_wakeup()
                 delay = None if nxt is None else max(0.0, nxt - self._clock.now())
                 self._store_retry = STORE_RETRY_FIRST
+                if self.store_errors > self._saved_errors:
+                    # The database works again: keep the count of its refusals there too.
+                    n = self.store_errors - self._saved_errors
+                    await self._store.bump("store.errors", n, now=self._clock.now())
+                    self._saved_errors += n
             except StoreError as exc:
                 self.store_errors += 1
                 log.error(

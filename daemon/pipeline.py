@@ -105,6 +105,7 @@ class Pipeline:
         self._latch = GuardLatch()
         #: In-memory counters (the database may be what is failing).
         self.counts: Counter[str] = Counter()
+        self._saved_errors = 0
 
     # -- wiring ------------------------------------------------------------------------------
 
@@ -181,7 +182,19 @@ class Pipeline:
         self._backlog_ready.clear()
         if landed:
             log.warning(kv(event="store_recovered", landed=landed))
+            await self._save_error_count()
         return landed
+
+    async def _save_error_count(self) -> None:
+        """Once the database takes writes again, keep the count of its refusals there too."""
+        unsaved = self.counts["store_errors"] - self._saved_errors
+        if unsaved <= 0:
+            return
+        try:
+            await self._store.bump("store.errors", unsaved, now=self._clock.now())
+        except StoreError:
+            return  # counted in memory; saved next time
+        self._saved_errors += unsaved
 
     def _defer(self, event: TrackerEvent, at: float, exc: StoreError | None) -> None:
         self._backlog.append((event, at))

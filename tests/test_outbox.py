@@ -308,6 +308,7 @@ async def test_worker_survives_a_locked_database_and_sends_afterwards(
         await outbox.settle()
         assert await _state(store, mid) == "sent"
         assert len(sender.sent) == 1
+        assert await store.counter("store.errors") == outbox.store_errors
     finally:
         other.close()
         worker.cancel()

@@ -209,6 +209,8 @@ async def test_full_disk_keeps_every_call_and_lands_it_later(store: Store) -> No
     await db.execute("PRAGMA max_page_count = 1073741823")
     assert await rig.pipeline.retry_backlog() == 3
     assert rig.pipeline.backlog == 0
+    # The refusals are counted in the database too, once it takes writes again.
+    assert await store.counter("store.errors") == rig.pipeline.counts["store_errors"]
     rows = await store.history(limit=100_000)
     assert len(rows) == len(handed)
     assert all(r.decision is not None for r in rows)
