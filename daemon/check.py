@@ -13,7 +13,6 @@ import difflib
 import itertools
 import os
 import re
-import string
 import zoneinfo
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ from daemon.config import (
     DEFAULT_CONFIG_PATH,
     Config,
     ConfigError,
-    LineConfig,
     TextbackConfig,
     format_duration,
     load_config,
@@ -40,18 +38,27 @@ from daemon.config_example import (
     section_models,
     toml_value,
 )
+from daemon.hours import DAYS, office_zone, parse_holiday, parse_span
+from daemon.numbers import CallerKind, classify_caller
+from daemon.templates import (
+    FIELDS,
+    SAMPLE_CALLER_NAME,
+    Preview,
+    check_template,
+    render_preview,
+)
+from daemon.templates import TEMPLATE_KEYS as KIND_KEYS
+from gsm.gsm7 import septet_cost
+from gsm.pdu import SmsInfo
 
 #: The merge fields a template may use; anything else is an error.
-TEMPLATE_FIELDS = ("business_name", "caller_name", "did", "callback_number", "time", "day")
-TEMPLATE_KEYS = ("template", "template_after_hours", "template_voicemail")
+TEMPLATE_FIELDS = FIELDS
+TEMPLATE_KEYS = tuple(KIND_KEYS.values())
 
 #: Ring timeouts outside this range get a warning (seconds).
 RING_TIMEOUT_MIN = 15.0  # under this, staff have too little time to pick up
 RING_TIMEOUT_MAX = 20.0  # over this, a forward to a mobile meets the carrier's voicemail
 
-_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_SPAN_RE = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
-_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _COMMON_BAUDRATES = frozenset({9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600})
 
 
@@ -98,6 +105,7 @@ def validate(cfg: Config) -> list[Problem]:
     out += _check_hours(cfg)
     out += _check_lines(cfg)
     out += _check_database(cfg)
+    out += _check_texts(cfg)
     return out
 
 
@@ -184,12 +192,13 @@ def _check_calls(cfg: Config) -> list[Problem]:
         )
     if target:
         parts = [p.strip() for p in target.split(",")]
-        if len(parts) != 3 or not all(parts):
+        # The daemon's Redirect takes context,exten[,priority] (priority 1 when left out).
+        if len(parts) not in (2, 3) or not all(parts):
             out.append(
                 _err(
                     "calls.voicemail_target",
                     f"{target!r} is not context,exten,priority",
-                    'three parts separated by commas, as in the dialplan, e.g. "vm,100,1"',
+                    'as in the dialplan, separated by commas, e.g. "vm,100,1"',
                 )
             )
     if calls.enforce_ring_timeout:
@@ -332,15 +341,22 @@ def _check_textback(cfg: Config) -> list[Problem]:
         )
     for name in TEMPLATE_KEYS:
         out += check_template_fields(getattr(tb, name), f"textback.{name}")
-        if "{callback_number}" in getattr(tb, name):
-            out.append(
-                _warn(
-                    f"textback.{name}",
-                    "uses {callback_number}, which is empty for calls to a DID without a "
-                    "[[lines]] entry",
-                    "give each DID a [[lines]] entry with callback_number, or remove the field",
-                )
+    uses_name = [f"textback.{n}" for n in TEMPLATE_KEYS if "{caller_name}" in getattr(tb, n)]
+    uses_name += [
+        f"lines[{i}].{n}"
+        for i, line in enumerate(cfg.lines)
+        for n in TEMPLATE_KEYS
+        if "{caller_name}" in (getattr(line, n) or "")
+    ]
+    if uses_name and not tb.caller_name_fallback.strip():
+        out.append(
+            _warn(
+                uses_name[0],
+                "uses {caller_name}, but caller_name_fallback is empty: callers the PBX "
+                'has no name for get e.g. "Hi , sorry we missed you"',
+                'set [textback] caller_name_fallback, e.g. "there" ("Hi there, ...")',
             )
+        )
     return out
 
 
@@ -352,103 +368,63 @@ def _parses(raw: str, region: str) -> bool:
 
 
 def check_template_fields(template: str, key: str) -> list[Problem]:
-    """Problems with the merge fields of one template: only TEMPLATE_FIELDS, by name."""
-    known = ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
-    if not template.strip():
-        return [_err(key, "empty template", f"write the text; it may use {known}")]
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        return [
-            _err(
-                key,
-                f"cannot read the template: {exc}",
-                "merge fields look like {business_name}; write {{ and }} for literal braces",
-            )
-        ]
-    out: list[Problem] = []
-    for _, field, spec, conversion in parsed:
-        if field is None:
-            continue
-        if field == "" or field.isdigit():
-            out.append(
-                _err(key, f"a field without a name ({{{field}}})", f"use a named field: {known}")
-            )
-        elif field not in TEMPLATE_FIELDS:
-            close = difflib.get_close_matches(field, TEMPLATE_FIELDS, 1)
-            guess = f"did you mean {{{close[0]}}}? " if close else ""
-            out.append(_err(key, f"unknown field {{{field}}}", f"{guess}known fields: {known}"))
-        elif spec or conversion:
-            part = f"!{conversion}" if conversion else f":{spec}"
-            out.append(
-                _err(
-                    key,
-                    f"field {{{field}}} has a format part ({part})",
-                    f"write the field alone, e.g. {{{field}}}",
-                )
-            )
+    """Problems with one template's merge fields, as the renderer sees them."""
+    out = []
+    for text in check_template(template):
+        # check_template writes "what is wrong; what to do".
+        message, _, hint = text.partition("; ")
+        m = re.match(r"unknown field \{(.*)\}$", message)
+        close = difflib.get_close_matches(m.group(1), TEMPLATE_FIELDS, 1) if m else []
+        if close:
+            hint = f"did you mean {{{close[0]}}}? {hint}"
+        out.append(_err(key, message, hint))
     return out
 
 
 def _check_hours(cfg: Config) -> list[Problem]:
     hours, out = cfg.hours, []
     try:
-        zoneinfo.ZoneInfo(hours.timezone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        office_zone(hours.timezone)
+    except ValueError as exc:
         close = difflib.get_close_matches(hours.timezone, sorted(zoneinfo.available_timezones()), 3)
-        hint = 'an IANA time zone name such as "America/Chicago" or "Europe/London"'
+        hint = str(exc).partition(": ")[2]
         if close:
-            hint += f" (did you mean {', '.join(close)}?)"
+            hint = f"did you mean {', '.join(close)}? {hint}"
         out.append(_err("hours.timezone", f"unknown time zone {hours.timezone!r}", hint))
-    for day in _DAYS:
-        spans: list[tuple[int, int]] = []
-        for i, span in enumerate(getattr(hours, day)):
+    week = 7 * 24 * 60
+    placed: list[tuple[int, int, str]] = []  # minutes since Monday 00:00, and the key
+    for d, day in enumerate(DAYS):
+        for i, text in enumerate(getattr(hours, day)):
             key = f"hours.{day}[{i}]"
-            parsed = _parse_span(span)
-            if isinstance(parsed, str):
-                out.append(_err(key, f"{span!r}: {parsed}", '"HH:MM-HH:MM", e.g. "09:00-17:00"'))
+            try:
+                span = parse_span(text)
+            except ValueError as exc:
+                out.append(_err(key, str(exc), 'open spans are "HH:MM-HH:MM", e.g. "09:00-17:00"'))
                 continue
-            start, end = parsed
-            if end <= start:
-                out.append(
-                    _err(
-                        key,
-                        f"{span!r} ends before it starts",
-                        'a span over midnight is two spans: e.g. "22:00-24:00" on one day '
-                        'and "00:00-02:00" on the next',
-                    )
-                )
-                continue
-            for other_start, other_end in spans:
-                if start < other_end and other_start < end:
-                    out.append(_warn(key, f"{span!r} overlaps another span of {day}", "merge them"))
-            spans.append((start, end))
-    seen: set[str] = set()
-    for i, holiday in enumerate(hours.holidays):
+            start, end = d * 1440 + span.start, d * 1440 + span.end
+            for o_start, o_end, o_key in placed:
+                # Sunday's overnight span runs into Monday: compare a week apart too.
+                if any(start < o_end + k and o_start + k < end for k in (-week, 0, week)):
+                    out.append(_warn(key, f"{text!r} overlaps {o_key}", "merge the two spans"))
+            placed.append((start, end, key))
+    seen: set[date] = set()
+    for i, text in enumerate(hours.holidays):
         key = f"hours.holidays[{i}]"
-        if not _DATE_RE.match(holiday):
-            out.append(_err(key, f"{holiday!r} is not a date", 'YYYY-MM-DD, e.g. "2026-12-25"'))
-            continue
         try:
-            date.fromisoformat(holiday)
+            day_off = parse_holiday(text)
         except ValueError as exc:
-            out.append(_err(key, f"{holiday!r}: {exc}", 'YYYY-MM-DD, e.g. "2026-12-25"'))
+            out.append(_err(key, str(exc), 'one date a line item, "YYYY-MM-DD"'))
             continue
-        if holiday in seen:
-            out.append(_warn(key, f"{holiday} is listed twice", "remove one"))
-        seen.add(holiday)
+        if day_off in seen:
+            out.append(_warn(key, f"{text} is listed twice", "remove one"))
+        seen.add(day_off)
     return out
 
 
-def _parse_span(span: str) -> tuple[int, int] | str:
-    """A "HH:MM-HH:MM" span as minutes since midnight, or what is wrong with it."""
-    m = _SPAN_RE.match(span.strip())
-    if not m:
-        return "not HH:MM-HH:MM"
-    h1, m1, h2, m2 = (int(g) for g in m.groups())
-    if h1 > 23 or m1 > 59 or m2 > 59 or h2 > 24 or (h2 == 24 and m2 != 0):
-        return "not a time of day (00:00 to 24:00)"
-    return h1 * 60 + m1, h2 * 60 + m2
+def _did_key(did: str, region: str) -> str:
+    """A DID as the daemon matches it: the E.164 number when it is one, else as written."""
+    judged = classify_caller(did, home_region=region)
+    return judged.e164 if judged.kind is CallerKind.VALID and judged.e164 else did
 
 
 def _check_lines(cfg: Config) -> list[Problem]:
@@ -457,31 +433,23 @@ def _check_lines(cfg: Config) -> list[Problem]:
     for i, line in enumerate(cfg.lines):
         key = f"lines[{i}]"
         did = line.did.strip()
+        number = _did_key(did, cfg.textback.home_region.upper())
         if not did:
             out.append(_err(f"{key}.did", "empty", "the dialled number as the PBX shows it"))
-        elif did in first:
+        elif number in first:
             out.append(
                 _err(
                     f"{key}.did",
-                    f"{did!r} is also lines[{first[did]}].did",
+                    f"{did!r} is the same DID as lines[{first[number]}].did",
                     "each DID gets one [[lines]] entry; merge the two",
                 )
             )
         else:
-            first[did] = i
+            first[number] = i
         for name in TEMPLATE_KEYS:
             own: str | None = getattr(line, name)
             if own is not None:
                 out += check_template_fields(own, f"{key}.{name}")
-            effective = own if own is not None else getattr(cfg.textback, name)
-            if "{callback_number}" in effective and not line.callback_number:
-                out.append(
-                    _warn(
-                        f"{key}.callback_number",
-                        f"empty, but {name} uses {{callback_number}}",
-                        "set callback_number, the number callers should ring back",
-                    )
-                )
         if line.business_name is not None and not line.business_name.strip():
             out.append(_warn(f"{key}.business_name", "empty", "remove it to use [textback]'s"))
     return out
@@ -652,22 +620,64 @@ def settings_lines(cfg: Config) -> list[str]:
     return out
 
 
+def _previews(cfg: Config) -> list[Preview]:
+    try:
+        return render_preview(cfg)
+    except ValueError:  # only a text no SMS can carry (a lone surrogate); shown unrendered
+        return []
+
+
+def _cost(info: SmsInfo) -> str:
+    encoding = "GSM-7" if info.encoding == "gsm7" else "UCS-2"
+    parts = "1 part" if info.parts == 1 else f"{info.parts} parts"
+    return f"{parts}, {encoding}, {info.units}/{info.chars_per_part * info.parts}"
+
+
 def template_lines(cfg: Config) -> list[str]:
-    """The wording of every text, per line (DID), as configured."""
-    out: list[str] = []
-    targets: list[tuple[str, LineConfig | None]] = [("any DID without a [[lines]] entry", None)]
-    targets += [(f"DID {line.did}", line) for line in cfg.lines]
-    for label, line in targets:
-        name = cfg.textback.business_name
-        if line is not None and line.business_name is not None:
-            name = line.business_name
-        off = " (disabled: never texted)" if line is not None and not line.enabled else ""
-        out.append(f"{label}: business_name {toml_value(name)}{off}")
-        for key in TEMPLATE_KEYS:
-            text = getattr(line, key, None) if line is not None else None
-            if text is None:
-                text = getattr(cfg.textback, key)
-            out.append(f"  {key}: {text}")
+    """Every text rendered with sample values, with its SMS parts and encoding."""
+    out = [
+        f'(sample caller "{SAMPLE_CALLER_NAME}", Tuesday 10:30; parts, encoding, '
+        "characters used/available)"
+    ]
+    for preview in _previews(cfg):
+        out.append(f"{preview.label}  [{_cost(preview.info)}]")
+        out.append(f"    {preview.text}")
+    for i, line in enumerate(cfg.lines):
+        if not line.enabled:
+            out.append(f"lines[{i}] ({line.did}) is disabled: its callers are never texted")
+    return out
+
+
+def _check_texts(cfg: Config) -> list[Problem]:
+    """Warnings about what the texts cost: UCS-2 from a stray character, many parts."""
+    out: list[Problem] = []
+    for preview in _previews(cfg):
+        section, _, name = preview.label.partition(".")
+        if section.startswith("lines["):  # only a line's own templates, not inherited ones
+            line = cfg.lines[int(section[6:-1])]
+            if getattr(line, name) is None:
+                continue
+        info = preview.info
+        odd = sorted({ch for ch in preview.text if septet_cost(ch) == 0})
+        if info.encoding != "gsm7" and info.parts > 1:
+            shown = ", ".join(f"{ch!r} (U+{ord(ch):04X})" for ch in odd[:5])
+            out.append(
+                _warn(
+                    preview.label,
+                    f"is sent in {info.parts} parts as UCS-2 (70 characters a part instead "
+                    f"of 160) because of {shown}",
+                    "replace those characters (curly quotes and dashes often come from a "
+                    "word processor), or shorten the text",
+                )
+            )
+        elif info.parts > 2:
+            out.append(
+                _warn(
+                    preview.label,
+                    f"is {info.parts} SMS parts long; each part is billed as one text",
+                    "shorten it; one or two parts suit a missed-call text",
+                )
+            )
     return out
 
 

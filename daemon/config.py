@@ -193,7 +193,10 @@ class TextbackConfig(_Section):
     )
 
 
-_SPANS = 'open spans "HH:MM-HH:MM" in the office time zone (up to "24:00"); [] closed all day'
+_SPANS = (
+    'open spans "HH:MM-HH:MM" in the office time zone (an end before the start runs past '
+    'midnight, "24:00" ends at midnight); [] closed all day'
+)
 
 
 class HoursConfig(_Section):

@@ -238,7 +238,8 @@ def test_check_ok_exit_0_and_shows_settings(capsys: pytest.CaptureFixture[str]) 
     assert "Settings in effect (secrets hidden):" in out
     assert 'timezone = "America/New_York"' in out
     assert "secret = (not set)" in out
-    assert "template: Sorry we missed your call to {business_name}." in out
+    assert "textback.template  [1 part, GSM-7, 68/160]" in out
+    assert "    Sorry we missed your call to our office. We will call you back soon." in out
     assert out.rstrip().endswith("OK with 2 warnings")
 
 
@@ -283,9 +284,9 @@ did = "+12025550100"
         "ERROR   textback.template: unknown field {caller}",
         "did you mean {caller_name}?",
         "ERROR   hours.timezone: unknown time zone 'Mars/Olympus'",
-        "ERROR   hours.mon[0]: '9-17': not HH:MM-HH:MM",
+        "ERROR   hours.mon[0]: '9-17' is not \"HH:MM-HH:MM\"",
         "ERROR   hours.holidays[0]: '2026-02-30'",
-        "ERROR   lines[1].did: '+12025550100' is also lines[0].did",
+        "ERROR   lines[1].did: '+12025550100' is the same DID as lines[0].did",
     ]:
         assert expected in out
     assert "NOT OK: 7 errors" in out
@@ -345,9 +346,22 @@ def test_ring_timeout_in_range_no_warning(ring: float) -> None:
     ("sections", "key", "severity", "fragment"),
     [
         ({"calls": {"enforce_ring_timeout": True}}, "calls.voicemail_target", "error", "empty"),
-        ({"calls": {"voicemail_target": "vm,100"}}, "calls.voicemail_target", "error", "not"),
+        ({"calls": {"voicemail_target": "vm"}}, "calls.voicemail_target", "error", "not"),
+        ({"calls": {"voicemail_target": "vm,,1"}}, "calls.voicemail_target", "error", "not"),
         ({"calls": {"min_ring": "20s"}}, "calls.min_ring", "error", "short_abandon"),
-        ({"hours": {"tue": ["17:00-09:00"]}}, "hours.tue[0]", "error", "ends before it starts"),
+        ({"hours": {"tue": ["09:00-09:00"]}}, "hours.tue[0]", "error", "is empty"),
+        (
+            {"hours": {"fri": ["22:00-03:00"], "sat": ["02:00-05:00"]}},
+            "hours.sat[0]",
+            "warning",
+            "overlaps hours.fri[0]",
+        ),
+        (
+            {"hours": {"sun": ["22:00-03:00"], "mon": ["01:00-05:00"]}},
+            "hours.sun[0]",
+            "warning",
+            "overlaps hours.mon[0]",
+        ),
         ({"hours": {"wed": ["09:00-24:30"]}}, "hours.wed[0]", "error", "not a time of day"),
         ({"hours": {"thu": ["09:00-13:00", "12:00-17:00"]}}, "hours.thu[1]", "warning", "over"),
         ({"hours": {"holidays": ["12/25/2026"]}}, "hours.holidays[0]", "error", "not a date"),
@@ -366,8 +380,9 @@ def test_ring_timeout_in_range_no_warning(ring: float) -> None:
             "home_region",
         ),
         ({"textback": {"template": "{0} hi"}}, "textback.template", "error", "without a name"),
-        ({"textback": {"template": "{did.x}"}}, "textback.template", "error", "unknown field"),
-        ({"textback": {"template": "{time:%H}"}}, "textback.template", "error", "format part"),
+        ({"textback": {"template": "{did.x}"}}, "textback.template", "error", "attribute"),
+        ({"textback": {"template": "{bizname}"}}, "textback.template", "error", "unknown field"),
+        ({"textback": {"template": "{time:%H}"}}, "textback.template", "error", "not allowed"),
         ({"textback": {"template": "a { b"}}, "textback.template", "error", "cannot read"),
         ({"textback": {"template": " "}}, "textback.template", "error", "empty template"),
         ({"textback": {"delay": "3h"}}, "textback.max_age", "error", "expire"),
@@ -382,10 +397,28 @@ def test_ring_timeout_in_range_no_warning(ring: float) -> None:
         ({"modem": {"smsc": "12345"}}, "modem.smsc", "error", "international"),
         ({"database": {"path": "textback.db"}}, "database.path", "warning", "relative"),
         (
-            {"lines": [{"did": "+12025550101", "template": "ring {callback_number}"}]},
-            "lines[0].callback_number",
+            {"lines": [{"did": "+12025550101", "template": "Hi {caller_name}"}]},
+            "lines[0].template",
             "warning",
-            "uses {callback_number}",
+            "caller_name_fallback is empty",
+        ),
+        (
+            {"lines": [{"did": "+12025550101"}, {"did": "(202) 555-0101"}]},
+            "lines[1].did",
+            "error",
+            "same DID as lines[0].did",
+        ),
+        (
+            {"textback": {"template": "We\u2019re sorry we missed you. " * 3}},
+            "textback.template",
+            "warning",
+            "UCS-2 (70 characters a part instead of 160) because of '\u2019' (U+2019)",
+        ),
+        (
+            {"lines": [{"did": "+12025550101", "template": "Sorry. " * 60}]},
+            "lines[0].template",
+            "warning",
+            "is 3 SMS parts long",
         ),
     ],
 )
@@ -402,8 +435,13 @@ def test_validate_accepts_a_full_office() -> None:
             "business_name": "Main Street Dental",
             "allowed_countries": ["US", "CA"],
             "template": "Hi {caller_name}, sorry we missed your {day} {time} call to {did}.",
+            "caller_name_fallback": "there",
         },
-        hours={"sat": ["10:00-12:00", "13:00-24:00"], "holidays": ["2026-12-25"]},
+        hours={
+            "fri": ["09:00-17:00", "22:00-02:00"],
+            "sat": ["10:00-12:00", "13:00-24:00"],
+            "holidays": ["2026-12-25"],
+        },
         lines=[
             {"did": "+12025550100", "callback_number": "+12025550100"},
             {"did": "+12025550101", "template": "Call {callback_number}.", "callback_number": "1"},
