@@ -343,3 +343,54 @@ async def test_state_changes_are_compare_and_set(store: Store, clock: ManualCloc
     assert await _state(store, mid) == "waiting"
     assert await store.update_message(mid, now=T0, expect=("waiting",), state="queued") is True
     assert await _state(store, mid) == "queued"
+
+
+class _SeenClock(ManualClock):
+    """A ManualClock that says when someone starts sleeping on it."""
+
+    def __init__(self) -> None:
+        super().__init__(T0)
+        self.sleeping = asyncio.Event()
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeping.set()
+        await super().sleep(seconds)
+
+
+async def test_database_refusing_the_sent_record_never_resends(tmp_path: Path) -> None:
+    """The modem sent it, then the database refused to record it: keep trying the record,
+    never the text."""
+    import sqlite3
+
+    clock = _SeenClock()
+
+    store = await Store.open(tmp_path / "tb.db", busy_timeout_ms=20)
+    other = sqlite3.connect(tmp_path / "tb.db", isolation_level=None)
+
+    class LockAfterSend(FakeSender):
+        async def send_sms(
+            self, number: str, text: str, *, status_report: bool = True
+        ) -> list[int]:
+            refs = await super().send_sms(number, text, status_report=status_report)
+            other.execute("BEGIN IMMEDIATE")  # the database is busy from now on
+            return refs
+
+    sender = LockAfterSend(clock=clock)
+    outbox = Outbox(cfg(delay="0s"), store, clock, sender)
+    try:
+        mid = await _enqueue(outbox)
+        run = asyncio.create_task(outbox.process_due())
+        await asyncio.wait_for(clock.sleeping.wait(), 10)  # the recorder waits to retry
+        assert outbox.store_errors >= 1
+        assert not run.done()
+        other.execute("ROLLBACK")
+        clock.advance(1)
+        await run
+        assert await _state(store, mid) == "sent"
+        assert len(sender.sent) == 1
+        clock.advance(3600)
+        await outbox.process_due()
+        assert len(sender.sent) == 1
+    finally:
+        other.close()
+        await store.close()

@@ -336,3 +336,27 @@ async def test_concurrent_writers_in_one_process_do_not_mix_transactions(store: 
     assert sum(isinstance(r, RuntimeError) for r in results) == 5
     assert len(await store.history()) == 5
     assert await store.counter("test") == 5
+
+
+async def test_a_failing_migration_leaves_the_old_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import daemon.store as store_mod
+
+    path = tmp_path / "tb.db"
+    s = await Store.open(path)
+    await s.optout_add(NUMBERS[0], T0)
+    await s.close()
+    broken = "CREATE TABLE extra (x INTEGER); INSERT INTO no_such_table VALUES (1);"
+    monkeypatch.setattr(store_mod, "_MIGRATIONS", (*store_mod._MIGRATIONS, broken))
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    with pytest.raises(StoreError, match="no_such_table"):
+        await Store.open(path)
+    con = sqlite3.connect(path)
+    try:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+        assert "extra" not in tables  # the half-done step rolled back
+        assert con.execute("SELECT number FROM optouts").fetchall() == [(NUMBERS[0],)]
+    finally:
+        con.close()
