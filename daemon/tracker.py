@@ -164,6 +164,7 @@ class _Call:
         "linkedid",
         "origin",
         "origin_hungup_at",
+        "origin_pending",
         "outside_legs",
         "pbx_answered",
         "pbx_hangup",
@@ -193,6 +194,7 @@ class _Call:
         self.last_at = at
         self.channels: set[str] = set()
         self.pending: set[str] = set()  # legs dialled and not yet ended
+        self.origin_pending: set[str] = set()  # ... by the caller's own channel
         self.leg_dial_at: dict[str, float] = {}
         self.outside_legs: set[str] = set()
         self.ring_start: float | None = None
@@ -433,10 +435,11 @@ class CallTracker:
             return None
         at = self._ts(msg)
         call.last_at = at
+        dest = msg.get("DestUniqueid", "") or msg.get("DestChannel", "")
         if msg["Uniqueid"] == call.origin:
             self._origin_event(call, msg)
+            call.origin_pending.add(dest)
         call.dialling_started = True
-        dest = msg.get("DestUniqueid", "") or msg.get("DestChannel", "")
         call.pending.add(dest)
         call.leg_dial_at[dest] = at
         call.ring_end = None
@@ -457,19 +460,25 @@ class CallTracker:
             return None
         at = self._ts(msg)
         call.last_at = at
-        if msg["Uniqueid"] == call.origin:
-            self._origin_event(call, msg)
         status = msg.get("DialStatus", "")
         dest = msg.get("DestUniqueid", "") or msg.get("DestChannel", "")
         call.pending.discard(dest)
         if not call.pending and not call.in_queue:
             call.ring_end = at
         if status != "ANSWER":
-            # a queue cancels its own member legs when it times out; the caller leaving
-            # a queue is QueueCallerAbandon, so a CANCEL inside a queue says nothing
-            if status and not (call.in_queue and status == "CANCEL"):
-                call.last_dial = status
+            # Only the caller's own dials tell how the ringing ended: a Local;2 half
+            # (ring groups, follow-me) reports CANCEL when the caller's Dial timed out
+            # and hung it up. And a queue cancels its member legs on its own timeout;
+            # the caller leaving a queue is QueueCallerAbandon.
+            if msg["Uniqueid"] == call.origin:
+                self._origin_event(call, msg)
+                call.origin_pending.discard(dest)
+                if status and not (call.in_queue and status == "CANCEL"):
+                    call.last_dial = status
             return None
+        if msg["Uniqueid"] == call.origin:
+            self._origin_event(call, msg)
+            call.origin_pending.discard(dest)
         dest_channel = msg.get("DestChannel", "")
         if dest_channel.startswith("Local/") or call.answered_by or call.carrier_vm:
             # a Local half "answers" when its other half does something; the real
@@ -571,7 +580,7 @@ class CallTracker:
             self._origin_event(call, msg)
             if call.origin_hungup_at is None:
                 call.origin_hungup_at = at
-                call.caller_left_ringing = bool(call.pending) or call.last_dial == "CANCEL"
+                call.caller_left_ringing = bool(call.origin_pending) or call.last_dial == "CANCEL"
         call.channels.discard(uid)
         if call.channels:
             return None
@@ -651,7 +660,7 @@ class CallTracker:
             return Outcome.QUEUE_ABANDON
         hung = call.origin_hungup_at if call.origin_hungup_at is not None else at
         if call.origin_hungup_at is None and not call.end_unknown:
-            call.caller_left_ringing = bool(call.pending) or call.last_dial == "CANCEL"
+            call.caller_left_ringing = bool(call.origin_pending) or call.last_dial == "CANCEL"
         if call.caller_left_ringing:
             return self._abandon(call, hung)
         if call.queue_joined:
@@ -728,7 +737,7 @@ class CallTracker:
         """The caller's hang-up will never be seen: judge the state as it was last known."""
         if call.origin_hungup_at is None and not call.end_unknown:
             call.end_unknown = True
-            call.caller_left_ringing = bool(call.pending) or call.last_dial == "CANCEL"
+            call.caller_left_ringing = bool(call.origin_pending) or call.last_dial == "CANCEL"
 
     def resync(
         self, channels: Iterable[Message], gap_from: float, gap_to: float
@@ -758,6 +767,7 @@ class CallTracker:
                 for uid in gone:
                     call.channels.discard(uid)
                     call.pending.discard(uid)
+                    call.origin_pending.discard(uid)
                     self._chan_call.pop(uid, None)
             if not call.channels:
                 self.stats.vanished += 1

@@ -652,3 +652,33 @@ def test_lost_duplicated_and_reordered_events_never_double_finish(
     assert set(ids) == started
     assert tracker.active == 0
     assert not tracker._chan_call
+
+
+@pytest.mark.parametrize(("caller_cancels", "outcome"), [(False, "no_answer"), (True, "abandoned")])
+def test_ring_group_through_local_channels(caller_cancels: bool, outcome: str) -> None:
+    """FreePBX style: Dial(Local/101@from-internal&...); the caller's Dial times out and
+    hangs up the Local halves, whose own dials then report CANCEL: not the caller's doing."""
+    caller = Chan("PJSIP/trunk-00000001", "9.1", "9.1", num="+12025550169", exten="5551001")
+    loc1 = Chan("Local/101@from-internal-00000001;1", "9.2", "9.1", context="from-internal")
+    loc2 = Chan("Local/101@from-internal-00000001;2", "9.3", "9.1", context="from-internal")
+    phone = Chan("PJSIP/101-00000004", "9.4", "9.1", num="101", context="internal")
+    end = "CANCEL" if caller_cancels else "NOANSWER"
+    msgs = [
+        caller.ev("Newchannel", T0),
+        loc1.ev("Newchannel", T0 + 0.01),
+        loc2.ev("Newchannel", T0 + 0.01),
+        caller.ev("DialBegin", T0 + 0.02, **caller.dest(loc1)),
+        phone.ev("Newchannel", T0 + 0.03),
+        loc2.ev("DialBegin", T0 + 0.03, **loc2.dest(phone)),
+        caller.ev("DialEnd", T0 + 15, DialStatus=end, **caller.dest(loc1)),
+        loc2.ev("DialEnd", T0 + 15.001, DialStatus="CANCEL", **loc2.dest(phone)),
+        phone.ev("Hangup", T0 + 15.002),
+        loc2.ev("Hangup", T0 + 15.002),
+        loc1.ev("Hangup", T0 + 15.002),
+    ]
+    if not caller_cancels:
+        msgs.append(caller.ev("Newexten", T0 + 15.003, Application="Hangup"))
+    msgs.append(caller.ev("Hangup", T0 + 15.004))
+    (call,) = finished(feed_all(CallTracker(make_cfg(), ManualClock(T0)), msgs))
+    assert call.outcome.value == outcome
+    assert abs(call.ring_seconds - 14.98) < 0.01
