@@ -398,6 +398,8 @@ class CallTracker:
         self._origin_event(call, msg)
         if app in _PBX_HANGUP_APPS:
             call.pbx_hangup = True
+            if app != "Hangup" and not call.origin_pending:
+                call.last_dial = app.upper()  # Busy() / Congestion(): "every target busy"
         if not call.did and not call.dialling_started:
             exten = msg.get("Exten", "")
             if exten != "s" and msg.get("Context", "") in self._inbound_contexts:

@@ -583,15 +583,19 @@ def test_ivr_then_ringing_then_caller_hangs_up_is_abandoned() -> None:
     assert abs(call.ring_seconds - 0.5) < 0.01
 
 
-def test_dialplan_hangup_with_nothing_answered_is_no_answer() -> None:
+@pytest.mark.parametrize(
+    ("app", "outcome"),
+    [("Hangup", Outcome.NO_ANSWER), ("Busy", Outcome.BUSY), ("Congestion", Outcome.BUSY)],
+)
+def test_dialplan_ends_the_call_with_nothing_answered(app: str, outcome: Outcome) -> None:
     caller = Chan("PJSIP/trunk-00000001", "7.7", "7.7", num="+12025550167")
     msgs = [
         caller.ev("Newchannel", T0),
-        caller.ev("Newexten", T0, Application="Hangup"),
+        caller.ev("Newexten", T0, Application=app),
         caller.ev("Hangup", T0 + 0.2),
     ]
     (call,) = finished(feed_all(CallTracker(make_cfg(), ManualClock(T0)), msgs))
-    assert call.outcome is Outcome.NO_ANSWER
+    assert call.outcome is outcome
 
 
 def test_queue_timeout_is_no_answer_not_abandon() -> None:
