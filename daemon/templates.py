@@ -20,6 +20,7 @@ from daemon.config import Config, LineConfig
 from daemon.hours import DAY_NAMES, local_time, schedule
 from daemon.model import FinishedCall
 from daemon.numbers import CallerKind, classify_caller
+from gsm.gsm7 import is_gsm7
 from gsm.pdu import SmsInfo, sms_info
 
 TemplateKind = Literal["in_hours", "after_hours", "voicemail"]
@@ -255,7 +256,42 @@ def render_for_call(cfg: Config, call: FinishedCall, now: float) -> tuple[Templa
     """The template kind and the finished text for one call. TemplateError/ValueError on a
     broken config (which `textback check` and the daemon's start refuse)."""
     kind, template = select_template(cfg, call, now)
-    return kind, render(template, call_fields(cfg, call, now))
+    fields = call_fields(cfg, call, now)
+    text = render(template, fields)
+    name = fields["caller_name"]
+    if not is_gsm7(text) and not is_gsm7(name):
+        # One accented letter in a caller's name would turn the whole text into UCS-2,
+        # which holds 70 characters a part instead of 160: the same text can cost two or
+        # three times as much. Fold the name ("Zoë" -> "Zoe") when that alone keeps the
+        # text GSM-7; a name in another script ("李小龍") stays as it is.
+        folded = gsm7_fold(name)
+        if folded and is_gsm7(folded):
+            alt = render(template, {**fields, "caller_name": folded})
+            if is_gsm7(alt):
+                text = alt
+    return kind, text
+
+
+#: Look-alike punctuation a PBX or phone book puts into names, as GSM-7 characters.
+_FOLD = str.maketrans(
+    {"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-", "\u2014": "-"}
+)
+
+
+def gsm7_fold(text: str) -> str:
+    """`text` without accents or typographic quotes (Zoë -> Zoe, a curly apostrophe -> ').
+
+    Letters that GSM-7 has (é, ñ, ü, ø, ...) are kept; others lose their accent marks.
+    The result may still hold characters GSM-7 lacks (other scripts).
+    """
+    out = []
+    for ch in text.translate(_FOLD):
+        if is_gsm7(ch):
+            out.append(ch)
+            continue
+        base = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
+        out.append(base or ch)
+    return unicodedata.normalize("NFC", "".join(out))
 
 
 # -- previews for `textback check` --------------------------------------------------------

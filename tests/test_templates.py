@@ -21,12 +21,14 @@ from daemon.templates import (
     caller_name_value,
     check_template,
     clean_text,
+    gsm7_fold,
     line_for,
     render,
     render_for_call,
     render_preview,
     select_template,
 )
+from gsm.pdu import sms_info
 
 NY = ZoneInfo("America/New_York")
 #: Tuesday 2026-03-03, 10:30 in New York: business hours by default.
@@ -215,6 +217,32 @@ def test_no_real_name_gives_the_fallback(name: str) -> None:
     assert render_for_call(cfg, mkcall(caller_name=name), OPEN)[1] == "Hi friend!"
 
 
+@pytest.mark.parametrize(
+    ("name", "shown", "encoding"),
+    [
+        ("Zoë Adams", "Zoe Adams", "gsm7"),  # ë is not GSM-7, e is: one part, not two
+        ("Se\u00e1n O\u2019Brien", "Sean O'Brien", "gsm7"),
+        ("José Muñoz", "José Muñoz", "gsm7"),  # é and ñ are GSM-7 already
+        ("李小龍", "李小龍", "ucs2"),  # another script is kept as it is
+        ("Łukasz", "Łukasz", "ucs2"),  # Ł has no accent to drop
+    ],
+)
+def test_accented_names_are_folded_only_to_keep_the_text_gsm7(
+    name: str, shown: str, encoding: str
+) -> None:
+    cfg = config(template="Hi {caller_name}, " + "x" * 120)
+    text = render_for_call(cfg, mkcall(caller_name=name), OPEN)[1]
+    assert text.startswith(f"Hi {shown}, ")
+    info = sms_info(text)
+    assert info.encoding == encoding
+    assert info.parts == (1 if encoding == "gsm7" else 2)
+
+
+def test_names_keep_their_accents_when_the_text_is_ucs2_anyway() -> None:
+    cfg = config(template="Merci {caller_name} 😀")
+    assert render_for_call(cfg, mkcall(caller_name="Zoë"), OPEN)[1] == "Merci Zoë 😀"
+
+
 def test_clean_text_keeps_ordinary_letters_of_any_script() -> None:
     assert clean_text("Zoë Ångström 李小龍 محمد", 100) == "Zoë Ångström 李小龍 محمد"
     assert clean_text("e\u0301", 10) == "é"  # NFC
@@ -229,7 +257,8 @@ def test_render_never_raises_and_never_evaluates_caller_data(name: str, did: str
     c = mkcall(caller_name=name, did=did)
     _, text = render_for_call(cfg, c, OPEN)
     value = caller_name_value(c, "")
-    assert text.startswith(f"Hi {value}. Main Street Dental on ")
+    # The name as cleaned, or folded to GSM-7 when that keeps the text cheap.
+    assert text.startswith((f"Hi {value}. Main Street Dental on ", f"Hi {gsm7_fold(value)}. "))
     assert len(value) <= CALLER_NAME_MAX
     assert not has_control(text)
     assert text.endswith("(Tuesday 10:30)")
