@@ -560,6 +560,8 @@ _calls = st.builds(
     mkcall,
     caller=_callers,
     caller_name=st.text(max_size=60),
+    answered_by=st.text(max_size=20),
+    did=st.one_of(st.just(DID), st.text(max_size=20)),
     withheld=st.sampled_from([False, False, False, True]),
     inbound=st.sampled_from([True, True, True, False]),
     outcome=st.one_of(st.sampled_from(sorted(MISSED_OUTCOMES)), st.sampled_from(list(Outcome))),
@@ -574,6 +576,8 @@ def test_decide_never_sends_to_anything_but_a_valid_e164_number(
 ) -> None:
     d = decide(c, facts, CFG_PROPERTY, when)
     assert d.reason in CHECK_ORDER or d.reason is Reason.MISSED
+    # The detail goes into log lines and history: nothing from the caller may break them.
+    assert not any(unicodedata.category(ch)[0] == "C" for ch in d.detail)
     if d.action == "send":
         assert d.reason is Reason.MISSED
         assert d.destination is not None
