@@ -244,6 +244,18 @@ def test_destination_not_allowed_by_dangerous_type(caller: str, home: str, ntype
     assert ntype in d.detail
 
 
+def test_international_premium_rate_is_never_texted() -> None:
+    # +979: International Premium Rate Service (no country, "001"), a pumping favourite;
+    # the number is libphonenumber's own example.
+    c = mkcall(caller="+979123456789")
+    d = decide(c, NO_FACTS, config(), NOW)
+    assert d.reason is Reason.DESTINATION_NOT_ALLOWED
+    assert "country 001" in d.detail
+    d = decide(c, NO_FACTS, config(allowed_countries=["US", "001"]), NOW)
+    assert d.reason is Reason.DESTINATION_NOT_ALLOWED
+    assert "premium_rate" in d.detail
+
+
 def test_dangerous_types_are_never_allowed_even_if_a_config_slipped_them_in() -> None:
     for ntype in ("premium_rate", "shared_cost", "toll_free", "uan", "voicemail", "pager"):
         assert ntype in NEVER_TEXTED_TYPES
