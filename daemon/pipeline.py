@@ -302,7 +302,10 @@ class Pipeline:
                 if action == "send":
                     self._watch_guards(None)
                 elif reason is Reason.CAP_REACHED:
-                    self._watch_guards(sending_pause(decision.destination, facts, cfg, now))
+                    pause = sending_pause(decision.destination, facts, cfg, now)
+                    if pause is not None:
+                        await self._store.bump(f"guard.{pause.guard}", now=now)
+                    self._watch_guards(pause)
         self.counts[f"decision.{report.decision}.{report.reason}"] += 1
         self._remember(report)
         log.info(

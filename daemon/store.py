@@ -725,6 +725,8 @@ class Store:
             state = fields.get("state")
             if state in ("sent", "failed", "cancelled", "expired", "uncertain"):
                 await self._bump(f"texts.{state}", 1, now)
+            if state == "cancelled" and fields.get("reason"):
+                await self._bump(f"cancelled.{fields['reason']}", 1, now)
             return True
 
     async def add_parts(self, message_id: int, references: Sequence[int], now: float) -> None:

@@ -114,6 +114,7 @@ async def test_office_calling_back_cancels(store: Store, dialled: str) -> None:
     assert (r.message, r.message_reason) == ("cancelled", "called_back")
     assert rig.sender.sent == []
     assert rig.pipeline.counts["cancelled.called_back"] == 1
+    assert await store.counter("cancelled.called_back") == 1
 
 
 async def test_calling_back_after_the_text_went_changes_nothing(store: Store) -> None:
@@ -306,6 +307,7 @@ async def test_pumping_guard_pauses_a_range_with_one_loud_line(
     await rig.finish()
     assert len(rig.sender.sent) == 6
     assert rig.pipeline.counts["guard.pumping"] == 5
+    assert await store.counter("guard.pumping") == 5
     loud = [r.message for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(loud) == 2  # paused once, resumed once (the other range's send)
     assert "event=sending_paused guard=pumping" in loud[0]
