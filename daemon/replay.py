@@ -8,6 +8,7 @@ the live intake feeds it from TCP, so a replay shows what the daemon would have 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from collections import Counter
@@ -25,8 +26,10 @@ from daemon.config import (
     load_config,
     parse_duration,
 )
-from daemon.model import MISSED_OUTCOMES, FinishedCall, Outcome, Reason
+from daemon.dryrun import dry_run
+from daemon.model import MISSED_OUTCOMES, FinishedCall, Outcome, Reason, TrackerEvent
 from daemon.numbers import CallerKind, classify_caller
+from daemon.pipeline import CallReport
 from daemon.tracker import WANTED_EVENTS, WANTED_VARS, CallTracker
 
 #: Number types that are never an SMS destination whatever the config says: texting them
@@ -73,9 +76,19 @@ def basic_decision(call: FinishedCall, cfg: Config) -> tuple[str, str]:
     return "send", Reason.MISSED.value
 
 
-def call_record(call: FinishedCall, cfg: Config) -> dict[str, Any]:
-    """The replay's view of one finished call, with its verdict."""
-    decision, reason = basic_decision(call, cfg)
+def call_record(
+    call: FinishedCall, cfg: Config, report: CallReport | None = None
+) -> dict[str, Any]:
+    """The replay's view of one finished call, with its verdict.
+
+    With a `report` from the dry run (full policy and wait step) its decision, reason,
+    rendered text and message state are shown; without, the basic verdict.
+    """
+    if report is not None:
+        decision, reason = report.decision, str(report.reason)
+    else:
+        decision, reason = basic_decision(call, cfg)
+    text = report.text if report is not None and report.message is not None else None
     return {
         "linkedid": call.linkedid,
         "caller": call.caller,
@@ -86,27 +99,48 @@ def call_record(call: FinishedCall, cfg: Config) -> dict[str, Any]:
         "voicemail_left": call.voicemail_left,
         "decision": decision,
         "reason": reason,
+        "text": text,
+        "message": _message_state(report),
         "withheld": call.withheld,
         "dialled": call.dialled,
     }
+
+
+def _message_state(report: CallReport | None) -> str | None:
+    """`sent` (would be sent), `cancelled`, `merged`, or None when nothing is sent."""
+    if report is None or report.message is None:
+        return None
+    if report.message in ("waiting", "queued", "sending"):
+        return "sent"  # a replay ends before the daemon would have sent it; it would go
+    return report.message
 
 
 def replay_bytes(
     chunks: Any, cfg: Config, *, tracker: CallTracker | None = None
 ) -> tuple[list[FinishedCall], CallTracker, AmiStream]:
     """Feed byte chunks through AmiStream and a tracker; return the finished calls."""
+    finished, trk, stream, _ = replay_events(chunks, cfg, tracker=tracker)
+    return finished, trk, stream
+
+
+def replay_events(
+    chunks: Any, cfg: Config, *, tracker: CallTracker | None = None
+) -> tuple[list[FinishedCall], CallTracker, AmiStream, list[TrackerEvent]]:
+    """Like `replay_bytes`, and every tracker event in order (answers, callbacks too)."""
     trk = tracker if tracker is not None else CallTracker(cfg, SystemClock())
     finished: list[FinishedCall] = []
+    events: list[TrackerEvent] = []
 
     def on_event(msg: dict[str, str]) -> None:
         for ev in trk.feed(msg):
+            events.append(ev)
             if isinstance(ev, FinishedCall):
                 finished.append(ev)
 
     stream = AmiStream(on_event, wanted=WANTED_EVENTS, wanted_vars=WANTED_VARS)
     for chunk in chunks:
         stream.feed(chunk)
-    return finished, trk, stream
+    return finished, trk, stream, events
 
 
 def _read_chunks(path: Path, size: int) -> Any:
@@ -158,6 +192,7 @@ _HUMAN_KEYS = (
     "voicemail_left",
     "decision",
     "reason",
+    "message",
 )
 
 
@@ -176,11 +211,12 @@ def main(args: argparse.Namespace) -> int:
         return 1
     path = Path(args.trace)
     try:
-        finished, tracker, stream = replay_bytes(_read_chunks(path, args.chunk), cfg)
+        finished, tracker, stream, events = replay_events(_read_chunks(path, args.chunk), cfg)
     except OSError as exc:
         print(f"textback replay: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    records = [call_record(call, cfg) for call in finished]
+    reports = asyncio.run(dry_run(events, cfg))
+    records = [call_record(call, cfg, reports.get(call.linkedid)) for call in finished]
     if args.json:
         for rec in records:
             print(json.dumps(rec, ensure_ascii=False))
@@ -193,10 +229,10 @@ def main(args: argparse.Namespace) -> int:
                 line += f"  dialled={_show(rec['dialled'])}"  # an office phone called out
             print(line.rstrip())
     outcomes = Counter(rec["outcome"] for rec in records)
-    sends = sum(1 for rec in records if rec["decision"] == "send")
+    texts = sum(1 for rec in records if rec["message"] == "sent")
     fs = stream.stats
     summary = (
-        f"{len(records)} calls, {sends} to text; "
+        f"{len(records)} calls, {texts} texts; "
         + ", ".join(f"{k}={v}" for k, v in sorted(outcomes.items()))
         + f"; frames={fs.frames} skipped={fs.skipped} malformed={fs.malformed}"
         + f" unknown_channel={tracker.stats.unknown_channel}"

@@ -56,7 +56,9 @@ def test_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
     assert rec["voicemail_left"] is False
     assert rec["ring_seconds"] == 5.0
     assert (rec["decision"], rec["reason"]) == ("send", "missed")
-    assert "1 calls, 1 to text" in err
+    assert "1 calls, 1 texts" in err
+    assert rec["message"] == "sent"
+    assert "our office" in str(rec["text"])
 
 
 def test_small_chunks_same_answer(capsys: pytest.CaptureFixture[str]) -> None:
@@ -206,3 +208,76 @@ def test_outbound_calls_show_the_dialled_number(capsys: pytest.CaptureFixture[st
     assert "dialled=" not in first
     assert second.endswith("dialled=+12025550121")
     assert "reason=not_inbound" in second
+
+
+# -- the full policy and the wait step on the trace's own clock (issue 4) ----------------------
+
+
+def _policy_config(tmp_path: Path, delay: str) -> str:
+    path = tmp_path / "textback.toml"
+    path.write_text(
+        f"""
+[calls]
+ring_timeout = "5s"
+[textback]
+delay = "{delay}"
+business_name = "Main Street Dental"
+template = "Sorry we missed you at {{business_name}}."
+template_after_hours = "Closed now: {{business_name}}."
+[hours]
+mon = ["00:00-24:00"]
+tue = ["00:00-24:00"]
+wed = ["00:00-24:00"]
+thu = ["00:00-24:00"]
+fri = ["00:00-24:00"]
+sat = ["00:00-24:00"]
+sun = ["00:00-24:00"]
+"""
+    )
+    return str(path)
+
+
+def test_repeat_caller_gets_one_text(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    trace = str(AMI_DIR / "20-repeat-caller.ami")
+    rc, out, _ = run(capsys, trace, "--json", "--config", _policy_config(tmp_path, "30s"))
+    assert rc == 0
+    recs = json_lines(out)
+    # call 2 ends ~34 s in, inside call 1's 30 s wait: it joins the pending text;
+    # call 3 (~65 s) comes after the text went out: the cooldown holds it back
+    assert [r["message"] for r in recs] == ["sent", "merged", None]
+    assert [r["reason"] for r in recs] == ["missed", "missed", "cooldown"]
+    assert recs[0]["text"] == "Sorry we missed you at Main Street Dental."
+    assert recs[2]["text"] is None
+
+
+def test_repeat_caller_without_wait_is_cooldown(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    trace = str(AMI_DIR / "20-repeat-caller.ami")
+    rc, out, _ = run(capsys, trace, "--json", "--config", _policy_config(tmp_path, "0s"))
+    assert rc == 0
+    recs = json_lines(out)
+    assert [r["message"] for r in recs] == ["sent", None, None]
+    assert [r["reason"] for r in recs] == ["missed", "cooldown", "cooldown"]
+
+
+def test_callback_during_the_wait_cancels(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    trace = str(AMI_DIR / "21-missed-then-callback.ami")
+    rc, out, _ = run(capsys, trace, "--json", "--config", _policy_config(tmp_path, "30s"))
+    assert rc == 0
+    missed, callback = json_lines(out)
+    assert missed["message"] == "cancelled"
+    assert callback["outcome"] == "not_inbound"
+    assert callback["message"] is None
+
+
+def test_callback_after_the_text_changes_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    trace = str(AMI_DIR / "21-missed-then-callback.ami")
+    rc, out, _ = run(capsys, trace, "--json", "--config", _policy_config(tmp_path, "5s"))
+    assert rc == 0
+    missed, _callback = json_lines(out)
+    assert missed["message"] == "sent"
