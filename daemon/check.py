@@ -216,6 +216,25 @@ def _check_modem(cfg: Config) -> list[Problem]:
     modem, out = cfg.modem, []
     if not modem.device.strip():
         out.append(_err("modem.device", "empty", 'e.g. "/dev/serial/by-id/usb-...-if00-port0"'))
+    elif not os.path.exists(modem.device):
+        # A warning: check may run before the modem is plugged in; run waits for it.
+        out.append(
+            _warn(
+                "modem.device",
+                f"{modem.device} does not exist (now)",
+                "plug the modem in; `ls -l /dev/serial/by-id/` lists serial devices by a "
+                "name that survives reboots and replugging",
+            )
+        )
+    elif not os.access(modem.device, os.R_OK | os.W_OK):
+        out.append(
+            _warn(
+                "modem.device",
+                f"{modem.device} is not readable and writable by this user",
+                "the service user must be in the device's group (usually dialout): "
+                "usermod -aG dialout textback",
+            )
+        )
     if modem.pin and not (modem.pin.isdigit() and 4 <= len(modem.pin) <= 8):
         out.append(
             _err("modem.pin", "a SIM PIN is 4 to 8 digits", 'write it as a string, e.g. "1234"')
