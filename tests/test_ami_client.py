@@ -176,8 +176,7 @@ async def test_half_open_link_detected_within_ping_timeout(
 ) -> None:
     server = ReplayServer(_body("11-ivr-hangup"), answer_ping=False)
     async with rig(server, keepalive=20.0, ping_timeout=10.0) as r:
-        await until(lambda: len(r.resyncs) == 1)
-        await until(lambda: r.clock.pending >= 1)
+        await until(lambda: r.client.state == "up" and r.clock.pending >= 1)
         r.clock.advance(20.0)
         await until(lambda: server.stats.pings == 1, what="ping sent")
         r.clock.advance(9.9)
@@ -196,9 +195,8 @@ async def test_half_open_link_detected_within_ping_timeout(
 async def test_answered_pings_keep_the_connection() -> None:
     server = ReplayServer(_body("11-ivr-hangup"))
     async with rig(server, keepalive=20.0, ping_timeout=10.0) as r:
-        await until(lambda: len(r.resyncs) == 1)
         for n in range(1, 4):
-            await until(lambda: r.clock.pending >= 1)
+            await until(lambda: r.client.state == "up" and r.clock.pending >= 1)
             r.clock.advance(20.0)
             await until(lambda n=n: r.client.counters.pongs == n)  # type: ignore[misc]
         assert server.stats.pongs == 3
@@ -279,7 +277,7 @@ async def test_silent_server_login_times_out_on_the_clock(
     )
     try:
         await client.start()
-        await until(lambda: len(accepted) == 1 and clock.pending >= 1)
+        await until(lambda: client.state == "logging_in" and clock.pending >= 1)
         clock.advance(9.9)
         await settle()
         assert client.counters.backoffs == []

@@ -31,7 +31,7 @@ from typing import Any
 from panoramisk.manager import Manager
 
 from daemon.ami.frames import Message
-from daemon.ami.protocol import AmiProtocol
+from daemon.ami.protocol import AmiProtocol, plain
 from daemon.clock import Clock
 from daemon.config import AmiConfig
 
@@ -111,8 +111,10 @@ class AmiClient:
 
     `on_event` gets each wanted event as a plain dict (the event's own `Timestamp:` header
     is left for the tracker). After every successful login, `on_resync(channels, gap_from,
-    gap_to)` gets the channels Asterisk reports in progress (CoreShowChannel events) before
-    any event of the new connection; `gap_from == gap_to` on the first connection.
+    gap_to)` gets the channels Asterisk reports in progress (CoreShowChannel events) as
+    soon as that list is complete; `gap_from == gap_to` on the first connection. Events are
+    never held back for it: those that arrive before the list describe the PBX before it
+    was taken, so the tracker sees everything in the order Asterisk produced it.
     `wanted`/`wanted_vars` drop other events (and VarSets of other variables) unparsed.
     `jitter` (0..1) shortens each backoff by a random share, so many daemons restarted
     together do not reconnect in step.
@@ -147,9 +149,13 @@ class AmiClient:
         self._last_rx = 0.0
         self._lost_at: float | None = None
         self._resync_from: float | None = None
+        self._resync_seq = 0
         self._counters = AmiCounters()
         self.gaps: deque[tuple[float, float]] = deque(maxlen=GAPS_KEPT)
         self.banner: str | None = None
+        #: What the intake is doing: idle, connecting, logging_in, resyncing, up (serving,
+        #: pinging), backoff (waiting to reconnect) or closed. For status lines and tests.
+        self.state = "idle"
 
     # -- public ------------------------------------------------------------------------
 
@@ -183,6 +189,7 @@ class AmiClient:
     async def close(self) -> None:
         """Stop for good: no reconnect is attempted after this returns."""
         self._closing = True
+        self.state = "closed"
         self._stop.set()
         self._drop_connection()
         task, self._task = self._task, None
@@ -215,6 +222,7 @@ class AmiClient:
             if self._stop.is_set():
                 break
             delay = self._next_backoff(auth_failed)
+            self.state = "backoff"
             if await self._wait(self._clock.sleep(delay)):
                 break
 
@@ -234,6 +242,7 @@ class AmiClient:
         cfg = self._cfg
         loop = asyncio.get_running_loop()
         self._counters.connect_attempts += 1
+        self.state = "connecting"
 
         def factory() -> AmiProtocol:
             return AmiProtocol(
@@ -272,7 +281,7 @@ class AmiClient:
         manager.responses = protocol.responses
         manager.protocol = protocol
         manager._connected = True
-        protocol.hold()
+        self.state = "logging_in"
         resp = (
             await self._request(
                 {
@@ -294,7 +303,9 @@ class AmiClient:
         log.info(
             "AMI connected to %s as %s (%s)", self.where, cfg.username, self.banner or "no banner"
         )
+        self.state = "resyncing"
         await self._resync(protocol)
+        self.state = "up"
         await self._keepalive(protocol)
 
     async def _resync(self, protocol: AmiProtocol) -> None:
@@ -313,32 +324,41 @@ class AmiClient:
                 now,
                 now - gap_from,
             )
-        channels: list[Message] = []
-        try:
-            answer = await self._request({"Action": "CoreShowChannels"}, None)
-        except AmiTimeout as exc:
-            self._counters.resync_failures += 1
-            log.warning("AMI resync failed: %s; calls in progress may be missed", exc)
-        else:
+        self._resync_seq += 1
+        aid = f"textback-resync-{self._resync_seq}"
+
+        def complete(answer: list[Message]) -> None:
+            # Runs inside data_received, right where the list ends in the stream: the
+            # tracker gets the snapshot after exactly the events sent before it.
             if answer and answer[0].get("Response") not in (None, "Success"):
                 self._counters.resync_failures += 1
                 log.warning(
-                    "AMI resync refused: %s (the manager user needs read=reporting)",
+                    "AMI resync refused: %s (the manager user needs read=reporting); "
+                    "calls in progress across the gap may be misjudged",
                     answer[0].get("Message", answer[0].get("Response")),
                 )
+                return
             channels = [m for m in answer if m.get("Event") == "CoreShowChannel"]
-        self._counters.resyncs += 1
-        # a connection lost before its resync finished: the next resync covers both gaps
-        gap_from = self._resync_from if self._resync_from is not None else now
-        self._resync_from = None
-        log.info("AMI resync: %d channel(s) in progress", len(channels))
-        if self._on_resync is not None:
-            try:
-                self._on_resync(channels, gap_from, now)
-            except Exception:
-                self._counters.handler_errors += 1
-                log.exception("AMI resync handler failed")
-        protocol.release()
+            self._counters.resyncs += 1
+            # a connection lost before its resync finished: this one covers both gaps
+            gap_from = self._resync_from if self._resync_from is not None else now
+            self._resync_from = None
+            log.info("AMI resync: %d channel(s) in progress", len(channels))
+            if self._on_resync is not None:
+                try:
+                    self._on_resync(channels, gap_from, now)
+                except Exception:
+                    self._counters.handler_errors += 1
+                    log.exception("AMI resync handler failed")
+
+        protocol.on_complete[aid] = complete
+        try:
+            await self._request({"Action": "CoreShowChannels", "ActionID": aid}, None)
+        except AmiTimeout as exc:
+            self._counters.resync_failures += 1
+            log.warning("AMI resync failed: %s; calls in progress may be misjudged", exc)
+        finally:
+            protocol.on_complete.pop(aid, None)
 
     async def _keepalive(self, protocol: AmiProtocol) -> None:
         cfg = self._cfg
@@ -373,8 +393,7 @@ class AmiClient:
             if not fut.done():
                 fut.cancel()
         items = result if isinstance(result, list) else [result]
-        # panoramisk's Message carries an extra "content" key (a Follows body); not AMI's
-        return [{k: v for k, v in m.items() if k != "content"} for m in items]
+        return plain(items)
 
     async def _race(self, aw: Awaitable[Any], what: str, timeout: float | None = None) -> Any:
         """Await `aw` unless the connection ends, close() is called, or `timeout` passes.
@@ -430,8 +449,6 @@ class AmiClient:
         self._logged_in = False
         if protocol is None:
             return
-        # events that came during an unfinished resync are real: hand them over
-        protocol.release()
         stats = protocol.stats
         self._counters.events += protocol.events
         self._counters.handler_errors += protocol.handler_errors

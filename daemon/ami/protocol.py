@@ -30,11 +30,15 @@ log = logging.getLogger(__name__)
 CONTROL_EVENTS = frozenset({"CoreShowChannel", "CoreShowChannelsComplete", "Shutdown"})
 
 
+def plain(messages: list[Any]) -> list[Message]:
+    """panoramisk Messages as plain dicts (without the "content" key panoramisk adds)."""
+    return [{k: v for k, v in m.items() if k != "content"} for m in messages]
+
+
 class AmiProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk ships no type hints
     """Reads AMI bytes through `AmiStream`; writes actions the panoramisk way.
 
-    `on_event` gets every wanted event as a plain dict, in order. While `hold()` is on
-    (during the resync after a connect) events are kept and handed over by `release()`.
+    `on_event` gets every wanted event as a plain dict, in order.
     An exception raised by `on_event` is logged and counted, never kills the reader.
 
     Without a connection (`textback replay`), call `data_received` with the file's bytes in
@@ -57,13 +61,15 @@ class AmiProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk ships no typ
         self._on_event = on_event
         self._on_data = on_data
         self._wanted = wanted
-        self._held: list[Message] | None = None
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.factory: Any = None
         self.responses: dict[str, Any] = {}
         self.version: str | None = None
         self.log = log
+        #: ActionID -> called with the complete answer (plain dicts) inside data_received,
+        #: at its place in the stream, before any later event is dispatched.
+        self.on_complete: dict[str, Callable[[list[Message]], None]] = {}
         self.events = 0
         self.handler_errors = 0
         self.shutdown = False
@@ -120,7 +126,7 @@ class AmiProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk ships no typ
 
     def _event(self, msg: Message) -> None:
         if "ActionID" in msg and msg["ActionID"] in self.responses:
-            self.handle_message(PanoramiskMessage(msg))
+            self._answer(msg)
             return
         name = msg["Event"]
         if name == "Shutdown":
@@ -128,10 +134,6 @@ class AmiProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk ships no typ
             self.shutdown = True
         wanted = self._wanted
         if wanted is not None and name not in wanted:
-            return
-        held = self._held
-        if held is not None:
-            held.append(msg)
             return
         self.events += 1
         try:
@@ -143,23 +145,24 @@ class AmiProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk ships no typ
     def _response(self, msg: Message) -> None:
         if self.factory is None or not msg:
             return
+        self._answer(msg)
+
+    def _answer(self, msg: Message) -> None:
+        """Part of an action's answer: panoramisk matches it to its Action."""
+        aid = msg.get("ActionID")
+        action = self.responses.get(aid) if aid is not None else None
         self.handle_message(PanoramiskMessage(msg))
-
-    def hold(self) -> None:
-        """Keep events back (a resync is under way)."""
-        if self._held is None:
-            self._held = []
-
-    def release(self) -> None:
-        """Hand over the events kept by `hold()`, in order, and stop holding."""
-        held, self._held = self._held, None
-        for msg in held or ():
-            self.events += 1
+        if action is None or aid not in self.on_complete:
+            return
+        fut = action.future
+        if fut.done() and not fut.cancelled() and fut.exception() is None:
+            callback = self.on_complete.pop(aid)
+            result = fut.result()
             try:
-                self._on_event(msg)
+                callback(plain(result if isinstance(result, list) else [result]))
             except Exception:
                 self.handler_errors += 1
-                log.exception("AMI event handler failed on %s event", msg.get("Event"))
+                log.exception("AMI answer handler failed for %s", aid)
 
     @property
     def stats(self) -> FrameStats:

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +82,8 @@ class ReplayServer:
     `answer_ping`: set False to play a half-open link that swallows Pings.
     `splits`: exact stream offsets to end writes at (to test read boundaries).
     `fully_booted`: send a FullyBooted event after Login, as Asterisk does.
+    `gap_events`: after a cut, this many further events are lost (they happened while
+    nobody was connected) before the next connection's stream resumes.
     Clear `flowing` to pause the stream (a quiet PBX); set it to go on.
     """
 
@@ -98,6 +100,7 @@ class ReplayServer:
         stream: bool = True,
         splits: Iterable[int] = (),
         fully_booted: bool = True,
+        gap_events: int = 0,
     ) -> None:
         self.body = body
         self.username = username
@@ -109,10 +112,14 @@ class ReplayServer:
         self.stream = stream
         self.splits = sorted(set(splits))
         self.fully_booted = fully_booted
+        self.gap_events = gap_events
+        self._cut = False
         self.flowing = asyncio.Event()
         self.flowing.set()
         self.offset = 0
         self.stats = ServerStats()
+        #: Getvar answers: (channel, variable) -> value ("" for anything not listed).
+        self.getvar_values: dict[tuple[str, str], str] = {}
         self.finished = asyncio.Event()
         self.connected = asyncio.Event()
         self._server: asyncio.Server | None = None
@@ -155,6 +162,7 @@ class ReplayServer:
 
     def drop(self) -> None:
         """Close every client connection now (the stream position is kept)."""
+        self._cut = True
         for w in list(self._writers):
             self.stats.drops += 1
             w.close()
@@ -236,30 +244,8 @@ class ReplayServer:
                     )
                 )
         elif name == "coreshowchannels":
-            channels = self.channels_in_progress()
-            out = [
-                encode(
-                    {
-                        "Response": "Success",
-                        **head,
-                        "EventList": "start",
-                        "Message": "Channels will follow",
-                    }
-                )
-            ]
-            for ch in channels:
-                out.append(encode({"Event": "CoreShowChannel", **head, **ch}))
-            out.append(
-                encode(
-                    {
-                        "Event": "CoreShowChannelsComplete",
-                        **head,
-                        "EventList": "Complete",
-                        "ListItems": str(len(channels)),
-                    }
-                )
-            )
-            conn.send(b"".join(out))
+            # built when written, so the list matches the events sent before it
+            conn.send(lambda: self._channel_list(head))
         elif name == "getvar":
             conn.send(
                 encode(
@@ -267,7 +253,9 @@ class ReplayServer:
                         "Response": "Success",
                         **head,
                         "Variable": msg.get("Variable", ""),
-                        "Value": "",
+                        "Value": self.getvar_values.get(
+                            (msg.get("Channel", ""), msg.get("Variable", "")), ""
+                        ),
                     }
                 )
             )
@@ -281,6 +269,23 @@ class ReplayServer:
         else:
             conn.send(encode({"Response": "Error", **head, "Message": "Invalid/unknown command"}))
         return False, False
+
+    def _channel_list(self, head: dict[str, str]) -> bytes:
+        channels = self.channels_in_progress()
+        out = [
+            encode(
+                {
+                    "Response": "Success",
+                    **head,
+                    "EventList": "start",
+                    "Message": "Channels will follow",
+                }
+            )
+        ]
+        out += [encode({"Event": "CoreShowChannel", **head, **ch}) for ch in channels]
+        done = {"EventList": "Complete", "ListItems": str(len(channels))}
+        out.append(encode({"Event": "CoreShowChannelsComplete", **head, **done}))
+        return b"".join(out)
 
     def channels_in_progress(self) -> list[dict[str, str]]:
         """Channels the stream so far has created and not hung up, as CoreShowChannel says.
@@ -329,9 +334,14 @@ class ReplayServer:
     async def _stream(self, conn: _Conn) -> None:
         body = self.body
         # a new connection starts at a whole event: the rest of a cut one is lost
-        if self.offset and not body[: self.offset].endswith(_TERM):
+        if self.offset and not body.endswith(_TERM, 0, self.offset):
             nxt = body.find(_TERM, self.offset)
             self.offset = len(body) if nxt < 0 else nxt + 4
+        if self._cut:
+            self._cut = False
+            for _ in range(self.gap_events):
+                nxt = body.find(_TERM, self.offset)
+                self.offset = len(body) if nxt < 0 else nxt + 4
         started = time.monotonic()
         first_ts: float | None = None
         try:
@@ -358,13 +368,14 @@ class ReplayServer:
                     del self.drop_at[0]
                     conn.write(body[self.offset : end])
                     self.offset = end
+                    self._cut = True
                     await conn.writer.drain()
                     self.stats.drops += 1
                     conn.writer.close()
                     return
                 conn.write(body[self.offset : end])
                 self.offset = end
-                conn.at_boundary = body[:end].endswith(_TERM)
+                conn.at_boundary = body.endswith(_TERM, 0, end)
                 if conn.at_boundary:
                     conn.flush()
                 await conn.writer.drain()
@@ -397,11 +408,12 @@ class _Conn:
         self.writer = writer
         self.logged_in = False
         self.at_boundary = True
-        self._pending: list[bytes] = []
+        self._pending: list[bytes | Callable[[], bytes]] = []
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | Callable[[], bytes]) -> None:
+        """Write an answer now if between events, else after the event being written."""
         if self.at_boundary:
-            self.writer.write(data)
+            self.writer.write(data if isinstance(data, bytes) else data())
         else:
             self._pending.append(data)
 
@@ -410,6 +422,6 @@ class _Conn:
         self.writer.write(data)
 
     def flush(self) -> None:
-        if self._pending:
-            self.writer.write(b"".join(self._pending))
-            self._pending.clear()
+        for data in self._pending:
+            self.writer.write(data if isinstance(data, bytes) else data())
+        self._pending.clear()
