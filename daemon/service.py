@@ -22,7 +22,7 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
-from daemon.ami.client import AmiClient
+from daemon.ami.client import AmiClient, AmiError
 from daemon.ami.frames import Message
 from daemon.check import Severity, check_config
 from daemon.clock import Clock, SystemClock
@@ -51,6 +51,11 @@ MODEM_RETRY_FIRST = 2.0
 MODEM_RETRY_MAX = 60.0
 #: enforce_ring_timeout: how often ringing calls are checked.
 ENFORCE_INTERVAL = 1.0
+
+#: The header manager.conf `channelvars = CALLERID(pres)` adds to every event.
+_PRES_KEY = "ChanVariable:CALLERID(pres)"
+#: Getvar bookkeeping is cleared past this many calls (only ringing calls matter).
+PRES_ASKED_MAX = 10_000
 
 #: Sections a SIGHUP cannot change without a restart (connections and files are open).
 RESTART_SECTIONS = ("ami", "modem", "database")
@@ -86,6 +91,9 @@ class Service:
         self._waiting = 0
         self._redirected: set[str] = set()
         self._bg: set[asyncio.Task[None]] = set()
+        #: Callers' channels whose presentation was asked with Getvar (no channelvars).
+        self._pres_asked: set[str] = set()
+        self._ask_pres = True
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -202,6 +210,46 @@ class Service:
         # Called from the AMI protocol for every wanted event: keep it cheap.
         for ev in self.tracker.feed(msg):
             self._events.put_nowait(ev)
+        if self._ask_pres and msg.get("Event") == "Newexten" and _PRES_KEY not in msg:
+            self._maybe_ask_presentation(msg)
+
+    def _maybe_ask_presentation(self, msg: Message) -> None:
+        """No `channelvars = CALLERID(pres)`: ask the live channel with Getvar, once."""
+        uid = msg.get("Uniqueid", "")
+        if not uid or uid in self._pres_asked or not self.tracker.is_inbound_caller(uid):
+            return
+        if len(self._pres_asked) > PRES_ASKED_MAX:
+            self._pres_asked.clear()  # bounded: an entry only matters while its call rings
+        self._pres_asked.add(uid)
+        task = asyncio.get_running_loop().create_task(
+            self._ask_presentation(uid, msg.get("Channel", ""))
+        )
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    async def _ask_presentation(self, uid: str, channel: str) -> None:
+        assert self.ami is not None
+        try:
+            reply = await self.ami.action(
+                {"Action": "Getvar", "Channel": channel, "Variable": "CALLERID(pres)"}
+            )
+        except AmiError as exc:
+            log.debug(kv(event="getvar_failed", channel=channel, error=exc))
+            return
+        answer = reply[0] if reply else {}
+        if answer.get("Response") == "Success":
+            value = answer.get("Value", "")
+            self.tracker.set_presentation(uid, value)
+            log.debug(kv(event="presentation", channel=channel, value=value))
+        elif "denied" in answer.get("Message", "").lower():
+            self._ask_pres = False
+            log.warning(
+                kv(
+                    event="withheld_detection_off",
+                    why="Getvar permission denied",
+                    fix="manager.conf: channelvars = CALLERID(pres), or write = reporting",
+                )
+            )
 
     def _on_resync(self, channels: list[Message], gap_from: float, gap_to: float) -> None:
         for ev in self.tracker.resync(channels, gap_from, gap_to):
@@ -226,6 +274,7 @@ class Service:
             ev = await self._events.get()
             if isinstance(ev, FinishedCall):
                 self._redirected.discard(ev.linkedid)
+                self._pres_asked.discard(ev.linkedid)
             await self.pipeline.handle(ev)
             self._events.task_done()
 

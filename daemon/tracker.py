@@ -318,6 +318,11 @@ class CallTracker:
         if num_pres is not None and num_pres.startswith("prohib"):
             call.pres_prohibited = True
 
+    def is_inbound_caller(self, uniqueid: str) -> bool:
+        """True when `uniqueid` is the caller's own channel of an inbound call in progress."""
+        call = self._chan_call.get(uniqueid)
+        return call is not None and call.inbound and call.origin == uniqueid
+
     def set_presentation(self, uniqueid: str, value: str) -> bool:
         """Record a caller's presentation learnt another way (e.g. a Getvar of
         CALLERID(pres) by the intake). Returns False when the channel is not a caller's."""
