@@ -147,6 +147,21 @@ class Pipeline:
             await self._apply(event, now)
         except StoreError as exc:
             self._defer(event, now, exc)
+        except Exception:
+            await self._failed(event, now)
+
+    async def _failed(self, event: TrackerEvent, at: float) -> None:
+        """A bug, not the database: retrying would fail the same way. Say so loudly, with
+        the whole event, keep the call (without a decision: history shows that), and keep
+        going for every other call."""
+        self.counts["errors"] += 1
+        log.exception(kv(event="pipeline_error", tracker_event=repr(event)))
+        if isinstance(event, FinishedCall):
+            try:
+                await self._store.record_call(event, destination=None, now=at)
+                await self._store.bump("pipeline.errors", now=at)
+            except StoreError:
+                log.error(kv(event="store_error", during="pipeline_error", linkedid=event.linkedid))
 
     async def tick(self) -> None:
         """Dry-run: let the outbox do what is due at the clock's time (sends go to the fake)."""
@@ -176,8 +191,11 @@ class Pipeline:
                 )
                 self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
                 return landed
+            except Exception:
+                await self._failed(event, at)
+            else:
+                landed += 1
             self._backlog.popleft()
-            landed += 1
         self._retry_delay = RETRY_FIRST
         self._backlog_ready.clear()
         if landed:

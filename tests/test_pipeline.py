@@ -331,3 +331,33 @@ async def test_a_joining_voicemail_rewords_the_pending_text(store: Store) -> Non
     a = await rig.pipeline.report(first.linkedid)
     assert a is not None
     assert (a.message, a.text) == ("sent", "Thanks for your message, our office.")
+
+
+async def test_a_bug_on_one_event_is_loud_and_the_next_call_still_works(
+    store: Store, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import daemon.pipeline as pipeline_mod
+
+    rig = Rig(store, cfg(delay="0s"))
+    real = pipeline_mod.decide
+
+    def buggy(c: Any, *args: Any) -> Any:
+        if c.caller == NUMBERS[1]:
+            raise KeyError("a bug")
+        return real(c, *args)
+
+    monkeypatch.setattr(pipeline_mod, "decide", buggy)
+    bad, good = call(NUMBERS[1], at=T0), call(NUMBERS[2], at=T0 + 1)
+    with caplog.at_level(logging.ERROR, logger="daemon.pipeline"):
+        await rig.at(0, bad)  # does not raise
+    await rig.at(1, good)
+    await rig.finish()
+    assert rig.pipeline.counts["errors"] == 1
+    assert any("pipeline_error" in r.message and bad.linkedid in r.message for r in caplog.records)
+    assert [n for n, _ in rig.sender.sent] == [NUMBERS[2]]
+    # The call is kept, visibly without a decision; the next call is whole.
+    assert [(h.caller, h.decision) for h in await store.history()] == [
+        (NUMBERS[2], "send"),
+        (NUMBERS[1], None),
+    ]
+    assert await store.counter("pipeline.errors") == 1
