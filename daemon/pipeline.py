@@ -16,16 +16,12 @@ memory, in order, and retried with backoff.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import tempfile
 from collections import Counter, OrderedDict, deque
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
-from daemon.clock import Clock, ManualClock
+from daemon.clock import Clock
 from daemon.config import Config
 from daemon.logsetup import kv
 from daemon.model import (
@@ -441,67 +437,3 @@ class Pipeline:
             if r is not None:
                 out.append(r)
         return out
-
-
-# -- dry run (textback replay, textback demo) ----------------------------------------------------
-
-
-class RecordingSender:
-    """The modem of a dry run: records each text, sends nothing."""
-
-    ready = True
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str]] = []
-        self._ref = 0
-
-    async def send_sms(self, number: str, text: str, *, status_report: bool = True) -> list[int]:
-        """Record the text; return a made-up message reference."""
-        self.sent.append((number, text))
-        self._ref = (self._ref + 1) % 256
-        return [self._ref]
-
-
-class DryRun:
-    """The whole decision path on a trace's own clock, with a throwaway database.
-
-    Use `async with dry_run(cfg) as run:`, then `await run.feed(event)` for each tracker
-    event (the clock is set to the event's own time first), then `await run.finish()`,
-    which lets every wait step run out and returns one CallReport per finished call.
-    """
-
-    def __init__(self, cfg: Config, store: Store) -> None:
-        self.clock = ManualClock(0.0)
-        self.store = store
-        self.sender = RecordingSender()
-        self.outbox = Outbox(cfg, store, self.clock, self.sender)
-        self.pipeline = Pipeline(cfg, store, self.outbox, self.clock, drive_outbox=True)
-
-    async def feed(self, event: TrackerEvent) -> None:
-        """Hand in one event at its own time."""
-        at = event.ended_at if isinstance(event, FinishedCall) else event.at
-        self.clock.set(at)
-        await self.pipeline.handle(event)
-
-    async def finish(self) -> list[CallReport]:
-        """Run the clock past every pending wait step; the report of every call."""
-        for _ in range(10_000):  # each pass sends or expires something: bounded
-            nxt = await self.outbox.next_wakeup()
-            if nxt is None:
-                break
-            self.clock.set(nxt)
-            await self.pipeline.tick()
-        return await self.pipeline.reports()
-
-
-@contextlib.asynccontextmanager
-async def dry_run(cfg: Config) -> AsyncIterator[DryRun]:
-    """A DryRun on a temporary SQLite file, removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="textback-dry-") as d:
-        store = await Store.open(
-            Path(d) / "dry.db", tz=cfg.hours.timezone, durable=False, lock=False
-        )
-        try:
-            yield DryRun(cfg, store)
-        finally:
-            await store.close()
