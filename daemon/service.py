@@ -281,7 +281,7 @@ class Service:
     async def _expire_loop(self) -> None:
         while True:
             await self.clock.sleep(EXPIRE_INTERVAL)
-            for ev in self.tracker.expire(self.clock.now()):
+            for ev in self.tracker.expire(self.tracker.pbx_now()):
                 self._events.put_nowait(ev)
 
     # -- modem ---------------------------------------------------------------------------------
@@ -435,7 +435,7 @@ class Service:
             if not self.ami.connected:
                 continue
             for linkedid, channel in self.tracker.ringing_longer_than(
-                self.cfg.calls.ring_timeout, self.clock.now()
+                self.cfg.calls.ring_timeout, self.tracker.pbx_now()
             ):
                 if linkedid in self._redirected:
                     continue

@@ -233,6 +233,8 @@ class CallTracker:
         # must still close the call that counted it.
         self._chan_call: dict[str, _Call] = {}
         self.stats = TrackerStats()
+        self._last_stamp: float | None = None
+        self._last_rx = 0.0
         self._handlers: dict[str, Callable[[Message], list[TrackerEvent] | None]] = {
             "Newchannel": self._on_newchannel,
             "Newstate": self._on_newstate,
@@ -280,12 +282,26 @@ class CallTracker:
         stamp = msg.get("Timestamp")
         if stamp:
             try:
-                return float(stamp)
+                at = float(stamp)
             except ValueError:
                 self.stats.bad_timestamp += 1
+            else:
+                self._last_stamp = at
+                self._last_rx = self._clock.now()
+                return at
         else:
             self.stats.no_timestamp += 1
         return self._clock.now()
+
+    def pbx_now(self) -> float:
+        """The PBX's clock now: the last event's own time plus what passed here since.
+
+        Ring and call ages compare event times with this, never with the local clock, so a
+        PBX whose clock differs from this host's (or a replay of old traffic) is judged right.
+        """
+        if self._last_stamp is None:
+            return self._clock.now()
+        return self._last_stamp + (self._clock.now() - self._last_rx)
 
     def _call_of(self, msg: Message) -> _Call | None:
         """The call an event belongs to; counts the event when there is none."""

@@ -20,7 +20,7 @@ OPEN_ALL_WEEK = "\n".join(
 )
 
 
-def _config(tmp_path: Path, port: int, device: str) -> Path:
+def _config(tmp_path: Path, port: int, device: str, calls: str) -> Path:
     path = tmp_path / "textback.toml"
     path.write_text(
         f"""
@@ -28,8 +28,7 @@ def _config(tmp_path: Path, port: int, device: str) -> Path:
 port = {port}
 username = "t"
 secret = "s"
-[calls]
-ring_timeout = "5s"
+{calls}
 [modem]
 device = "{device}"
 [textback]
@@ -53,11 +52,13 @@ def _without_channelvars(raw: bytes) -> bytes:
     return b"\r\n".join(keep)
 
 
-async def _run(tmp_path: Path, server: ReplayServer) -> tuple[list[simulator.SentSms], dict]:
+async def _run(
+    tmp_path: Path, server: ReplayServer, calls: str = '[calls]\nring_timeout = "5s"\n'
+) -> tuple[list[simulator.SentSms], dict]:
     port = await server.start()
     try:
         async with simulator.running("sim800") as sim:
-            cfg_path = _config(tmp_path, port, sim.device)
+            cfg_path = _config(tmp_path, port, sim.device, calls)
             svc = Service(load_config(cfg_path), cfg_path, notifier=Notifier(""))
             task = asyncio.create_task(svc.run())
             try:
@@ -104,3 +105,27 @@ async def test_without_getvar_answer_the_asserted_number_would_be_texted(tmp_pat
     assert [s.number for s in sent] == ["+12025550114"]
     assert rows["+12025550114"].reason == "missed"
     assert json.dumps(sent[0].text) == json.dumps("Sorry we missed you at Main Street Dental.")
+
+
+@pytest.mark.timeout(60)
+async def test_enforce_ring_timeout_redirects_a_call_still_ringing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # trace 02 rings 2.5 s before the caller gives up; with a 1 s ring timeout enforced,
+    # the daemon must send the caller's channel to the voicemail target meanwhile
+    server = ReplayServer(
+        trace_body((AMI_DIR / "02-abandoned-while-ringing.ami").read_bytes()),
+        username="t",
+        secret="s",
+        speed=1.0,
+    )
+    extra = '[calls]\nring_timeout = "1s"\nmin_ring = "0.5s"\nenforce_ring_timeout = true\n'
+    extra += 'voicemail_target = "vm-main,s,1"\n'
+    caplog.set_level("INFO", logger="daemon.service")
+    await _run(tmp_path, server, calls=extra)
+    actions = [a.lower() for a in server.stats.actions]
+    assert actions.count("redirect") == 1
+    (line,) = [r.getMessage() for r in caplog.records if "event=redirect" in r.getMessage()]
+    assert "channel=PJSIP/trunk-00000002" in line  # the caller's channel in trace 02
+    assert "target=vm-main,s,1" in line
+    assert "ok=True" in line
