@@ -686,3 +686,28 @@ def test_ring_group_through_local_channels(caller_cancels: bool, outcome: str) -
     (call,) = finished(feed_all(CallTracker(make_cfg(), ManualClock(T0)), msgs))
     assert call.outcome.value == outcome
     assert abs(call.ring_seconds - 14.98) < 0.01
+
+
+def test_pbx_now_follows_the_event_clock_not_the_local_one() -> None:
+    # the PBX's clock is an hour behind this host's: ages must still be right
+    clock = ManualClock(T0 + 3600)
+    tracker = CallTracker(make_cfg(), clock)
+    assert tracker.pbx_now() == T0 + 3600  # nothing stamped yet: the local clock
+    caller = Chan("PJSIP/trunk-00000001", "5.1", "5.1", num="+12025550166")
+    leg = Chan("PJSIP/101-00000002", "5.2", "5.1", num="101", context="internal")
+    feed_all(
+        tracker,
+        [
+            caller.ev("Newchannel", T0),
+            leg.ev("Newchannel", T0),
+            caller.ev("DialBegin", T0 + 0.5, **caller.dest(leg)),
+        ],
+    )
+    assert tracker.pbx_now() == pytest.approx(T0 + 0.5)
+    clock.advance(10)
+    assert tracker.pbx_now() == pytest.approx(T0 + 10.5)
+    assert tracker.ringing_longer_than(20.0, tracker.pbx_now()) == []
+    clock.advance(11)
+    assert tracker.ringing_longer_than(20.0, tracker.pbx_now()) == [("5.1", "PJSIP/trunk-00000001")]
+    # and nothing expires merely because this host's clock is ahead
+    assert tracker.expire(tracker.pbx_now()) == []
