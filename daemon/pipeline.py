@@ -35,11 +35,11 @@ from daemon.model import (
 from daemon.numbers import CallerKind, classify_caller
 from daemon.outbox import Outbox
 from daemon.policy import (
-    GuardLatch,
     Pause,
     PolicyFacts,
     decide,
     destination_check,
+    number_range,
     sending_pause,
 )
 from daemon.store import Message, Store, StoreError
@@ -98,7 +98,7 @@ class Pipeline:
         self._backlog_ready = asyncio.Event()
         self._retry_delay = RETRY_FIRST
         self._results: OrderedDict[str, CallReport] = OrderedDict()
-        self._latch = GuardLatch()
+        self._tripped: dict[str, Pause] = {}
         #: In-memory counters (the database may be what is failing).
         self.counts: Counter[str] = Counter()
         self._saved_errors = 0
@@ -313,13 +313,13 @@ class Pipeline:
                     mid,
                     merged=False,
                 )
-                if action == "send":
-                    self._watch_guards(None)
+                if action == "send" and decision.destination is not None:
+                    self._guards_clear(decision.destination)
                 elif reason is Reason.CAP_REACHED:
                     pause = sending_pause(decision.destination, facts, cfg, now)
                     if pause is not None:
                         await self._store.bump(f"guard.{pause.guard}", now=now)
-                    self._watch_guards(pause)
+                        self._guard_tripped(pause, decision.destination, now)
         self.counts[f"decision.{report.decision}.{report.reason}"] += 1
         self._remember(report)
         log.info(
@@ -354,29 +354,38 @@ class Pipeline:
         log.info(kv(event="message", id=pending.id, reworded=kind))
         return True
 
-    def _watch_guards(self, pause: Pause | None) -> None:
+    def _guard_key(self, guard: str, destination: str | None) -> str:
+        # The pumping guard pauses one number range; a cap pauses everything.
+        if guard == "pumping" and destination is not None:
+            return f"pumping:{number_range(destination, self._cfg.textback.pumping_prefix_digits)}"
+        return guard
+
+    def _guard_tripped(self, pause: Pause, destination: str | None, now: float) -> None:
         """One loud line when a cap or the pumping guard trips, not one per call."""
-        if pause is not None:
-            self.counts[f"guard.{pause.guard}"] += 1
-        seen = self._latch.observe(pause)
-        if seen is None:
-            if pause is not None:
-                log.debug(kv(event="sending_paused", guard=pause.guard, detail=pause.detail))
+        self.counts[f"guard.{pause.guard}"] += 1
+        key = self._guard_key(pause.guard, destination)
+        held = self._tripped.get(key)
+        if held is not None and now < held.until:
+            log.debug(kv(event="sending_paused", guard=key, detail=pause.detail))
             return
-        what, tripped = seen
-        if what == "resumed":
-            log.warning(kv(event="sending_resumed"))
-            return
-        assert tripped is not None
+        self._tripped[key] = pause
         self.counts["guard_trips"] += 1
         log.warning(
             kv(
                 event="sending_paused",
-                guard=tripped.guard,
-                detail=tripped.detail,
-                note="texts are suppressed (cap_reached) until the window passes",
+                guard=key,
+                detail=pause.detail,
+                note="calls are recorded as cap_reached and not texted until it passes",
             )
         )
+
+    def _guards_clear(self, destination: str) -> None:
+        """A text went ahead: no cap holds any more, nor the guard of its number range."""
+        pumping = self._guard_key("pumping", destination)
+        for key in list(self._tripped):
+            if key == pumping or not key.startswith("pumping:"):
+                del self._tripped[key]
+                log.warning(kv(event="sending_resumed", guard=key))
 
     async def _cancel(self, number: str, reason: Reason, now: float, linkedid: str) -> None:
         home = self._cfg.textback.home_region

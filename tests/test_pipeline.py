@@ -295,15 +295,18 @@ async def test_pumping_guard_pauses_a_range_with_one_loud_line(
     with caplog.at_level(logging.INFO, logger="daemon.pipeline"):
         for i, n in enumerate(spoofed):
             await rig.at(i, call(n, at=T0 + i))
-        await rig.at(11, call(NUMBERS[1], at=T0 + 11))  # another range still gets its text
+            # Calls from other ranges in between neither stop nor re-announce the pause.
+            await rig.at(i + 0.5, call(NUMBERS[1 + i % 4], at=T0 + i + 0.5))
+        await rig.at(700, call("+12025550190", at=T0 + 700))  # the window has passed
     await rig.finish()
-    assert len(rig.sender.sent) == 6
+    texted = [n for n, _ in rig.sender.sent]
+    assert [n for n in texted if n.startswith("+12025550")] == [*spoofed[:5], "+12025550190"]
     assert rig.pipeline.counts["guard.pumping"] == 5
     assert await store.counter("guard.pumping") == 5
     loud = [r.message for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(loud) == 2  # paused once, resumed once (the other range's send)
-    assert "event=sending_paused guard=pumping" in loud[0]
-    assert "sending_resumed" in loud[1]
+    assert len(loud) == 2
+    assert loud[0].startswith("event=sending_paused guard=pumping:+12025550 ")
+    assert loud[1] == "event=sending_resumed guard=pumping:+12025550"
 
 
 async def test_a_joining_voicemail_rewords_the_pending_text(store: Store) -> None:
