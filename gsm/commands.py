@@ -2,9 +2,9 @@
 their answers, and the table of per-maker quirks.
 
 Timeouts are seconds. Where a manual gives a maximum response time we follow it (SIMCom
-"SIM800 Series AT Command Manual" V1.09 lists one per command; Quectel "EC2x&EG9x AT
-Commands Manual" V1.3 likewise); otherwise 2 s, which is long for a modem that answers in
-tens of milliseconds and short enough to notice a dead link quickly.
+"SIM800 Series AT Command Manual" V1.09 lists a "Max Response Time" for every command);
+otherwise 2 s, which is long for a modem that answers in tens of milliseconds and short
+enough to notice a dead link quickly.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class Command:
 AT = Command("AT", None, 1.0, "attention: is the modem there and listening?")
 ECHO_OFF = Command("ATE0", None, DEFAULT_TIMEOUT, "no command echo (V.250 6.2.4)")
 CMEE = Command("AT+CMEE", None, DEFAULT_TIMEOUT, "numeric +CME ERROR codes (27.007 9.1)")
-# SIM800 manual 3.2.30: AT+CPIN max response time 5 s.
+# SIM800 manual V1.09 3.2.28 AT+CPIN; we allow 5 s, SIMs are slow right after power-up.
 CPIN = Command("AT+CPIN", "+CPIN:", 5.0, "SIM state query (?) or PIN entry (27.007 8.3)")
 CREG = Command("AT+CREG", "+CREG:", DEFAULT_TIMEOUT, "network registration (27.007 7.2)")
 CSCA = Command("AT+CSCA", "+CSCA:", 5.0, "SMS centre address (27.005 3.3.1)")
@@ -44,14 +44,14 @@ CGMI = Command("AT+CGMI", None, DEFAULT_TIMEOUT, "manufacturer (27.007 5.1)")
 CGMM = Command("AT+CGMM", None, DEFAULT_TIMEOUT, "model (27.007 5.2)")
 CGMR = Command("AT+CGMR", None, DEFAULT_TIMEOUT, "firmware revision (27.007 5.3)")
 CGSN = Command("AT+CGSN", None, DEFAULT_TIMEOUT, "IMEI (27.007 5.4)")
-# SIM800 manual 3.2.35: AT+COPS max 120 s (for a network scan); the read form is quick.
+# AT+COPS=? (a network scan) can take minutes; we only use the read form, which is quick.
 COPS = Command("AT+COPS", "+COPS:", 10.0, "operator selection / current operator (27.007 7.3)")
 CSQ = Command("AT+CSQ", "+CSQ:", DEFAULT_TIMEOUT, "signal quality (27.007 8.5)")
 CMGR = Command("AT+CMGR", "+CMGR:", 5.0, "read a stored message (27.005 3.4.3)")
 CMGD = Command("AT+CMGD", None, 5.0, "delete a stored message (27.005 3.5.4)")
 CMGL = Command("AT+CMGL", "+CMGL:", 20.0, "list stored messages (27.005 3.4.2)")
 # The prompt comes at once; the network may take up to a minute to accept the message
-# (SIM800 manual 4.2.5: AT+CMGS max 60 s; Quectel EC25 manual 9.2.5: 120 s).
+# (SIM800 manual V1.09 4.2.5 AT+CMGS: "Max Response Time 60s").
 CMGS = Command("AT+CMGS", "+CMGS:", 60.0, "send a message (27.005 3.5.1)")
 CMGS_PROMPT_TIMEOUT = 5.0
 CRSM = Command("AT+CRSM", "+CRSM:", 5.0, "restricted SIM access, reads EF_ICCID (27.007 8.18)")
@@ -233,13 +233,13 @@ class Quirks:
 
 
 QUIRKS: dict[str, Quirks] = {
-    # SIM800 Series AT Command Manual V1.09: 3.2.x AT+CCID "show ICCID"; 4.2.7 AT+CNMI
-    # supports ds=1 (+CDS: <length><CR><LF><pdu>).
+    # SIM800 Series AT Command Manual V1.09: AT+CCID ("show ICCID"); AT+CNMI with ds=1
+    # gives +CDS: <length><CR><LF><pdu> (its table of unsolicited result codes).
     "simcom": Quirks("simcom", iccid="AT+CCID", note="SIM800/SIM7600"),
-    # Quectel EC2x AT Commands Manual: AT+QCCID (5.x); +CNMI ds=1 supported (9.2.x).
+    # Quectel EC25&EC21 AT Commands Manual V1.3: AT+QCCID answers "+QCCID: <iccid>".
     "quectel": Quirks("quectel", iccid="AT+QCCID", note="EC25/EG25"),
-    # Huawei LTE module AT spec (E3372/ME909): AT^ICCID? ; we route status reports to
-    # storage (ds=2, +CDSI) as these sticks do by default in their dashboards.
+    # Huawei module AT Command Interface Specification: AT^ICCID? -> ^ICCID: <iccid>.
+    # Status reports are routed to storage (ds=2, +CDSI), read with AT+CPMS="SR".
     "huawei": Quirks("huawei", iccid="AT^ICCID?", cnmi="AT+CNMI=2,1,0,2,0", note="E3372/E1752"),
     "wavecom": Quirks("wavecom", cpin_without_ok=True, note="AT+CPIN? lacks OK"),
     "zte": Quirks("zte", iccid="AT+ZGETICCID", note="URCs before the prompt"),

@@ -154,9 +154,10 @@ _MAX_PARTIAL = 64
 def text_mode_safe(text: str) -> bool:
     """May `text` go out in text mode (AT+CMGF=1)? Only a single GSM-7 part whose
     characters read the same in the modem's IRA and GSM character sets: letters, digits,
-    space and common punctuation. Everything else needs PDU mode."""
+    space and common punctuation. No line breaks: in text mode each CR makes the modem
+    send another prompt (TS 27.005 3.5.1). Everything else needs PDU mode."""
     allowed = set(
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 .,!?'()+-:;/&%#*=<>\n"
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 .,!?'()+-:;/&%#*=<>"
     )
     if not text or any(ch not in allowed for ch in text):
         return False
@@ -819,7 +820,7 @@ class Modem:
             )
         async with self._lock:
             self._require_ready()
-            return await self._submit(f'AT+CMGS="{number}",145', text.replace("\n", "\r"))
+            return await self._submit(f'AT+CMGS="{number}",145', text)
 
     async def _submit(self, line: str, body: str) -> int:
         if self._dirty:

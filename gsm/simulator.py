@@ -72,13 +72,13 @@ PROFILES: dict[str, Profile] = {
         firmware="Revision:1418B05SIM800L24",
         imei="869170031234567",
         iccid="8901410321111851072",
-        # SIM800 Series AT Command Manual V1.09, 6.2.23 AT+CCID: bare ICCID line + OK.
+        # SIM800 Series AT Command Manual V1.09, AT+CCID: the bare ICCID line, then OK.
         iccid_command="AT+CCID",
         iccid_answer="{iccid}",
         operator="T-Mobile",
-        # 27.005 3.5.1 and SIM800 manual 4.2.5: "<CR><LF><greater_than><space>".
+        # TS 27.005 3.5.1: the prompt is "<CR><LF><greater_than><space>".
         prompt=b"\r\n> ",
-        # SIM800 manual 2.2 / "Summary of unsolicited result codes": power-on sequence.
+        # SIM800 manual V1.09, "Summary of unsolicited result codes": power-on sequence.
         boot=("RDY", "+CFUN: 1", "+CPIN: READY", "Call Ready", "SMS Ready"),
         noise=(
             '+CIEV: 10,"310260","T-Mobile","T-Mobile", 0, 0',
@@ -88,10 +88,11 @@ PROFILES: dict[str, Profile] = {
             '+CLIP: "+12025550142",145,"",0,"",0',
         ),
         doc=(
-            "SIMCom SIM800 Series AT Command Manual V1.09: echo on at power-up (2.2.8 ATE);"
-            " AT+CCID (6.2.23); AT+CNMI ds=1 gives '+CDS: <length><CR><LF><pdu>' (4.2.7);"
-            " AT+CMGS prompt is CRLF '> ' (4.2.5); boot URCs RDY, +CFUN, +CPIN, Call/SMS"
-            " Ready."
+            "SIMCom SIM800 Series AT Command Manual V1.09: echo on at power-up (ATE1 is the"
+            " default); AT+CCID; AT+CMGS (4.2.5, max response 60 s) after the CRLF '> '"
+            " prompt of TS 27.005 3.5.1; AT+CNMI ds=1 gives '+CDS: <length><CR><LF><pdu>';"
+            " the unsolicited codes of its summary table (RDY, +CFUN, +CPIN, Call Ready,"
+            " SMS Ready, *PSUTTZ, DST, +CIEV)."
         ),
     ),
     "huawei": Profile(
@@ -125,18 +126,18 @@ PROFILES: dict[str, Profile] = {
         firmware="EC25EFAR06A06M4G",
         imei="861234567890123",
         iccid="89860318740234567890",
-        # Quectel EC2x AT Commands Manual V1.3, 5.3 AT+QCCID: "+QCCID: <iccid>".
+        # Quectel EC25&EC21 AT Commands Manual V1.3, AT+QCCID: "+QCCID: <iccid>".
         iccid_command="AT+QCCID",
         iccid_answer="+QCCID: {iccid}",
         operator="AT&T",
         prompt=b"\r\n> ",
         has_cereg=True,
-        # Quectel manual 2.x: RDY then +CPIN: READY, +QUSIM, +QIND: SMS DONE / PB DONE.
+        # Quectel power-up: RDY, +CPIN: READY, +QUSIM: 1, then +QIND: SMS DONE / PB DONE.
         boot=("RDY", "+CPIN: READY", "+QUSIM: 1", "+QIND: SMS DONE", "+QIND: PB DONE"),
         noise=('+QIND: "csq",21,99', '+CGREG: 1,"2B0F","0A6B2C1",7', "RING"),
         doc=(
-            "Quectel EC25 (EC2x&EG9x AT Commands Manual V1.3): AT+QCCID (5.3), AT+CEREG for"
-            " LTE registration (6.x), +QIND reports, prompt CRLF '> ' (9.2.5)."
+            "Quectel EC25 (EC25&EC21 AT Commands Manual V1.3): AT+QCCID, AT+CEREG for LTE"
+            " registration, +QIND/+QUSIM unsolicited reports, the CRLF '> ' prompt."
         ),
     ),
     "wavecom": Profile(

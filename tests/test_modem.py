@@ -420,14 +420,14 @@ async def test_context_manager_and_raw_command(sim: Simulator) -> None:
 
 
 async def test_health_check_notices_a_dead_modem_and_reopens() -> None:
-    fast = replace(FAST, health_interval=0.02, command=0.05, probe=0.02, startup=0.1)
+    fast = replace(FAST, health_interval=0.02, command=0.1, probe=0.1, startup=0.5)
     async with running("sim800") as sim:
         modem = await _started(sim, timeouts=fast)
         try:
             sim.faults.mute = True
             await asyncio.wait_for(sim.wait_for(lambda: modem.state is ModemState.RECONNECTING), 5)
             sim.faults.mute = False
-            await asyncio.wait_for(modem.wait_ready(), 5)
+            await asyncio.wait_for(modem.wait_ready(), 20)
             assert modem.reconnects == 1
             assert await modem.send_sms(TO, "back")
         finally:
