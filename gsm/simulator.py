@@ -181,6 +181,10 @@ class Faults:
     """The SIM asks for this PIN at power-up."""
     mute: bool = False
     """Answer nothing at all (a modem at the wrong baud rate, or a dead one)."""
+    no_pdu: bool = False
+    """Refuse PDU mode (AT+CMGF=0 -> +CMS ERROR: 303), as some old phones do."""
+    return_after: float | None = None
+    """After vanishing, come back by itself this many seconds later (for the demo)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +277,7 @@ class Simulator:
         self._mr = 0
         self._changed = asyncio.Event()
         self._stopped = False
+        self._return_timer: asyncio.TimerHandle | None = None
 
     # ----------------------------------------------------------------- life cycle
 
@@ -285,6 +290,8 @@ class Simulator:
     async def stop(self) -> None:
         """Close the pty and stop; remove the temporary directory."""
         self._stopped = True
+        if self._return_timer is not None:
+            self._return_timer.cancel()
         self._close_pty()
         if self._task is not None:
             self._rx.put_nowait(None)
@@ -299,10 +306,13 @@ class Simulator:
         self.vanished += 1
         self._close_pty()
         self._notify()
+        if self.faults.return_after is not None and not self._stopped:
+            loop = asyncio.get_running_loop()
+            self._return_timer = loop.call_later(self.faults.return_after, self.come_back)
 
     def come_back(self) -> None:
         """Plug in again: a fresh pty, the link re-pointed, the modem freshly booted."""
-        if self._master >= 0:
+        if self._master >= 0 or self._stopped:
             return
         self._power_on()
         self._notify()
@@ -447,14 +457,21 @@ class Simulator:
             await asyncio.sleep(self.faults.slow)
         out = bytearray()
         if self.faults.garbage:
-            out += _GARBAGE + bytes([self._rng.randrange(0x80, 0x100)]) + b"\r\n"
+            out += self._garbage()
         for ln in lines:
             out += b"\r\n" + ln.encode("latin-1") + b"\r\n"
             if self.faults.urc_noise and self.profile.noise:
                 out += self._noise()
+            if self.faults.garbage:
+                out += self._garbage()
         if final is not None:
             out += b"\r\n" + final.encode() + b"\r\n"
         self._send(bytes(out))
+
+    def _garbage(self) -> bytes:
+        # Line noise as a USB-serial bridge makes it: high bytes, NULs, XOFF; on a line of
+        # its own (CR/LF inside garbage would cut real lines, which no driver can undo).
+        return _GARBAGE + bytes([self._rng.randrange(0x80, 0x100)]) + b"\r\n"
 
     def _noise(self) -> bytes:
         urc = self._rng.choice(self.profile.noise)
@@ -535,6 +552,8 @@ class Simulator:
                 await self._answer([])
         elif up == "+CSCA?":
             await self._answer([f'+CSCA: "{st.smsc}",145'])
+        elif up == "+CMGF=0" and self.faults.no_pdu:
+            await self._answer([], self._error(303, cms=True))
         elif up in ("+CMGF=0", "+CMGF=1"):
             st.mode = int(up[-1])
             await self._answer([])

@@ -9,6 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gsm import errors
 from gsm.modem import Modem, ModemState, SmsSender, Timeouts, text_mode_safe
@@ -433,3 +435,54 @@ async def test_health_check_notices_a_dead_modem_and_reopens() -> None:
         finally:
             await modem.close()
         assert [s.text for s in sim.sent] == ["back"]
+
+
+async def test_modem_without_pdu_mode_falls_back_to_text() -> None:
+    async with running("wavecom", Faults(no_pdu=True)) as sim:
+        modem = await _started(sim)
+        try:
+            assert modem.mode == "text"
+            assert len(await modem.send_sms(TO, "We missed your call, sorry")) == 1
+            with pytest.raises(errors.UnsupportedText):
+                await modem.send_sms(TO, TEXTS["multipart-gsm7"])
+        finally:
+            await modem.close()
+        assert [(s.text, s.encoding) for s in sim.sent] == [("We missed your call, sorry", "text")]
+
+
+async def test_device_that_comes_back_by_itself() -> None:
+    async with running("quectel", Faults(vanish_after=0, return_after=0.05)) as sim:
+        modem = await _started(sim)
+        try:
+            with pytest.raises(errors.ModemGone):
+                await asyncio.wait_for(modem.send_sms(TO, "one"), 5)
+            await asyncio.wait_for(modem.wait_ready(), 10)
+            await modem.send_sms(TO, "one")
+        finally:
+            await modem.close()
+        assert [s.text for s in sim.sent] == ["one"]
+        assert sim.vanished == 1
+
+
+async def _send_all(texts: list[str]) -> list[str]:
+    async with running("sim800") as sim:
+        modem = await _started(sim)
+        try:
+            for text in texts:
+                await asyncio.wait_for(modem.send_sms(TO, text), 10)
+        finally:
+            await modem.close()
+        assert sim.duplicates == 0
+        return [s.text for s in sim.sent]
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=350),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_any_text_arrives_exactly_as_sent(texts: list[str]) -> None:
+    assert asyncio.run(_send_all(texts)) == texts
