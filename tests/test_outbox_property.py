@@ -10,6 +10,7 @@ pending); the modem saw exactly the texts recorded as sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
@@ -73,7 +74,24 @@ _op = st.one_of(
     st.tuples(st.just("down"), st.just(0), st.just(None), st.sampled_from([0, 60])),
     st.tuples(st.just("up"), st.just(0), st.just(None), st.sampled_from([0, 60, 9000])),
     st.tuples(st.just("restart"), st.just(0), st.just(None), st.sampled_from([0, 20, 600])),
+    st.tuples(st.just("crash"), st.just(0), st.just(None), st.sampled_from([30, 600])),
 )
+
+
+async def _crash_during_next_send(
+    outbox: Outbox, clock: ManualClock, sender: FakeSender, dt: float
+) -> None:
+    """Run the clock on; if a send starts, the process dies right there (kill -9)."""
+    sender.gate = asyncio.Event()  # the modem never answers this one
+    sender.started = asyncio.Event()
+    work = asyncio.ensure_future(_run_until(outbox, clock, clock.now() + dt))
+    started = asyncio.ensure_future(sender.started.wait())
+    await asyncio.wait([work, started], return_when=asyncio.FIRST_COMPLETED)
+    for fut in (work, started):
+        fut.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await fut
+    sender.gate = None
 
 
 async def _run_until(outbox: Outbox, clock: ManualClock, target: float) -> None:
@@ -100,7 +118,8 @@ async def _scenario(ops: list[tuple[str, int, Outcome | None, int]], db: Path) -
         calls = []
         decided: dict[str, str] = {}
         for kind, who, outcome, dt in ops:
-            await _run_until(outbox, clock, clock.now() + dt)
+            if kind != "crash":  # a crash runs the clock itself, to die inside a send
+                await _run_until(outbox, clock, clock.now() + dt)
             now = clock.now()
             if kind == "call":
                 assert outcome is not None
@@ -119,7 +138,9 @@ async def _scenario(ops: list[tuple[str, int, Outcome | None, int]], db: Path) -
                 sender.ready = False
             elif kind == "up":
                 sender.ready = True
-            else:  # the daemon restarts: same file, new store, outbox and pipeline
+            else:  # the daemon restarts (after a crash mid-send, maybe): same file, new objects
+                if kind == "crash":
+                    await _crash_during_next_send(outbox, clock, sender, dt)
                 decided.update({r.linkedid: r.decision for r in await pipeline.reports()})
                 await store.close()
                 store = await Store.open(db, durable=False)
