@@ -175,8 +175,16 @@ async def _scenario(ops: list[tuple[str, int, Outcome | None, int]], db: Path) -
             assert h.message_id is not None
             m = by_id[h.message_id]
             assert h.call_id in m.call_ids
-            if m.state != "sent":  # a recorded reason for not sending
-                assert m.reason or m.last_error, m
+            # Anything but sent carries the recorded reason for not sending.
+            if m.state == "cancelled":
+                assert m.reason in ("called_back", "answered_on_retry"), m
+            elif m.state == "failed":
+                assert m.reason == "max_attempts", m
+                assert m.last_error, m
+            elif m.state == "expired":
+                assert (m.reason or "").startswith("not sent within max_age"), m
+            elif m.state == "uncertain":
+                assert m.reason == "in_flight_at_restart", m
 
         # The modem saw exactly the texts recorded as sent, each once.
         sent = [m for m in messages if m.state == "sent"]
