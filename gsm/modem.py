@@ -21,10 +21,10 @@ import enum
 import logging
 import random
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from gsm import commands as C
 from gsm.at import AtParser, Expect, Noise, Prompt, Response, Urc
@@ -322,8 +322,8 @@ class Modem:
         self._ready.set()
         self._ready.clear()
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -335,13 +335,14 @@ class Modem:
     async def _open(self) -> None:
         self._parser.reset()
         self._drain()
+        opened: list[SerialLink] = []  # the loss callback must know which link it was
         link = await SerialLink.open(
             self.device,
             self.baudrate,
             self._on_data,
-            lambda exc: self._on_lost(link_ref[0], exc),
+            lambda exc: self._on_lost(opened[0], exc),
         )
-        link_ref: list[SerialLink] = [link]
+        opened.append(link)
         self._link = link
         self._dirty = False
         self._timeouts_in_row = 0
@@ -364,10 +365,10 @@ class Modem:
         self._begin_reconnect()
 
     def _begin_reconnect(self) -> None:
-        if self._state is ModemState.FAILED or not self._reconnect:
-            self._state = ModemState.FAILED if not self._reconnect else self._state
-            if self._fatal is None:
-                self._fatal = ModemGone(f"{self.device}: gone")
+        if self._state is ModemState.FAILED:
+            return
+        if not self._reconnect:
+            self._set_failed(ModemGone(f"{self.device}: gone (reconnect is off)"))
             return
         self._state = ModemState.RECONNECTING
         self._ready.clear()
@@ -393,6 +394,13 @@ class Modem:
                 await self._drop_link()
                 level = logging.WARNING if attempt == 1 else logging.DEBUG
                 log.log(level, "modem %s: reopen attempt %d failed: %s", self.device, attempt, exc)
+                delay = min(delay * 2, self.t.reopen_max)
+                continue
+            except Exception:  # a bug must not end the reconnecting for good
+                await self._drop_link()
+                log.exception(
+                    "modem %s: reopen attempt %d failed unexpectedly", self.device, attempt
+                )
                 delay = min(delay * 2, self.t.reopen_max)
                 continue
             self.reconnects += 1
@@ -537,9 +545,7 @@ class Modem:
     async def _wait_for_at(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.t.startup
-        attempts = 0
         while True:
-            attempts += 1
             try:
                 await self._cmd("AT", timeout=self.t.probe, resync=False)
                 break
@@ -548,9 +554,9 @@ class Modem:
             except AtTimeout:
                 if loop.time() >= deadline:
                     raise AtTimeout("AT", self.t.startup) from None
-        if attempts > 1:
-            # Late OKs of the unanswered ATs may still be on their way.
-            await self._resync()
+        # Late OKs of unanswered ATs, or the OK a modem gives for the ESC that left a
+        # prompt, may still be on their way: resynchronise before the real work.
+        await self._resync()
 
     async def _unlock_sim(self) -> None:
         pin_sent = False

@@ -486,3 +486,22 @@ async def _send_all(texts: list[str]) -> list[str]:
 )
 def test_any_text_arrives_exactly_as_sent(texts: list[str]) -> None:
     assert asyncio.run(_send_all(texts)) == texts
+
+
+async def test_start_cleans_up_a_modem_left_at_the_prompt() -> None:
+    """A daemon killed at the "> " prompt leaves the modem waiting for a body."""
+    async with running("sim800") as sim:
+        modem = Modem(sim.device, timeouts=FAST)
+        await modem.start()
+        await modem.command("AT+CMGF=0")
+        modem._write(b"AT+CMGS=20\r")  # and die before the body
+        await sim.wait_for(lambda: any(c == "AT+CMGS=20" for c in sim.commands))
+        await modem.close()
+        sim.faults.slow = 0.02  # the OK for the ESC and the OK for AT come apart
+        modem = await _started(sim)
+        try:
+            assert modem.ready
+            assert await modem.send_sms(TO, "after the crash") == [1]
+        finally:
+            await modem.close()
+        assert [s.text for s in sim.sent] == ["after the crash"]
