@@ -166,7 +166,7 @@ async def test_backoff_resets_after_a_good_login() -> None:
             await until(lambda n=n: r.client.counters.losses == n)  # type: ignore[misc]
             await until(lambda: r.clock.pending >= 1)
             r.clock.advance(r.client.counters.last_backoff)
-        await until(lambda: server.finished.is_set() and len(r.resyncs) == 1)
+        await until(lambda: server.finished.is_set() and len(r.resyncs) == 3)
         assert r.client.counters.backoffs == [1.0, 1.0]
         assert r.client.counters.gaps == 2
 

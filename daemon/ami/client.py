@@ -288,7 +288,8 @@ class AmiClient:
                     "Action": "Login",
                     "Username": cfg.username,
                     "Secret": cfg.secret,
-                    "Events": "on",
+                    # off until the resync: the snapshot comes before any event
+                    "Events": "off",
                 },
                 None,
             )
@@ -352,13 +353,20 @@ class AmiClient:
                     log.exception("AMI resync handler failed")
 
         protocol.on_complete[aid] = complete
+        # Both actions in one go: Asterisk answers the list, then turns events on, so the
+        # tracker gets the snapshot first and every later event after it, none twice.
+        listing = self._send({"Action": "CoreShowChannels", "ActionID": aid})
+        events_on = self._send({"Action": "Events", "EventMask": "on"})
         try:
-            await self._request({"Action": "CoreShowChannels", "ActionID": aid}, None)
+            await self._answer(listing, "CoreShowChannels", None)
         except AmiTimeout as exc:
             self._counters.resync_failures += 1
             log.warning("AMI resync failed: %s; calls in progress may be misjudged", exc)
         finally:
             protocol.on_complete.pop(aid, None)
+        answer = await self._answer(events_on, "Events", None)
+        if answer and answer[0].get("Response") != "Success":
+            raise AmiError(f"Asterisk refused to send events: {answer[0].get('Message', '?')}")
 
     async def _keepalive(self, protocol: AmiProtocol) -> None:
         cfg = self._cfg
@@ -375,6 +383,10 @@ class AmiClient:
                 ) from None
 
     async def _request(self, action: dict[str, str], timeout: float | None) -> list[Message]:
+        return await self._answer(self._send(action), action.get("Action", "?"), timeout)
+
+    def _send(self, action: dict[str, str]) -> asyncio.Future[Any]:
+        """Write an action now; its answer is awaited with `_answer`."""
         manager = self._manager
         protocol = self._protocol
         if manager is None or protocol is None:
@@ -384,9 +396,13 @@ class AmiClient:
             raise AmiConnectionLost(
                 self._loss_reason(lost.result()) if lost is not None and lost.done() else "closed"
             )
-        fut = manager.send_action(dict(action))
+        fut: asyncio.Future[Any] = manager.send_action(dict(action))
+        return fut
+
+    async def _answer(
+        self, fut: asyncio.Future[Any], name: str, timeout: float | None
+    ) -> list[Message]:
         limit = self._cfg.ping_timeout if timeout is None else timeout
-        name = action.get("Action", "?")
         try:
             result = await self._race(fut, name, limit)
         finally:

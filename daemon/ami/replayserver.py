@@ -1,13 +1,14 @@
 """A small AMI server that replays a recorded trace over TCP (tests, demo, benchmarks).
 
 It speaks the part of the Asterisk Manager handshake the intake uses: the banner, Login
-(Success, or "Authentication failed" and a closed socket, as Asterisk does), Ping,
-CoreShowChannels (the channels the trace has opened and not hung up so far), Getvar,
-Redirect, Logoff. After a good Login it streams the trace's events, as fast as the
-socket takes them or paced by their `Timestamp:` headers. It can cut the connection at
-given byte offsets and, on the next connection, carries on from the next whole event
-(what a real Asterisk does: events in the gap are lost). The stream position survives
-reconnects, so one server plays one trace once across any number of connections.
+(Success, or "Authentication failed" and a closed socket, as Asterisk does; "Events: off"
+holds the stream back), Events (EventMask on starts it), Ping, CoreShowChannels (the
+channels the trace has opened and not hung up so far), Getvar, Redirect, Logoff. After a
+good Login it streams the trace's events, as fast as the socket takes them or paced by
+their `Timestamp:` headers. It can cut the connection at given byte offsets and, on the
+next connection, carries on from the next whole event (what a real Asterisk does: events
+in the gap are lost). The stream position survives reconnects, so one server plays one
+trace once across any number of connections.
 """
 
 from __future__ import annotations
@@ -215,6 +216,7 @@ class ReplayServer:
         if name == "login":
             if msg.get("Username") == self.username and msg.get("Secret") == self.secret:
                 self.stats.logins += 1
+                self._resume()
                 conn.send(
                     encode({"Response": "Success", **head, "Message": "Authentication accepted"})
                 )
@@ -222,7 +224,8 @@ class ReplayServer:
                     booted = {"Event": "FullyBooted", "Privilege": "system,all"}
                     conn.send(encode({**booted, "Status": "Fully Booted"}))
                 conn.logged_in = True
-                return False, True
+                # "Events: off" in the Login: no events until the Events action turns them on
+                return False, msg.get("Events", "on").lower() != "off"
             self.stats.failed_logins += 1
             conn.send(encode({"Response": "Error", **head, "Message": "Authentication failed"}))
             return True, False
@@ -246,6 +249,10 @@ class ReplayServer:
         elif name == "coreshowchannels":
             # built when written, so the list matches the events sent before it
             conn.send(lambda: self._channel_list(head))
+        elif name == "events":
+            on = msg.get("EventMask", "").lower() not in ("off", "")
+            conn.send(encode({"Response": "Success", **head, "Events": "On" if on else "Off"}))
+            return False, on
         elif name == "getvar":
             conn.send(
                 encode(
@@ -269,6 +276,19 @@ class ReplayServer:
         else:
             conn.send(encode({"Response": "Error", **head, "Message": "Invalid/unknown command"}))
         return False, False
+
+    def _resume(self) -> None:
+        """A new session starts at a whole event; what happened while nobody was
+        connected (the rest of a cut event, and `gap_events` more) is lost."""
+        body = self.body
+        if self.offset and not body.endswith(_TERM, 0, self.offset):
+            nxt = body.find(_TERM, self.offset)
+            self.offset = len(body) if nxt < 0 else nxt + 4
+        if self._cut:
+            self._cut = False
+            for _ in range(self.gap_events):
+                nxt = body.find(_TERM, self.offset)
+                self.offset = len(body) if nxt < 0 else nxt + 4
 
     def _channel_list(self, head: dict[str, str]) -> bytes:
         channels = self.channels_in_progress()
@@ -333,15 +353,6 @@ class ReplayServer:
 
     async def _stream(self, conn: _Conn) -> None:
         body = self.body
-        # a new connection starts at a whole event: the rest of a cut one is lost
-        if self.offset and not body.endswith(_TERM, 0, self.offset):
-            nxt = body.find(_TERM, self.offset)
-            self.offset = len(body) if nxt < 0 else nxt + 4
-        if self._cut:
-            self._cut = False
-            for _ in range(self.gap_events):
-                nxt = body.find(_TERM, self.offset)
-                self.offset = len(body) if nxt < 0 else nxt + 4
         started = time.monotonic()
         first_ts: float | None = None
         try:
