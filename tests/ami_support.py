@@ -40,6 +40,8 @@ class Rig:
     clock: ManualClock
     events: list[dict[str, str]] = field(default_factory=list)
     resyncs: list[tuple[list[dict[str, str]], float, float]] = field(default_factory=list)
+    #: how many events had arrived when each resync came: its place in the stream
+    resync_at: list[int] = field(default_factory=list)
 
 
 @asynccontextmanager
@@ -58,15 +60,21 @@ async def rig(
     clock = ManualClock()
     events: list[dict[str, str]] = []
     resyncs: list[tuple[list[dict[str, str]], float, float]] = []
+    resync_at: list[int] = []
+
+    def on_resync(ch: list[dict[str, str]], a: float, b: float) -> None:
+        resyncs.append((ch, a, b))
+        resync_at.append(len(events))
+
     client = AmiClient(
         AmiConfig(port=port, username="textback", secret=secret, **cfg),  # type: ignore[arg-type]
         on_event=on_event or events.append,
-        on_resync=lambda ch, a, b: resyncs.append((ch, a, b)),
+        on_resync=on_resync,
         clock=clock,
         wanted=wanted,
         wanted_vars=wanted_vars,
     )
-    r = Rig(server, client, clock, events, resyncs)
+    r = Rig(server, client, clock, events, resyncs, resync_at)
     try:
         await client.start()
         yield r

@@ -101,6 +101,8 @@ async def test_drop_mid_call_reconnects_resyncs_and_records_the_gap(
         server.flowing.set()
         await until(lambda: len(r.events) >= len(expected), what="the rest")
         assert r.events == expected
+        # each snapshot came before any event of its connection, and none came twice
+        assert r.resync_at == [0, len(_expected(body[:frame_start]))]
     text = caplog.text
     assert "AMI connected to 127.0.0.1:" in text
     assert " as textback" in text
