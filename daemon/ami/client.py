@@ -13,7 +13,12 @@ module drives them itself:
 - keepalive: `Manager.ping` never looks at the answer; we send the Ping action through
   panoramisk and give the Pong a deadline (`ping_timeout`): none means a dead link;
 - connecting: `Manager.connect` retries on its own timer too, so the TCP connect and the
-  Login action are awaited here instead.
+  Login action are awaited here instead;
+- speed: panoramisk builds a case-insensitive Message and runs a regex per event (~30 us);
+  `AmiProtocol` drops unwanted events unparsed and hands wanted ones over as plain dicts.
+
+After each login: Login with "Events: off", then CoreShowChannels and "Events: on" in one
+write, so the resync snapshot reaches the tracker before any event of the new connection.
 """
 
 from __future__ import annotations
@@ -111,10 +116,10 @@ class AmiClient:
 
     `on_event` gets each wanted event as a plain dict (the event's own `Timestamp:` header
     is left for the tracker). After every successful login, `on_resync(channels, gap_from,
-    gap_to)` gets the channels Asterisk reports in progress (CoreShowChannel events) as
-    soon as that list is complete; `gap_from == gap_to` on the first connection. Events are
-    never held back for it: those that arrive before the list describe the PBX before it
-    was taken, so the tracker sees everything in the order Asterisk produced it.
+    gap_to)` gets the channels Asterisk reports in progress (CoreShowChannel events);
+    `gap_from == gap_to` on the first connection. The Login asks for no events and the
+    Events action turns them on right after the CoreShowChannels list, so the snapshot
+    comes before any event of the new connection and every later event follows it once.
     `wanted`/`wanted_vars` drop other events (and VarSets of other variables) unparsed.
     `jitter` (0..1) shortens each backoff by a random share, so many daemons restarted
     together do not reconnect in step.
@@ -225,6 +230,7 @@ class AmiClient:
             self.state = "backoff"
             if await self._wait(self._clock.sleep(delay)):
                 break
+        self.state = "closed"
 
     async def action(self, action: dict[str, str], timeout: float | None = None) -> list[Message]:
         """Send one AMI action; return its response (and any list events) as plain dicts.
@@ -312,7 +318,7 @@ class AmiClient:
     async def _resync(self, protocol: AmiProtocol) -> None:
         now = self._clock.now()
         if self._lost_at is not None:
-            # the gap is over at login: events flow again from here
+            # the gap is over at login: what happens from here on is seen
             gap_from, self._lost_at = self._lost_at, None
             if self._resync_from is None:
                 self._resync_from = gap_from
