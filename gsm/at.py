@@ -204,14 +204,18 @@ def parse_final(line: str) -> Final | None:
     return None
 
 
+_CLEAN = re.compile(r"[ -~]*")
+# Outer whitespace, NULs and control bytes are framing noise (a Wavecom answers
+# " WAVECOM MODEM"; modems emit NULs when they power up).
+_FRAMING = "".join(chr(c) for c in range(33)) + "\x7f"
+
+
 def _is_clean(text: str) -> bool:
-    return all(" " <= ch <= "~" for ch in text)
+    return _CLEAN.fullmatch(text) is not None
 
 
 def _strip(text: str) -> str:
-    # Outer whitespace, NULs and control bytes are framing noise (a Wavecom answers
-    # " WAVECOM MODEM"; modems emit NULs when they power up).
-    return text.strip("".join(chr(c) for c in range(33)) + "\x7f")
+    return text.strip(_FRAMING)
 
 
 def urc_name(line: str, prefixes: tuple[str, ...] = URC_PREFIXES) -> str | None:

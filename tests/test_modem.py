@@ -505,3 +505,26 @@ async def test_start_cleans_up_a_modem_left_at_the_prompt() -> None:
         finally:
             await modem.close()
         assert [s.text for s in sim.sent] == ["after the crash"]
+
+
+async def test_the_pin_never_reaches_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(5)  # TRACE: raw bytes on the wire
+    async with running("sim800", Faults(pin="4321")) as sim:
+        modem = await _started(sim, pin="4321")
+        await modem.close()
+    assert "AT+CPIN?" in caplog.text  # the wire was logged...
+    assert "4321" not in caplog.text  # ...but not the PIN
+
+
+def test_gsm_imports_nothing_from_daemon() -> None:
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "gsm"
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            assert not [n for n in names if n.split(".")[0] == "daemon"], path.name
