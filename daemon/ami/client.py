@@ -370,7 +370,12 @@ class AmiClient:
             log.warning("AMI resync failed: %s; calls in progress may be misjudged", exc)
         finally:
             protocol.on_complete.pop(aid, None)
-        answer = await self._answer(events_on, "Events", None)
+        try:
+            answer = await self._answer(events_on, "Events", None)
+        except AmiTimeout:
+            # manager.conf "brokeneventsaction = yes" sends no answer when all events go on
+            log.warning("AMI: no answer to the Events action; assuming events are on")
+            return
         if answer and answer[0].get("Response") != "Success":
             raise AmiError(f"Asterisk refused to send events: {answer[0].get('Message', '?')}")
 
