@@ -59,6 +59,9 @@ SECRET = "bench-secret"
 AREA_CODES = (202, 206, 305, 312, 415, 512, 617, 718)
 #: WatchdogSec in systemd/textback.service (the daemon pings at half of it).
 WATCHDOG_USEC = "30000000"
+#: aiosqlite calls (each a hop to its worker thread and back) per paced call: counted once
+#: with a wrapper around aiosqlite.Connection._execute (not part of the benchmark).
+HOPS_PER_CALL = 51
 TARGETS = {"p99_ms": 50.0, "durable_s": 2.0, "idle_cpu_pct": 1.0, "rss_mb": 80.0}
 
 _ID = re.compile(rb"(?<=: )1795331033\.(\d{1,3})(?=\r\n)")
@@ -350,6 +353,20 @@ def commit_baseline(directory: Path, count: int) -> list[float]:
     return times
 
 
+async def aiosqlite_roundtrip(directory: Path, count: int) -> list[float]:
+    """Bare aiosqlite round trips: `SELECT 1` and its row, through the worker thread."""
+    import aiosqlite
+
+    times = []
+    async with aiosqlite.connect(directory / "roundtrip-baseline.db") as db:
+        for _ in range(count):
+            t0 = time.perf_counter()
+            async with db.execute("SELECT 1") as cur:
+                await cur.fetchone()
+            times.append(time.perf_counter() - t0)
+    return times
+
+
 def startup_baseline(runs: int) -> dict[str, float]:
     """Bare interpreter start, and the start plus importing the daemon's modules."""
     out = {}
@@ -479,10 +496,11 @@ async def unplugged_burst(workdir: Path, maker: CallMaker, calls: int) -> dict[s
             poll = DbPoll(db)
             assert daemon.proc is not None
             spy = _profiler(daemon.proc.pid, ".unplugged")
+            cpu0 = proc_cpu(daemon.proc.pid)
             try:
-                return await burst(
-                    server, None, maker, poll, calls=calls, first=0, send_timeout=120
-                )
+                out = await burst(server, None, maker, poll, calls=calls, first=0, send_timeout=120)
+                out["cpu_s"] = proc_cpu(daemon.proc.pid) - cpu0
+                return out
             finally:
                 poll.close()
                 if spy is not None:
@@ -615,6 +633,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         relay = asyncio.run(relay_baseline(maker, n_base))
         at_rt = asyncio.run(at_roundtrip(200))
         commits = commit_baseline(workdir, 200)
+        trips = asyncio.run(aiosqlite_roundtrip(workdir, 2000))
         startup = startup_baseline(1 if quick else 3)
         print("  daemon ...", file=sys.stderr, flush=True)
         res, lat = asyncio.run(daemon_session(quick, workdir, maker))
@@ -637,6 +656,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     }
     res["at_roundtrip"] = {"p50": pct(at_rt, 50) * ms, "p99": pct(at_rt, 99) * ms}
     res["commit"] = {"p50": pct(commits, 50) * ms, "p99": pct(commits, 99) * ms}
+    res["aiosqlite"] = {"p50": pct(trips, 50) * ms, "p99": pct(trips, 99) * ms}
     res["startup"] = startup
     res["quick"] = quick
     res["latency_ms"] = [round(x * ms, 2) for x in lat]
@@ -662,6 +682,7 @@ def markdown(r: dict[str, Any]) -> str:
     per_text_ms = 1000 / b["send_rate"]
     floor_ms = 2 * at["p50"] + 2 * com["p50"]
     load = r["loadavg"]
+    hop_ms = r["aiosqlite"]["p50"] / 3  # execute, fetch, close: three hops
     rows = [
         (
             f"Hangup written -> AT+CMGS at the simulator, {lat['n']:,} paced calls",
@@ -679,14 +700,17 @@ def markdown(r: dict[str, Any]) -> str:
             f"**{b['durable_s']:.2f} s** after the first Hangup"
             f" ({b['durable_after_last_s']:.2f} s after the last); {b['texts']:,} texts",
             f"< {t['durable_s']:.0f} s: {_ok(b['durable_s'] < t['durable_s'])}",
-            f"{b['calls']:,} bare durable commits: {b['calls'] * com['p50'] / 1000:.2f} s",
+            f"{b['calls']:,} bare durable commits: {b['calls'] * com['p50'] / 1000:.2f} s;"
+            f" {b['calls']:,} x {HOPS_PER_CALL} bare aiosqlite hops ({hop_ms * 1000:.0f} us"
+            f" each): {b['calls'] * HOPS_PER_CALL * hop_ms / 1000:.2f} s",
         ),
         (
             "the same burst, modem unplugged (a fresh daemon; no sends compete)",
             f"{u['durable_s']:.2f} s ({u['durable_after_last_s']:.2f} s after the last)",
             f"< {t['durable_s']:.0f} s: {_ok(u['durable_s'] < t['durable_s'])}",
             f"the burst with sends: {b['durable_s']:.2f} s"
-            f" ({b['durable_s'] / u['durable_s']:.2f}x this)",
+            f" ({b['durable_s'] / u['durable_s']:.2f}x this); daemon CPU here"
+            f" {u['cpu_s']:.1f} s",
         ),
         (
             f"burst: all {b['texts']:,} texts sent at the simulator's pace",
@@ -704,7 +728,8 @@ def markdown(r: dict[str, Any]) -> str:
         ),
         (
             f"CPU while idle for {r['idle_s']:.0f} s, AMI and modem connected",
-            f"**{r['idle_cpu_pct']:.2f} %** of one core",
+            f"**{r['idle_cpu_pct']:.2f} %** of one core"
+            f" ({r['idle_cpu_pct'] * r['idle_s'] * 10:.0f} ms of CPU)",
             f"< {t['idle_cpu_pct']:.0f} %: {_ok(r['idle_cpu_pct'] < t['idle_cpu_pct'])}",
             "",
         ),
@@ -757,29 +782,37 @@ send, logs), {b["cpu_s"]:.1f} s for the burst. After SIGTERM the daemon exited w
 {r["exit_code"]} in {r["stop_s"]:.2f} s; texts the simulator decoded: {r["texts_total"]:,},
 duplicate parts: {r["duplicates"]}.
 
-What limits each number (profiled with py-spy on the daemon and, separately, a counting
-wrapper around aiosqlite's calls; neither is part of `make bench`):
+What limits each number (found with py-spy on the daemon, a counting wrapper around
+aiosqlite's calls, and scratch runs with the daemon's SQLite at synchronous=OFF through a
+sitecustomize; none of that is part of `make bench`):
 - Latency: parsing the Hangup and finishing the call take well under a millisecond (see
-  the AMI section); the rest is SQLite. A paced call costs 51 aiosqlite round trips
-  (each a hop to its worker thread and back through the event loop's self-pipe) and
-  4 write transactions, 3 of them before AT+CMGS is written: the call with its decision
-  and text (about 20 statements, including 3 COUNTs for the caps and a pumping-guard
-  `COUNT(DISTINCT ...)` that scans `messages`), then `waiting -> queued`, then
-  `queued -> sending`, each committed with an fsync. With synchronous=OFF the same
-  path took about half as long, so fsyncs are half of it; the p99 is the disk's own
-  p99 (bare commit above) times three, on a disk other jobs share. The relay is the
-  floor set by TCP, the pty and two event loops.
-- Burst durability: every call is its own transaction (an fsync) on the daemon's one
-  database connection, and the outbox worker takes turns on it with one transaction
-  per text per state change (`queued`, `sending`, `sent`): about 4 fsyncs and 50
-  round trips per call, all serialised. Unplugging the modem does not make it faster:
-  the sends are not the cost. Without sends the outbox instead builds its whole pending
-  list (up to 1,000 rows) twice per pass, once per enqueued text, and still commits each
+  the AMI section); the rest is the database. A paced call makes {HOPS_PER_CALL} aiosqlite calls
+  (each a hop to its worker thread and back through the event loop's self-pipe) in 4
+  write transactions, 3 of them before AT+CMGS is written: the call with its decision
+  and text (about 20 statements, among them 3 COUNTs for the caps and a pumping-guard
+  `COUNT(DISTINCT ...)` that scans `messages`, run even with the guard off), then
+  `waiting -> queued`, then `queued -> sending`, each committed with an fsync. With
+  synchronous=OFF the p50 fell by a fifth and the p99 by about 40 %: the fsyncs are a
+  small part of the median and more of the tail; the rest is the hops and the daemon's
+  CPU (decision, four log lines). The tail follows the machine's load (2 CPUs shared by
+  the daemon, its database thread, this benchmark and other jobs); the relay's p99 shows
+  the same noise on one hop. The relay is the floor set by TCP, the pty and two loops.
+- Burst durability: CPU on one event loop, then fsyncs. The daemon spends about 5 ms of
+  CPU per call (the CPU figure above: parsing, {HOPS_PER_CALL} aiosqlite hops, the policy's queries,
+  log lines, the sends), every call is its own transaction with an fsync, and the outbox
+  worker takes turns on the one connection with a transaction per text per state change
+  (`queued`, `sending`, `sent`). With synchronous=OFF the burst was durable in 3.4-4.0 s
+  instead of 5.0-7.5 s in the same scratch runs: still over 2 s. Unplugging the modem
+  does not help either: without sends the outbox builds its whole pending list (up to
+  1,000 rows) twice per pass, a pass per enqueued text, and still commits each
   `waiting -> queued` on its own.
-  What would meet 2 s (for the owners of daemon/pipeline.py and daemon/outbox.py):
-  take every finished call waiting in the queue into one transaction (group commit),
-  enqueue a text as `queued` when the wait step is 0, move all due texts to `queued`
-  with one UPDATE, and answer the cap COUNTs in one statement.
+  What would meet 2 s (for the owners of daemon/pipeline.py, outbox.py and store.py):
+  take every finished call waiting in the queue into one transaction (group commit: one
+  fsync per batch); run a call's statements as one function on the database thread (one
+  hop, not about 25); enqueue a text as `queued` when the wait step is 0; move all due
+  texts to `queued` with one UPDATE and keep the worker from re-reading every pending row
+  twice per pass; answer the cap COUNTs in one statement and skip the pumping-guard scan
+  when the guard is off.
 - Send pace: the simulator answers at once, so this is the daemon's own cost per text:
   two transactions (`sending`, `sent`) and the queue scans of the outbox pass, plus
   AT+CMGS, the prompt, the PDU and +CMGS on the pty. A real modem needs 3-7 s per text,
