@@ -580,8 +580,17 @@ async def daemon_session(
                 daemon.signal(signal.SIGTERM)
                 res["exit_code"] = await daemon.wait_exit(20)
                 res["stop_s"] = time.monotonic() - t_stop
-                errors = [ln for ln in daemon.lines if " ERROR " in ln or "CRITICAL" in ln]
-                res["error_lines"] = errors[:5]
+                levels = [_level(ln) for ln in daemon.lines]
+                res["log_lines"] = {lv: levels.count(lv) for lv in sorted(set(levels))}
+                res["log_problems"] = sorted(
+                    {
+                        m.group(1)
+                        for ln in daemon.lines
+                        if _level(ln) in ("WARNING", "ERROR", "CRITICAL")
+                        for m in [re.search(r"event=(\S+)", ln)]
+                        if m is not None
+                    }
+                )
             finally:
                 await daemon.kill()
                 notify.close()
@@ -606,6 +615,12 @@ async def daemon_session(
     finally:
         await server.close()
     return res, lat
+
+
+def _level(line: str) -> str:
+    """The level word of a daemon log line ("2026-11-22 08:00:00 INFO name: ...")."""
+    parts = line.split(" ", 3)
+    return parts[2] if len(parts) > 3 else ""
 
 
 def _profiler(pid: int, suffix: str = "") -> subprocess.Popen[bytes] | None:
@@ -682,6 +697,8 @@ def markdown(r: dict[str, Any]) -> str:
     per_text_ms = 1000 / b["send_rate"]
     floor_ms = 2 * at["p50"] + 2 * com["p50"]
     load = r["loadavg"]
+    logs = ", ".join(f"{k} {v:,}" for k, v in r["log_lines"].items()) or "none"
+    problems = ", ".join(f"`{e}`" for e in r["log_problems"]) or "none"
     hop_ms = r["aiosqlite"]["p50"] / 3  # execute, fetch, close: three hops
     rows = [
         (
@@ -780,7 +797,8 @@ the pty read; the same for the relay baseline).
 {missed} Daemon CPU: {r["latency_cpu_per_call_ms"]:.1f} ms per paced call (decision, text,
 send, logs), {b["cpu_s"]:.1f} s for the burst. After SIGTERM the daemon exited with
 {r["exit_code"]} in {r["stop_s"]:.2f} s; texts the simulator decoded: {r["texts_total"]:,},
-duplicate parts: {r["duplicates"]}.
+duplicate parts: {r["duplicates"]}. Daemon log lines by level: {logs}; events logged
+at WARNING or above: {problems}.
 
 What limits each number (found with py-spy on the daemon, a counting wrapper around
 aiosqlite's calls, and scratch runs with the daemon's SQLite at synchronous=OFF through a
