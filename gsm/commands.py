@@ -179,6 +179,26 @@ def parse_cmgr_pdu(lines: tuple[str, ...]) -> str:
     raise ProtocolError("AT+CMGR: answer has no PDU line")
 
 
+def parse_cmgl_pdu(lines: tuple[str, ...]) -> list[tuple[int, str]]:
+    """(index, PDU) of every message in a PDU-mode `+CMGL: <index>,<stat>,[<alpha>],<length>`
+    answer, each header line followed by its PDU line."""
+    out: list[tuple[int, str]] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if not line.upper().startswith("+CMGL:"):
+            i += 1
+            continue
+        head = line[6:].split(",", 1)[0].strip()
+        if not head.isdigit():
+            raise ProtocolError(f"AT+CMGL: bad index in {line!r}")
+        if i + 1 >= len(lines) or not _HEX_RE.match(lines[i + 1].strip()):
+            raise ProtocolError(f"AT+CMGL: no PDU after {line!r}")
+        out.append((int(head), lines[i + 1].strip()))
+        i += 2
+    return out
+
+
 def parse_cmti(value: str) -> tuple[str, int]:
     """`+CMTI: "<mem>",<index>` (and `+CDSI`) -> (memory, index)."""
     m = re.match(r'^"?([A-Za-z]{2})"?\s*,\s*(\d+)$', value.strip())
@@ -206,15 +226,35 @@ def parse_crsm_iccid(value: str) -> str | None:
     return digits.rstrip("Ff") or None
 
 
+_IDENTITY_PREFIXES = ("+CGMI:", "+CGMM:", "+CGMR:", "+CGSN:", "+GMI:", "+GMM:", "+GMR:", "+GSN:")
+_URC_LIKE = re.compile(r"^[+^*$][A-Za-z]+:")
+
+
 def first_line(lines: tuple[str, ...]) -> str | None:
-    """The first information line (for answers without a prefix: CGMI, CGMM, CGSN)."""
+    """The first information line (for answers without a prefix: CGMI, CGMM, CGMR).
+
+    Some modems write "+CGMI: <maker>"; any other "+XXX:" line is a vendor URC we did not
+    know, not the answer.
+    """
     for line in lines:
         text = line.strip()
-        for prefix in ("+CGMI:", "+CGMM:", "+CGMR:", "+CGSN:", "+GMI:", "+GMM:", "+GMR:"):
-            if text.upper().startswith(prefix):
-                text = text[len(prefix) :].strip()
+        upper = text.upper()
+        prefix = next((p for p in _IDENTITY_PREFIXES if upper.startswith(p)), None)
+        if prefix is not None:
+            text = text[len(prefix) :].strip()
+        elif _URC_LIKE.match(text):
+            continue
         if text:
             return text.strip('"')
+    return None
+
+
+def parse_imei(lines: tuple[str, ...]) -> str | None:
+    """The IMEI (14 to 17 digits, 3GPP TS 23.003) in an AT+CGSN answer."""
+    for line in lines:
+        m = re.search(r"(?<![0-9])([0-9]{14,17})(?![0-9])", line)
+        if m:
+            return m.group(1)
     return None
 
 

@@ -109,6 +109,8 @@ class Timeouts:
     """Longest wait between reopen attempts."""
     health_interval: float = 60.0
     """A health check (CSQ, CREG) this often; 0 turns it off."""
+    scale: float = 1.0
+    """Multiplies the commands' own longer timeouts (commands.py: AT+CPIN, AT+CMGL, ...)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +148,9 @@ class _Progress:
     parts: list[SubmitPart]
     refs: list[int]
 
+
+# Put on the stored-message queue to read everything stored (after start and reopen).
+_SWEEP = ("*", 0)
 
 # How many half-sent multipart texts we remember, to resume them without repeating parts.
 _MAX_PARTIAL = 64
@@ -279,6 +284,7 @@ class Modem:
             raise
         self._started = True
         self._set_ready()
+        self._queue_sweep()
         self._spawn(self._inbound_worker())
         if self.t.health_interval > 0:
             self._spawn(self._health_loop())
@@ -406,6 +412,7 @@ class Modem:
             self.reconnects += 1
             log.warning("modem %s is back after %d attempt(s)", self.device, attempt)
             self._set_ready()
+            self._queue_sweep()
             return
 
     async def _force_reconnect(self, why: str) -> None:
@@ -460,6 +467,10 @@ class Modem:
             raise ModemGone(f"{self.device}: went away during {command}: {item.exc or 'closed'}")
         self._timeouts_in_row = 0
         return item
+
+    def _slow(self, command: C.Command) -> float:
+        """A command's own (longer) timeout, scaled; never below the general one."""
+        return max(command.timeout * self.t.scale, self.t.command)
 
     async def _cmd(
         self,
@@ -531,10 +542,13 @@ class Modem:
         else:
             await self._registration_state()
         if self._smsc:
-            await self._cmd(C.CSCA.line(f'"{self._smsc}",145'), timeout=C.CSCA.timeout)
+            await self._cmd(C.CSCA.line(f'"{self._smsc}",145'), timeout=self._slow(C.CSCA))
         await self._set_mode()
         self._inbound_on = False
-        if self._quirks.cnmi:
+        if self._mode == "text":
+            # Reading texts back is done in PDU mode only; they stay on the SIM.
+            log.warning("text mode: inbound texts and delivery reports are not read")
+        elif self._quirks.cnmi:
             try:
                 await self._cmd(self._quirks.cnmi)
                 self._inbound_on = True
@@ -565,7 +579,7 @@ class Modem:
                 reply = await self._cmd(
                     C.CPIN.line() + "?",
                     prefix=C.CPIN.prefix,
-                    timeout=C.CPIN.timeout,
+                    timeout=self._slow(C.CPIN),
                     done_on_prefix=self._quirks.cpin_without_ok,
                 )
             except CmeError as exc:
@@ -589,7 +603,7 @@ class Modem:
                 pin_sent = True
                 try:
                     await self._cmd(
-                        C.CPIN.line(f'"{self._pin}"'), timeout=C.CPIN.timeout, secret=True
+                        C.CPIN.line(f'"{self._pin}"'), timeout=self._slow(C.CPIN), secret=True
                     )
                 except CommandError as exc:
                     # Never try again: three wrong PINs lock the SIM.
@@ -668,7 +682,7 @@ class Modem:
             maker = await self._optional(C.CGMI.line(), None)
             model = await self._optional(C.CGMM.line(), None)
             firmware = await self._optional(C.CGMR.line(), None)
-            imei = await self._optional(C.CGSN.line(), None)
+            imei = await self._imei()
             iccid = await self._iccid()
             cops = await self._optional(C.COPS.line() + "?", "+COPS:")
             csq = await self._optional(C.CSQ.line(), "+CSQ:")
@@ -702,6 +716,13 @@ class Modem:
             mode=self._mode,
             inbound=self._inbound_on,
         )
+
+    async def _imei(self) -> str | None:
+        try:
+            reply = await self._cmd(C.CGSN.line())
+        except (CommandError, ProtocolError):
+            return None
+        return C.parse_imei(reply.lines)
 
     async def _iccid(self) -> str | None:
         for line in (self._quirks.iccid, "AT+CCID", "AT+CRSM=176,12258,0,0,10"):
@@ -896,14 +917,51 @@ class Modem:
                 )
             )
 
+    def _queue_sweep(self) -> None:
+        if self._inbound_on:
+            self._stored.put_nowait(_SWEEP)
+
+    async def _sweep(self) -> None:
+        """Read and delete every stored message: texts (and reports) that arrived while
+        nobody listened (the daemon down, the +CMTI lost with a reopen)."""
+        memories = ["SM"]
+        if self._quirks.cnmi and self._quirks.cnmi.split(",")[3:4] == ["2"]:
+            memories.append("SR")  # delivery reports stored there (+CDSI)
+        for mem in memories:
+            async with self._lock:
+                if mem != self._read_mem:
+                    await self._cmd(f'AT+CPMS="{mem}"', prefix="+CPMS:")
+                    self._read_mem = mem
+                reply = await self._cmd(
+                    C.CMGL.line("4"), prefix=C.CMGL.prefix, timeout=self._slow(C.CMGL)
+                )
+                stored = C.parse_cmgl_pdu(reply.lines)
+                for index, _ in stored:
+                    await self._cmd(C.CMGD.line(str(index)), timeout=self._slow(C.CMGD))
+            for index, pdu in stored:
+                try:
+                    self._deliver_pdu(pdu)
+                except PduError as exc:
+                    self.noise += 1
+                    log.warning("unreadable stored message %s/%d (%s): %s", mem, index, exc, pdu)
+            if stored:
+                log.info("read %d message(s) stored in %s while nobody listened", len(stored), mem)
+
     async def _inbound_worker(self) -> None:
         while True:
             mem, index = await self._stored.get()
+            if (mem, index) == _SWEEP:
+                try:
+                    await self.wait_ready()
+                    await self._sweep()
+                except GsmError as exc:
+                    log.warning("cannot list stored messages: %s", exc)
+                continue
             try:
                 await self.wait_ready()
                 async with self._lock:
                     pdu = await self._read_stored(mem, index)
-                    await self._cmd(C.CMGD.line(str(index)), timeout=C.CMGD.timeout)
+                    await self._cmd(C.CMGD.line(str(index)), timeout=self._slow(C.CMGD))
             except GsmError as exc:
                 log.warning("cannot read stored message %s/%d: %s", mem, index, exc)
                 continue
@@ -917,7 +975,9 @@ class Modem:
         if mem != self._read_mem:
             await self._cmd(f'AT+CPMS="{mem}"', prefix="+CPMS:")
             self._read_mem = mem
-        reply = await self._cmd(C.CMGR.line(str(index)), prefix="+CMGR:", timeout=C.CMGR.timeout)
+        reply = await self._cmd(
+            C.CMGR.line(str(index)), prefix="+CMGR:", timeout=self._slow(C.CMGR)
+        )
         return C.parse_cmgr_pdu(reply.lines)
 
     async def incoming(self) -> AsyncIterator[Inbound]:

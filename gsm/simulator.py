@@ -580,6 +580,16 @@ class Simulator:
             return await self._cmgs(cmd[6:].strip())
         elif up.startswith("+CMGR="):
             await self._cmgr(cmd[6:].strip())
+        elif up.startswith("+CMGL="):
+            if st.mode != 0 or not cmd[6:].strip().isdigit():
+                await self._answer([], self._error(302, cms=True))
+            else:
+                box = st.storage[st.read_mem]
+                listing: list[str] = []
+                for i in sorted(box):
+                    status, pdu = box[i]
+                    listing += [f"+CMGL: {i},{status},,{tpdu_length(pdu)}", pdu]
+                await self._answer(listing)
         elif up.startswith("+CMGD="):
             index = cmd[6:].split(",")[0].strip()
             if index.isdigit():
@@ -758,10 +768,14 @@ class Simulator:
 
 @contextlib.asynccontextmanager
 async def running(
-    profile: str | Profile = "sim800", faults: Faults | None = None, **kwargs: object
+    profile: str | Profile = "sim800",
+    faults: Faults | None = None,
+    *,
+    directory: str | None = None,
+    seed: int = 1,
 ) -> AsyncIterator[Simulator]:
     """A started simulator, stopped on exit: ``sim.device``, ``sim.sent``."""
-    sim = Simulator(profile, faults, **kwargs)  # type: ignore[arg-type]
+    sim = Simulator(profile, faults, directory=directory, seed=seed)
     await sim.start()
     try:
         yield sim

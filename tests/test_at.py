@@ -314,6 +314,8 @@ def _check(case: dict[str, Any], resp: Response | None, urcs: list[Urc]) -> None
         C.parse_cmgs(resp.values("+CMGS:"))
     elif check == "cmgr":
         C.parse_cmgr_pdu(resp.lines)
+    elif check == "cmgl":
+        C.parse_cmgl_pdu(resp.lines)
     elif check == "cmgr-decode":
         decode_incoming(C.parse_cmgr_pdu(resp.lines))
     elif check == "cops":
@@ -385,3 +387,18 @@ def test_any_split_gives_the_same_events(cuts: list[int]) -> None:
         return events
 
     assert run(cuts) == run([])
+
+
+def test_cmgl_listing_and_identity_lines() -> None:
+    dialogues = json.loads((MODEM_DIR / "python-gsmmodem-sms-dialogues.json").read_text())
+    (ex,) = [e for e in dialogues["exchanges"] if e.get("send") == "AT+CMGL=0\r"]
+    parser = AtParser()
+    parser.expect(Expect("AT+CMGL=0", "+CMGL:"))
+    (resp,) = parser.feed(ex["receive"].encode())
+    assert isinstance(resp, Response)
+    ((index, pdu),) = C.parse_cmgl_pdu(resp.lines)
+    assert index == 0
+    assert decode_incoming(pdu).text == "Hello raspberry pi"  # type: ignore[union-attr]
+    assert C.parse_imei(("+CGSN: 869170031234567",)) == "869170031234567"
+    assert C.parse_imei(("garbage 12",)) is None
+    assert C.first_line(('+QIND: "csq",21,99', "+CGMI: Quectel")) == "Quectel"

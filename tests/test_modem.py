@@ -422,7 +422,7 @@ async def test_context_manager_and_raw_command(sim: Simulator) -> None:
 
 
 async def test_health_check_notices_a_dead_modem_and_reopens() -> None:
-    fast = replace(FAST, health_interval=0.02, command=0.1, probe=0.1, startup=0.5)
+    fast = replace(FAST, health_interval=0.02, command=0.1, probe=0.1, startup=0.5, scale=0.01)
     async with running("sim800") as sim:
         modem = await _started(sim, timeouts=fast)
         try:
@@ -528,3 +528,22 @@ def test_gsm_imports_nothing_from_daemon() -> None:
             elif isinstance(node, ast.ImportFrom):
                 names = [node.module or ""]
             assert not [n for n in names if n.split(".")[0] == "daemon"], path.name
+
+
+@pytest.mark.parametrize("profile", ["sim800", "huawei"])
+async def test_texts_stored_while_nobody_listened_are_read_at_start(profile: str) -> None:
+    async with running(profile) as sim:
+        sim.inject_text("+12025550142", "STOP")  # no AT+CNMI yet: stored, not announced
+        sim.inject_text("+12025550143", "call me " * 30)
+        modem = await _started(sim)
+        stream = modem.incoming()
+        try:
+            got = [await asyncio.wait_for(anext(stream), 5) for _ in range(2)]
+        finally:
+            await stream.aclose()
+            await modem.close()
+        assert sorted((m.sender, m.text) for m in got if isinstance(m, Deliver)) == [
+            ("+12025550142", "STOP"),
+            ("+12025550143", "call me " * 30),
+        ]
+        assert not sim._state.storage["SM"]
