@@ -151,7 +151,13 @@ class AmiProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk ships no typ
         """Part of an action's answer: panoramisk matches it to its Action."""
         aid = msg.get("ActionID")
         action = self.responses.get(aid) if aid is not None else None
-        self.handle_message(PanoramiskMessage(msg))
+        try:
+            self.handle_message(PanoramiskMessage(msg))
+        except Exception:
+            # never let an odd answer kill the reader (asyncio would close the link)
+            self.handler_errors += 1
+            log.exception("AMI answer for %s could not be matched", aid)
+            return
         if action is None or aid not in self.on_complete:
             return
         fut = action.future
