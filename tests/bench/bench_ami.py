@@ -617,14 +617,15 @@ def _markdown(res: dict[str, Any], quick: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run and print the markdown section (and write tests/bench/ami_results.md)."""
+    """Run and print the markdown section (a full run also writes tests/bench/ami_results.md)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     res = run(args.quick)
     text = res["markdown"] + f"\n(run took {res['seconds']:.0f} s)\n"
-    (Path(__file__).parent / "ami_results.md").write_text(text)
+    if not args.quick:  # the file the lead pastes holds full runs only
+        (Path(__file__).parent / "ami_results.md").write_text(text)
     if args.json:
         print(json.dumps({k: v for k, v in res.items() if k != "markdown"}, indent=2))
     print(text)
