@@ -442,7 +442,12 @@ class Simulator:
                     line.clear()
                     if text[:2].upper() != "AT":
                         continue  # V.250 5.2.1: characters before "AT" are ignored
-                    prompt = await self._command(text)
+                    try:
+                        prompt = await self._command(text)
+                    except (ValueError, IndexError, KeyError):
+                        # A malformed argument (AT+CMEE=x): a modem says ERROR and lives on.
+                        await self._answer([], "ERROR")
+                        continue
                     if prompt is not None:
                         pending, body = prompt, bytearray()
                 elif b in (0x0A, 0x1B):

@@ -191,3 +191,13 @@ def test_every_profile_cites_its_manual() -> None:
     for profile in PROFILES.values():
         assert "AT" in profile.doc or "tests/data/modem" in profile.doc
         assert profile.iccid_command.startswith("AT")
+
+
+async def test_malformed_arguments_get_error_not_a_dead_simulator(
+    port_sim: tuple[RawPort, Simulator],
+) -> None:
+    port, _ = port_sim
+    await port.ask(b"ATE0\r")
+    assert await port.ask(b"AT+CMEE=x\r", b"ERROR\r\n") == b"\r\nERROR\r\n"
+    assert await port.ask(b"AT+CREG=?\r", b"ERROR\r\n") == b"\r\nERROR\r\n"
+    assert await port.ask(b"AT\r") == b"\r\nOK\r\n"
