@@ -177,9 +177,10 @@ async def test_no_answer_after_the_body_is_uncertain_not_retried() -> None:
             await modem.close()
 
 
-async def test_cms_error_every_second_part_resumes_without_duplicating() -> None:
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+async def test_cms_error_every_second_part_resumes_without_duplicating(profile: str) -> None:
     text = "x" * 400  # 3 parts
-    async with running("quectel", Faults(cms_every=2)) as sim:
+    async with running(profile, Faults(cms_every=2)) as sim:
         modem = await _started(sim)
         try:
             with pytest.raises(errors.CmsError) as exc:
@@ -208,7 +209,7 @@ async def test_permanent_cms_error_is_not_retryable() -> None:
     assert exc.value.meaning.startswith("unassigned")
 
 
-@pytest.mark.parametrize("profile", ["sim800", "huawei"])
+@pytest.mark.parametrize("profile", sorted(PROFILES))
 async def test_vanishing_device_fails_the_send_then_reopens_by_id(profile: str) -> None:
     async with running(profile, Faults(vanish_after=1)) as sim:
         modem = await _started(sim)
@@ -264,8 +265,9 @@ async def test_without_reconnect_a_vanished_modem_fails() -> None:
             await modem.close()
 
 
-async def test_no_network_at_start_is_not_registered() -> None:
-    async with running("sim800", Faults(no_network=True)) as sim:
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+async def test_no_network_at_start_is_not_registered(profile: str) -> None:
+    async with running(profile, Faults(no_network=True)) as sim:
         modem = Modem(sim.device, timeouts=FAST)
         with pytest.raises(errors.NotRegistered, match="searching") as exc:
             await asyncio.wait_for(modem.start(), 5)
@@ -274,15 +276,20 @@ async def test_no_network_at_start_is_not_registered() -> None:
         await modem.close()
 
 
-async def test_network_lost_later_fails_sends_retryably(sim: Simulator) -> None:
-    modem = await _started(sim)
-    try:
-        sim.faults.no_network = True
-        with pytest.raises(errors.CmsError) as exc:
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+async def test_network_lost_later_fails_sends_retryably(profile: str) -> None:
+    async with running(profile) as sim:
+        modem = await _started(sim)
+        try:
+            sim.faults.no_network = True
+            with pytest.raises(errors.CmsError) as exc:
+                await modem.send_sms(TO, "hello")
+            assert (exc.value.code, exc.value.retryable) == (331, True)
+            sim.faults.no_network = False
             await modem.send_sms(TO, "hello")
-        assert (exc.value.code, exc.value.retryable) == (331, True)
-    finally:
-        await modem.close()
+        finally:
+            await modem.close()
+        assert [s.text for s in sim.sent] == ["hello"]
 
 
 async def test_probe_without_network_still_starts() -> None:
@@ -308,8 +315,9 @@ async def test_sim_pin_is_entered_once(profile: str) -> None:
         assert sim.pin_attempts == 1
 
 
-async def test_wrong_pin_stops_and_is_never_retried() -> None:
-    async with running("sim800", Faults(pin="4321")) as sim:
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+async def test_wrong_pin_stops_and_is_never_retried(profile: str) -> None:
+    async with running(profile, Faults(pin="4321")) as sim:
         modem = Modem(sim.device, timeouts=FAST, pin="1111")
         with pytest.raises(errors.PinError, match="not retrying") as exc:
             await modem.start()
@@ -334,8 +342,9 @@ def test_pin_must_be_digits() -> None:
         Modem("/dev/null", pin='12"4')
 
 
-async def test_mute_modem_does_not_answer_at() -> None:
-    async with running("sim800", Faults(mute=True)) as sim:
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+async def test_mute_modem_does_not_answer_at(profile: str) -> None:
+    async with running(profile, Faults(mute=True)) as sim:
         modem = Modem(sim.device, timeouts=replace(FAST, startup=0.3, probe=0.05))
         with pytest.raises(errors.AtTimeout) as exc:
             await asyncio.wait_for(modem.start(), 5)
