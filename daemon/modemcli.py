@@ -18,6 +18,7 @@ from gsm.errors import (
     AtTimeout,
     DevicePermission,
     GsmError,
+    ModemGone,
     NoDevice,
     NotRegistered,
     PinError,
@@ -53,6 +54,8 @@ def explain(exc: GsmError, device: str) -> str:
         )
     if isinstance(exc, PinError):
         return f"SIM: {exc}"
+    if isinstance(exc, ModemGone) and "lock" in str(exc).lower():
+        return f"{device} is in use by another program (ModemManager? stop or mask it)"
     if isinstance(exc, NotRegistered):
         return f"{exc} (check the antenna, the SIM's plan, and coverage)"
     return f"modem on {device}: {exc}"

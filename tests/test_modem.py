@@ -556,3 +556,14 @@ async def test_texts_stored_while_nobody_listened_are_read_at_start(profile: str
             ("+12025550143", "call me " * 30),
         ]
         assert not sim._state.storage["SM"]
+
+
+async def test_a_second_driver_cannot_open_the_same_modem(sim: Simulator) -> None:
+    first = await _started(sim)
+    second = Modem(sim.device, timeouts=FAST)
+    try:
+        with pytest.raises(errors.ModemGone, match="lock"):
+            await second.start()
+    finally:
+        await second.close()
+        await first.close()

@@ -15,7 +15,7 @@ import pytest
 
 from daemon import modemcli
 from daemon.cli import main as cli_main
-from gsm.errors import AtTimeout, DevicePermission, NoDevice, PinError
+from gsm.errors import AtTimeout, DevicePermission, ModemGone, NoDevice, PinError
 
 
 class SimProcess:
@@ -138,5 +138,7 @@ def test_explanations_are_one_clear_line() -> None:
     assert "plugged in" in modemcli.explain(NoDevice(dev), dev)
     assert "does not answer AT" in modemcli.explain(AtTimeout("AT", 10), dev)
     assert modemcli.explain(PinError("wrong PIN"), dev).startswith("SIM:")
+    busy = ModemGone(f"{dev}: cannot open: Could not exclusively lock port {dev}")
+    assert "ModemManager" in modemcli.explain(busy, dev)
     for exc in (DevicePermission(dev), NoDevice(dev), AtTimeout("AT", 1), PinError("x")):
         assert "\n" not in modemcli.explain(exc, dev)
