@@ -31,6 +31,7 @@ from gsm.at import AtParser, Expect, Noise, Prompt, Response, Urc
 from gsm.errors import (
     AtTimeout,
     CmeError,
+    CmsError,
     CommandError,
     GsmError,
     ModemGone,
@@ -755,6 +756,7 @@ class Modem:
         failures = 0
         while True:
             await asyncio.sleep(interval)
+            self._flush_stale()  # a long text whose last part never came goes out as is
             if not self.ready:
                 continue
             try:
@@ -903,7 +905,10 @@ class Modem:
         whole = self._reassembler.add(msg, loop.time())
         if whole is not None:
             self._inbox.put_nowait(whole)
-        for parts in self._reassembler.pop_stale(loop.time()):
+        self._flush_stale()
+
+    def _flush_stale(self) -> None:
+        for parts in self._reassembler.pop_stale(asyncio.get_running_loop().time()):
             # Never lose a text: an incomplete one goes out as far as it got.
             head = parts[0]
             self._inbox.put_nowait(
@@ -962,6 +967,11 @@ class Modem:
                 async with self._lock:
                     pdu = await self._read_stored(mem, index)
                     await self._cmd(C.CMGD.line(str(index)), timeout=self._slow(C.CMGD))
+            except CmsError as exc:
+                # 321 "invalid memory index": the start-up sweep read it already.
+                level = logging.DEBUG if exc.code == 321 else logging.WARNING
+                log.log(level, "cannot read stored message %s/%d: %s", mem, index, exc)
+                continue
             except GsmError as exc:
                 log.warning("cannot read stored message %s/%d: %s", mem, index, exc)
                 continue
