@@ -505,8 +505,8 @@ class Modem:
         """After a timeout a late answer may still come: AT+CSQ with a stale guard
         skips every final code that arrives before its own +CSQ line."""
         self._drain()
-        self._parser.expect(Expect("AT+CSQ", "+CSQ:", stale_guard=True))
-        self._write(b"AT+CSQ\r")
+        self._parser.expect(Expect(C.CSQ.line(), C.CSQ.prefix, stale_guard=True))
+        self._write(C.CSQ.line().encode("ascii") + b"\r")
         try:
             reply = await self._next_reply("AT+CSQ (resync)", self.t.command)
         except AtTimeout:
@@ -624,7 +624,7 @@ class Modem:
         if stat not in C.REGISTERED:
             # LTE-only modems (EC25 on LTE) register on EPS while +CREG says 0.
             try:
-                eps = await self._cmd("AT+CEREG?", prefix="+CEREG:")
+                eps = await self._cmd(C.CEREG.line() + "?", prefix=C.CEREG.prefix)
                 values = eps.values("+CEREG:")
                 if values and C.parse_creg(values[0]) in C.REGISTERED:
                     stat = C.parse_creg(values[0])
@@ -662,7 +662,7 @@ class Modem:
         await self._cmd(C.CMGF.line("1"))
         self._mode = "text"
         with contextlib.suppress(CommandError):
-            await self._cmd('AT+CSCS="IRA"')
+            await self._cmd(C.CSCS.line('"IRA"'))
 
     async def _optional(self, line: str, prefix: str | None) -> str | None:
         try:
@@ -935,7 +935,7 @@ class Modem:
         for mem in memories:
             async with self._lock:
                 if mem != self._read_mem:
-                    await self._cmd(f'AT+CPMS="{mem}"', prefix="+CPMS:")
+                    await self._cmd(C.CPMS.line(f'"{mem}"'), prefix=C.CPMS.prefix)
                     self._read_mem = mem
                 reply = await self._cmd(
                     C.CMGL.line("4"), prefix=C.CMGL.prefix, timeout=self._slow(C.CMGL)
@@ -983,7 +983,7 @@ class Modem:
 
     async def _read_stored(self, mem: str, index: int) -> str:
         if mem != self._read_mem:
-            await self._cmd(f'AT+CPMS="{mem}"', prefix="+CPMS:")
+            await self._cmd(C.CPMS.line(f'"{mem}"'), prefix=C.CPMS.prefix)
             self._read_mem = mem
         reply = await self._cmd(
             C.CMGR.line(str(index)), prefix="+CMGR:", timeout=self._slow(C.CMGR)
