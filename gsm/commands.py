@@ -40,6 +40,8 @@ CREG = Command("AT+CREG", "+CREG:", DEFAULT_TIMEOUT, "network registration (27.0
 CSCA = Command("AT+CSCA", "+CSCA:", 5.0, "SMS centre address (27.005 3.3.1)")
 CMGF = Command("AT+CMGF", "+CMGF:", DEFAULT_TIMEOUT, "message format: 0 PDU, 1 text (27.005 3.2.3)")
 CNMI = Command("AT+CNMI", "+CNMI:", DEFAULT_TIMEOUT, "new message indications (27.005 3.4.1)")
+# Switching the radio on takes a few seconds on most modules.
+CFUN = Command("AT+CFUN", "+CFUN:", 10.0, "phone functionality: 1 full, 0/4 radio off (27.007 8.2)")
 CEREG = Command("AT+CEREG", "+CEREG:", DEFAULT_TIMEOUT, "EPS (LTE) registration (27.007 10.1.22)")
 CSCS = Command("AT+CSCS", None, DEFAULT_TIMEOUT, "TE character set (27.007 5.5)")
 CPMS = Command("AT+CPMS", "+CPMS:", 5.0, "message storage to read and delete in (27.005 3.2.2)")

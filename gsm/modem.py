@@ -538,6 +538,7 @@ class Modem:
         self._maker = await self._optional(C.CGMI.line(), None)
         self._quirks = C.quirks_for(self._maker)
         await self._unlock_sim()
+        await self._radio_on()
         if self._require_network:
             await self._wait_registered()
         else:
@@ -633,11 +634,29 @@ class Modem:
         self.registration = stat
         return stat
 
+    async def _radio_on(self) -> None:
+        """Leave flight mode: a modem at AT+CFUN=0 or 4 never registers (ofono's phonesim
+        starts at 4, tests/data/modem/ofono-phonesim.json)."""
+        try:
+            reply = await self._cmd(C.CFUN.line() + "?", prefix=C.CFUN.prefix)
+        except (CommandError, ProtocolError):
+            return
+        value = (reply.values("+CFUN:") or [""])[0].split(",")[0].strip()
+        if value in ("0", "4"):  # not "(0-1,4-7)": ZTE answers the read with the test form
+            log.warning("modem radio is off (+CFUN: %s): switching it on", value)
+            await self._cmd(C.CFUN.line("1"), timeout=self._slow(C.CFUN))
+
     async def _wait_registered(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.t.registration
         while True:
-            stat = await self._registration_state()
+            try:
+                stat = await self._registration_state()
+            except CmeError as exc:
+                if not exc.retryable:
+                    raise
+                # Wavecom answers +CME ERROR: 515 for a while after AT+CFUN=1.
+                stat = 4
             if stat in C.REGISTERED:
                 return
             if loop.time() >= deadline:

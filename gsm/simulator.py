@@ -181,6 +181,8 @@ class Faults:
     """The SIM asks for this PIN at power-up."""
     mute: bool = False
     """Answer nothing at all (a modem at the wrong baud rate, or a dead one)."""
+    flight_mode: bool = False
+    """Start with the radio off (+CFUN: 4): no registration until AT+CFUN=1."""
     no_pdu: bool = False
     """Refuse PDU mode (AT+CMGF=0 -> +CMS ERROR: 303), as some old phones do."""
     return_after: float | None = None
@@ -226,6 +228,7 @@ class _ModemState:
     puk: bool = False
     pin_tries: int = 3
     creg_n: int = 0
+    cfun: int = 1
     cnmi: tuple[int, ...] = (0, 0, 0, 0, 0)
     read_mem: str = "SM"
     smsc: str = "+12025550100"
@@ -335,7 +338,9 @@ class Simulator:
         with contextlib.suppress(FileNotFoundError):
             link.unlink()
         link.symlink_to(self.pty_path)
-        self._state = _ModemState(sim_locked=self.faults.pin is not None)
+        self._state = _ModemState(
+            sim_locked=self.faults.pin is not None, cfun=4 if self.faults.flight_mode else 1
+        )
         self._out.clear()
         asyncio.get_running_loop().add_reader(master, self._readable)
         if not self.faults.mute:
@@ -539,14 +544,19 @@ class Simulator:
                 await self._answer([f'+COPS: 0,0,"{p.operator}",7'])
         elif up == "+CSQ":
             await self._answer(["+CSQ: 99,99" if self.faults.no_network else "+CSQ: 21,0"])
+        elif up == "+CFUN?":
+            await self._answer([f"+CFUN: {st.cfun}"])
+        elif up in ("+CFUN=0", "+CFUN=1", "+CFUN=4"):
+            st.cfun = int(up[-1])
+            await self._answer([])
         elif up == "+CREG?":
-            stat = 0 if st.sim_locked else 2 if self.faults.no_network else 1
+            stat = 0 if st.sim_locked or st.cfun != 1 else 2 if self.faults.no_network else 1
             await self._answer([f"+CREG: {st.creg_n},{stat}"])
         elif up.startswith("+CREG="):
             st.creg_n = int(cmd[6:] or "0")
             await self._answer([])
         elif up == "+CEREG?" and p.has_cereg:
-            stat = 0 if st.sim_locked else 2 if self.faults.no_network else 1
+            stat = 0 if st.sim_locked or st.cfun != 1 else 2 if self.faults.no_network else 1
             await self._answer([f"+CEREG: 0,{stat}"])
         elif up.startswith("+CSCA="):
             m = re.match(r'^"(\+?[0-9]+)"(?:,\d+)?$', cmd[6:].strip())

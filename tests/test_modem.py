@@ -567,3 +567,15 @@ async def test_a_second_driver_cannot_open_the_same_modem(sim: Simulator) -> Non
     finally:
         await second.close()
         await first.close()
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+async def test_radio_switched_on_when_the_modem_starts_in_flight_mode(profile: str) -> None:
+    async with running(profile, Faults(flight_mode=True)) as sim:
+        modem = await _started(sim)
+        try:
+            assert await modem.send_sms(TO, "airborne no more")
+        finally:
+            await modem.close()
+        assert "AT+CFUN=1" in sim.commands
+        assert [s.text for s in sim.sent] == ["airborne no more"]
