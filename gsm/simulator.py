@@ -59,6 +59,8 @@ class Profile:
     prompt: bytes = b"\r\n> "
     cpin_without_ok: bool = False
     has_cereg: bool = False
+    busy_after_cfun: int = 0
+    """Commands answered +CME ERROR: 515 (busy) right after AT+CFUN=1."""
     boot: tuple[str, ...] = ()
     noise: tuple[str, ...] = ()
     doc: str = ""
@@ -151,10 +153,12 @@ PROFILES: dict[str, Profile] = {
         iccid_answer="+CCID: {iccid}",
         operator="Orange",
         cpin_without_ok=True,
+        busy_after_cfun=2,
         noise=("+WIND: 5,1", "+WIND: 2", "RING"),
         doc=(
             "Wavecom Multiband 900E/1800 (tests/data/modem/wavecommultiband900e1800.json):"
-            " AT+CPIN? answers without a final OK; AT+CGMR gives ERROR; +WIND URCs."
+            " AT+CPIN? answers without a final OK; AT+CGMR gives ERROR; the two commands"
+            " after AT+CFUN=1 fail with +CME ERROR: 515; +WIND URCs."
         ),
     ),
 }
@@ -229,6 +233,7 @@ class _ModemState:
     pin_tries: int = 3
     creg_n: int = 0
     cfun: int = 1
+    busy: int = 0
     cnmi: tuple[int, ...] = (0, 0, 0, 0, 0)
     read_mem: str = "SM"
     smsc: str = "+12025550100"
@@ -505,6 +510,10 @@ class Simulator:
         up = cmd.upper()
         p = self.profile
         sms_cmd = up.startswith(("+CMGF", "+CMGS", "+CMGR", "+CMGD", "+CMGL", "+CNMI", "+CSCA"))
+        if st.busy and not up.startswith("+CFUN"):
+            st.busy -= 1
+            await self._answer([], self._error(515))
+            return None
         if st.sim_locked and sms_cmd:
             await self._answer([], self._error(12 if st.puk else 11))
             return None
@@ -548,6 +557,7 @@ class Simulator:
             await self._answer([f"+CFUN: {st.cfun}"])
         elif up in ("+CFUN=0", "+CFUN=1", "+CFUN=4"):
             st.cfun = int(up[-1])
+            st.busy = p.busy_after_cfun if st.cfun == 1 else 0
             await self._answer([])
         elif up == "+CREG?":
             stat = 0 if st.sim_locked or st.cfun != 1 else 2 if self.faults.no_network else 1

@@ -579,3 +579,5 @@ async def test_radio_switched_on_when_the_modem_starts_in_flight_mode(profile: s
             await modem.close()
         assert "AT+CFUN=1" in sim.commands
         assert [s.text for s in sim.sent] == ["airborne no more"]
+        if PROFILES[profile].busy_after_cfun:  # asked again through the 515 busy answers
+            assert sim.commands.count("AT+CREG?") >= 3
