@@ -31,6 +31,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import tty
@@ -831,6 +832,10 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     async def run() -> None:
+        # SIGTERM ends the run like Ctrl-C, so the pty and the temporary link are removed.
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         async with running(args.profile, faults) as sim:
             print(f"{sim.profile.maker.strip()} {sim.profile.model.strip()} simulator")
             print(f"device: {sim.device}")
@@ -842,7 +847,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"sent to {sms.number} ({sms.parts} part(s)): {sms.text}", flush=True)
                 seen = len(sim.sent)
 
-    with contextlib.suppress(KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         asyncio.run(run())
     return 0
 
