@@ -205,6 +205,7 @@ def parse_final(line: str) -> Final | None:
 
 
 _CLEAN = re.compile(r"[ -~]*")
+_HEX = re.compile(r"(?:[0-9A-Fa-f]{2})+")
 # Outer whitespace, NULs and control bytes are framing noise (a Wavecom answers
 # " WAVECOM MODEM"; modems emit NULs when they power up).
 _FRAMING = "".join(chr(c) for c in range(33)) + "\x7f"
@@ -312,12 +313,15 @@ class AtParser:
         if not _is_clean(text):
             events.append(Noise("garbage", text[:80]))
             return
-        # Second line of a two-line URC.
+        # Second line of a two-line URC: a PDU. Anything else means it was lost, and the
+        # line is someone else's (our command's final code must not be eaten).
         if self._urc_head is not None:
             head_name, head_value, head = self._urc_head
             self._urc_head = None
-            events.append(Urc(head_name, head_value, head, text))
-            return
+            if _HEX.fullmatch(text):
+                events.append(Urc(head_name, head_value, head, text))
+                return
+            events.append(Urc(head_name, head_value, head, None))
         if pending is not None:
             if pending.prompt and not pending.prompted and text in (">", "> "):
                 pending.prompted = True

@@ -402,3 +402,12 @@ def test_cmgl_listing_and_identity_lines() -> None:
     assert C.parse_imei(("+CGSN: 869170031234567",)) == "869170031234567"
     assert C.parse_imei(("garbage 12",)) is None
     assert C.first_line(('+QIND: "csq",21,99', "+CGMI: Quectel")) == "Quectel"
+
+
+def test_a_two_line_urc_missing_its_pdu_does_not_eat_the_final() -> None:
+    parser = AtParser()
+    parser.expect(Expect("AT+CSQ", "+CSQ:"))
+    events = parser.feed(b"\r\n+CSQ: 9,0\r\n\r\n+CDS: 25\r\n\r\nOK\r\n")
+    assert events[0] == Urc("+CDS", "25", "+CDS: 25", None)
+    assert isinstance(events[1], Response)
+    assert events[1].final.ok
