@@ -299,7 +299,8 @@ class Service:
                 pin=m.pin or None,
                 smsc=m.smsc or None,
                 mode=m.mode,
-                timeouts=self._modem_timeouts,
+                # [modem] send_timeout: the longest wait for +CMGS after the message body
+                timeouts=self._modem_timeouts or Timeouts(send=m.send_timeout),
             )
             try:
                 await modem.start()
