@@ -649,3 +649,29 @@ async def test_ready_without_pbx_or_modem_then_watchdog_pings(tmp_path: Path) ->
         await d.wait_log("event=modem_unavailable")
         assert await stop(d) == 0
     assert (tmp_path / "textback.db").exists()
+
+
+async def test_send_timeout_from_the_config_makes_a_silent_send_uncertain(tmp_path: Path) -> None:
+    # [modem] send_timeout = 1s reaches the driver: a modem that takes 2.5 s to say +CMGS
+    # leaves the text `uncertain` (it may have gone out), never resent
+    call = load_sidecar("02-abandoned-while-ringing")["calls"][0]
+    faults = simulator.Faults()
+    async with rig(tmp_path, body_of("02-abandoned-while-ringing"), faults=faults) as r:
+        r.server.flowing.clear()
+        r.write()
+        r.config.write_text(
+            r.config.read_text().replace("[modem]\n", '[modem]\nsend_timeout = "1s"\n')
+        )
+        async with running_daemon(r.config, tmp_path) as d:
+            await ready(d)
+            await d.wait_log("event=modem_ready")
+            faults.slow = 2.5
+            r.server.flowing.set()
+            await settled(d, 1)
+            assert list(message_states(d).values()) == ["uncertain"]
+            assert await stop(d) == 0
+    assert [(s.number, s.text) for s in r.sim.sent] == [(call["caller_e164"], render(call))]
+    rows = messages(r.db)
+    assert [(x["state"], x["reason"], x["attempts"]) for x in rows] == [
+        ("uncertain", "send_uncertain", 1)
+    ]
