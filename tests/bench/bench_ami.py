@@ -523,7 +523,11 @@ def run(quick: bool) -> dict[str, Any]:
     events = 60_000 if quick else 500_000
     rounds = 2 if quick else 5
     tp = throughput(events, rounds)
-    lat = latency(2000.0, 6_000 if quick else 24_000)
+    # repeated: one run's p99 rests on its 5 slowest calls, and other processes on a
+    # shared machine can delay any of them
+    lats = [latency(2000.0, 6_000 if quick else 24_000) for _ in range(1 if quick else 3)]
+    lat = sorted(lats, key=lambda x: x.get("p99_ms", float("inf")))[len(lats) // 2]
+    lat["runs_p99_ms"] = [x.get("p99_ms") for x in lats]
     mem = memory(100_000, 300_000 if quick else 1_000_000)
     sink = _tracker()[3]
     parts = breakdown(3 if quick else 7)
@@ -583,7 +587,14 @@ def _markdown(res: dict[str, Any], quick: bool) -> str:
             f"Paced 2,000 events/s ({lat['events']:,} events), one event per write: server write "
             f"of a call's last Hangup to the tracker's finished call, {lat['calls']} calls: "
             f"p50 {lat['p50_ms']:.2f} ms, "
-            f"**p99 {lat['p99_ms']:.2f} ms** (target < 1 ms), max {lat['max_ms']:.2f} ms."
+            f"**p99 {lat['p99_ms']:.2f} ms** (target < 1 ms), max {lat['max_ms']:.2f} ms"
+            + (
+                " (the median run of "
+                + ", ".join(f"{p:.2f}" for p in lat["runs_p99_ms"] if p is not None)
+                + " ms p99)."
+                if len(lat["runs_p99_ms"]) > 1
+                else "."
+            )
         )
     else:
         lines.append("Paced latency: no finished calls were measured.")
