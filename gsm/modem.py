@@ -905,7 +905,9 @@ class Modem:
         try:
             if name in ("+CMTI", "+CDSI"):
                 self._stored.put_nowait(C.parse_cmti(urc.value))
-            elif name in ("+CDS", "+CMT") and urc.data is not None:
+            elif name in ("+CDS", "+CMT"):
+                if urc.data is None:
+                    raise ProtocolError("its PDU line never came")
                 self._deliver_pdu(urc.data)
             elif name == "+CREG":
                 self.registration = C.parse_creg(urc.value, query=False)
