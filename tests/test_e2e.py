@@ -199,6 +199,14 @@ async def notified(d: Daemon, message: str, count: int, timeout: float = WAIT) -
     await asyncio.wait_for(_wait(), timeout)
 
 
+async def streamed(d: Daemon, server: ReplayServer, timeout: float = WAIT) -> None:
+    """Wait until the replay server has sent its whole trace."""
+    try:
+        await asyncio.wait_for(server.finished.wait(), timeout)
+    except TimeoutError:
+        raise AssertionError("trace not streamed:\n" + "\n".join(d.lines[-40:])) from None
+
+
 async def settled(d: Daemon, calls: int, timeout: float = WAIT) -> None:
     """Wait until `calls` calls were logged and every text reached a final state."""
 
@@ -359,7 +367,10 @@ def body_of(*names: str) -> bytes:
 async def stop(d: Daemon, timeout: float = 10.0) -> int:
     """SIGTERM and the exit code."""
     d.signal(signal.SIGTERM)
-    return await d.wait_exit(timeout)
+    try:
+        return await d.wait_exit(timeout)
+    except TimeoutError:
+        raise AssertionError("no exit after SIGTERM:\n" + "\n".join(d.lines[-40:])) from None
 
 
 # -- every recorded trace ------------------------------------------------------------------
@@ -382,9 +393,18 @@ async def test_trace_texts_exactly_the_expected_callers(name: str, tmp_path: Pat
         r.write(delay=DELAYS.get(name, "0s"))
         async with running_daemon(r.config, tmp_path) as d:
             await ready(d)
-            await asyncio.wait_for(r.server.finished.wait(), WAIT)
+            await streamed(d, r.server)
             await settled(d, exp.calls)
-            assert len(events(d, "call")) == exp.calls
+            logged = events(d, "call")
+            sidecar = load_sidecar(name)["calls"]
+            assert collections.Counter(c["caller"] for c in logged) == collections.Counter(
+                c["caller"] for c in sidecar
+            )
+            # a caller none of whose calls expects a text is never texted, whatever the reason
+            never = {c["caller"] for c in sidecar} - {
+                c["caller"] for c in sidecar if c["expected_textback"]
+            }
+            assert all(c["decision"] == "suppress" for c in logged if c["caller"] in never)
             check_texts(exp, r.sim.sent, r.db)
             assert await stop(d) == 0
     if name == TRACE_21:
@@ -543,7 +563,7 @@ async def test_ami_link_drops_and_comes_back(tmp_path: Path) -> None:
         r.write()
         async with running_daemon(r.config, tmp_path) as d:
             await ready(d)
-            await asyncio.wait_for(r.server.finished.wait(), WAIT)
+            await streamed(d, r.server)
             await settled(d, len(names))
             assert (r.server.stats.drops, r.server.stats.logins) == (2, 3)
             resyncs = [line for line in d.lines if "AMI resync:" in line]
