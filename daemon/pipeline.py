@@ -37,6 +37,7 @@ from daemon.outbox import Outbox
 from daemon.policy import (
     Pause,
     PolicyFacts,
+    cancel_reason,
     decide,
     destination_check,
     number_range,
@@ -230,9 +231,9 @@ class Pipeline:
         if isinstance(event, FinishedCall):
             await self._finished(event, now)
         elif isinstance(event, InboundAnswered):
-            await self._cancel(event.caller, Reason.ANSWERED_ON_RETRY, now, event.linkedid)
+            await self._cancel(event.caller, cancel_reason(event), now, event.linkedid)
         elif isinstance(event, OutboundDialled):
-            await self._cancel(event.number, Reason.CALLED_BACK, now, event.linkedid)
+            await self._cancel(event.number, cancel_reason(event), now, event.linkedid)
 
     async def _finished(self, call: FinishedCall, now: float) -> None:
         cfg = self._cfg

@@ -317,30 +317,6 @@ def sending_pause(
     return pause
 
 
-class GuardLatch:
-    """Remembers which guards are tripped, so a trip is announced once, not per call.
-
-    `observe` returns ("paused", pause) the first time a guard trips, ("resumed", None)
-    on the first send after any guard had tripped, else None. Pure state, no logging.
-    """
-
-    def __init__(self) -> None:
-        self.tripped: dict[str, Pause] = {}
-
-    def observe(self, pause: Pause | None) -> tuple[str, Pause | None] | None:
-        """Feed the guard of each decision (None for a send)."""
-        if pause is None:
-            if self.tripped:
-                self.tripped.clear()
-                return "resumed", None
-            return None
-        if pause.guard in self.tripped:
-            self.tripped[pause.guard] = pause
-            return None
-        self.tripped[pause.guard] = pause
-        return "paused", pause
-
-
 def cancel_reason(event: InboundAnswered | OutboundDialled) -> Reason:
     """Why a text in its wait step is cancelled by this tracker event."""
     if isinstance(event, InboundAnswered):

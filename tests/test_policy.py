@@ -28,7 +28,6 @@ from daemon.policy import (
     CHECK_ORDER,
     NEVER_TEXTED_TYPES,
     Decision,
-    GuardLatch,
     Pause,
     PolicyFacts,
     PumpingGuard,
@@ -502,20 +501,6 @@ def test_pumping_guard_pause() -> None:
     both = PolicyFacts(sent_last_hour=30, range_destinations=9)
     assert sending_pause(CALLER, both, config(), NOW).guard == "max_per_hour"  # type: ignore[union-attr]
     assert sending_pause(None, PolicyFacts(range_destinations=9), config(), NOW) is None
-
-
-def test_guard_latch_announces_each_trip_once() -> None:
-    latch = GuardLatch()
-    day = Pause("max_per_day", "max_per_day cap ...", NOW + 10)
-    pumping = Pause("pumping", "pumping guard ...", NOW + 10)
-    assert latch.observe(None) is None
-    assert latch.observe(day) == ("paused", day)
-    assert latch.observe(day) is None
-    assert latch.observe(day) is None
-    assert latch.observe(pumping) == ("paused", pumping)
-    assert latch.observe(None) == ("resumed", None)
-    assert latch.observe(None) is None
-    assert latch.observe(day) == ("paused", day)
 
 
 # -- a config slip never silences a missed call -------------------------------------------
