@@ -69,6 +69,8 @@ class Daemon:
         env.update(
             {
                 "NOTIFY_SOCKET": str(self.notify.path),
+                # no WATCHDOG_PID: its pid is not known before the start; the daemon
+                # then takes the watchdog as meant for itself, as systemd intends
                 "WATCHDOG_USEC": "2000000",
                 "PYTHONUNBUFFERED": "1",
             }
@@ -85,7 +87,6 @@ class Daemon:
             stderr=asyncio.subprocess.PIPE,
             env=env,
         )
-        env["WATCHDOG_PID"] = str(self.proc.pid)
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
