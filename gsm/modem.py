@@ -816,7 +816,13 @@ class Modem:
 
         Returns the message reference (+CMGS) of every part. A multipart text that
         failed part way is remembered: sending the same text to the same number again
-        resumes at the first part not confirmed, so no part is sent twice.
+        resumes at the first part not confirmed, so no confirmed part is sent twice.
+
+        Errors: ValueError (bad number or empty text, nothing written); ModemGone when
+        the modem is away (retryable; a part whose body reached the modem just before
+        the unplug may have gone out: nothing can tell); SendUncertain when the body
+        went out but +CMGS never came (not retryable: resending could text twice);
+        CmsError with its code, retryable or not; UnsupportedText in text mode.
         """
         C.check_number(number)
         if not text:
