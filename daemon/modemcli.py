@@ -20,6 +20,7 @@ from gsm.errors import (
     GsmError,
     ModemGone,
     NoDevice,
+    NotASerialPort,
     NotRegistered,
     PinError,
 )
@@ -47,6 +48,8 @@ def explain(exc: GsmError, device: str) -> str:
         return f"no such device: {device} (is the modem plugged in? see ls /dev/serial/by-id/)"
     if isinstance(exc, DevicePermission):
         return str(exc)
+    if isinstance(exc, NotASerialPort):
+        return f"{exc} (a modem is /dev/ttyUSBn, /dev/ttyACMn or /dev/serial/by-id/...)"
     if isinstance(exc, AtTimeout) and exc.command == "AT":
         return (
             f"the modem on {device} does not answer AT (wrong port? try the other"

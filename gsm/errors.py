@@ -194,6 +194,16 @@ class DevicePermission(GsmError):
         )
 
 
+class NotASerialPort(GsmError):
+    """The device path exists but is not a serial port (a typo, a file, /dev/null)."""
+
+    retryable = False
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        super().__init__(f"{device} is not a serial port")
+
+
 class NotRegistered(GsmError):
     """The modem is not registered on a network (no coverage, no service, denied)."""
 

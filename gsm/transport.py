@@ -14,7 +14,7 @@ from collections.abc import Callable
 import serial
 import serial_asyncio_fast
 
-from gsm.errors import DevicePermission, ModemGone, NoDevice
+from gsm.errors import DevicePermission, ModemGone, NoDevice, NotASerialPort
 
 log = logging.getLogger(__name__)
 TRACE = 5  # below DEBUG: raw bytes on the wire
@@ -101,4 +101,6 @@ def open_error(device: str, exc: BaseException) -> Exception:
         return NoDevice(device)
     if isinstance(exc, PermissionError) or code in (errno.EACCES, errno.EPERM):
         return DevicePermission(device)
+    if code == errno.ENOTTY or "Inappropriate ioctl" in str(exc):
+        return NotASerialPort(device)
     return ModemGone(f"{device}: cannot open: {exc}")

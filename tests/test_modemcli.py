@@ -102,6 +102,15 @@ def test_send_test_refuses_bad_numbers(number: str, capsys: pytest.CaptureFixtur
     assert err.count("\n") == 1
 
 
+def test_not_a_serial_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plain = tmp_path / "notatty"
+    plain.write_text("")
+    assert modemcli.modem_main(_args(device=str(plain))) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"textback: {plain} is not a serial port (a modem is /dev/ttyUSBn")
+    assert err.count("\n") == 1
+
+
 def test_no_such_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert modemcli.modem_main(_args(device=str(tmp_path / "ttyUSB7"))) == 1
     err = capsys.readouterr().err
