@@ -294,3 +294,17 @@ async def test_silent_server_login_times_out_on_the_clock(
         server.close()
         await server.wait_closed()
     assert "no answer to Login within 10 s" in caplog.text
+
+
+async def test_resync_refused_is_logged_and_events_still_flow(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A manager user without write=reporting: no snapshot, a clear warning, events on."""
+    body = _body("11-ivr-hangup")
+    server = ReplayServer(body, fully_booted=False, refuse={"coreshowchannels"})
+    async with rig(server) as r:
+        await until(lambda: len(r.events) >= len(_expected(body)))
+        assert r.events == _expected(body)
+        assert r.resyncs == []  # never a made-up empty snapshot: calls would "vanish"
+        assert r.client.counters.resync_failures == 1
+    assert "AMI resync refused: Permission denied" in caplog.text

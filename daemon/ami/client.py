@@ -340,7 +340,7 @@ class AmiClient:
             if answer and answer[0].get("Response") not in (None, "Success"):
                 self._counters.resync_failures += 1
                 log.warning(
-                    "AMI resync refused: %s (the manager user needs read=reporting); "
+                    "AMI resync refused: %s (manager.conf: the user needs write = reporting); "
                     "calls in progress across the gap may be misjudged",
                     answer[0].get("Message", answer[0].get("Response")),
                 )

@@ -83,6 +83,8 @@ class ReplayServer:
     `answer_ping`: set False to play a half-open link that swallows Pings.
     `splits`: exact stream offsets to end writes at (to test read boundaries).
     `fully_booted`: send a FullyBooted event after Login, as Asterisk does.
+    `refuse`: action names (lower case) answered "Permission denied", as for a manager
+    user without the write class the action needs.
     `gap_events`: after a cut, this many further events are lost (they happened while
     nobody was connected) before the next connection's stream resumes.
     Clear `flowing` to pause the stream (a quiet PBX); set it to go on.
@@ -102,6 +104,7 @@ class ReplayServer:
         splits: Iterable[int] = (),
         fully_booted: bool = True,
         gap_events: int = 0,
+        refuse: Iterable[str] = (),
     ) -> None:
         self.body = body
         self.username = username
@@ -114,6 +117,7 @@ class ReplayServer:
         self.splits = sorted(set(splits))
         self.fully_booted = fully_booted
         self.gap_events = gap_events
+        self.refuse = frozenset(refuse)
         self._cut = False
         self.flowing = asyncio.Event()
         self.flowing.set()
@@ -232,7 +236,9 @@ class ReplayServer:
         if not conn.logged_in:
             conn.send(encode({"Response": "Error", **head, "Message": "Permission denied"}))
             return False, False
-        if name == "ping":
+        if name in self.refuse:
+            conn.send(encode({"Response": "Error", **head, "Message": "Permission denied"}))
+        elif name == "ping":
             self.stats.pings += 1
             if self.answer_ping:
                 self.stats.pongs += 1
