@@ -308,3 +308,42 @@ async def test_resync_refused_is_logged_and_events_still_flow(
         assert r.resyncs == []  # never a made-up empty snapshot: calls would "vanish"
         assert r.client.counters.resync_failures == 1
     assert "AMI resync refused: Permission denied" in caplog.text
+
+
+async def test_close_stops_a_run_task_owned_by_the_caller() -> None:
+    """The service runs `run()` in its own TaskGroup; close() must end it too."""
+    import asyncio
+
+    from daemon.ami.client import AmiClient
+    from daemon.clock import ManualClock
+    from daemon.config import AmiConfig
+
+    server = ReplayServer(_body("03-short-abandon"))
+    server.secret = SECRET
+    port = await server.start()
+    clock = ManualClock()
+    client = AmiClient(
+        AmiConfig(port=port, secret=SECRET),
+        on_event=lambda m: None,
+        on_resync=None,
+        clock=clock,
+        wanted=None,
+        wanted_vars=frozenset(),
+        jitter=0.5,
+    )
+    task = asyncio.create_task(client.run())
+    try:
+        await until(lambda: client.state == "up")
+        server.drop()
+        await until(lambda: client.state == "backoff" and clock.pending >= 1)
+        assert 0.5 <= client.counters.last_backoff <= 1.0  # jitter only ever shortens
+        await client.close()
+        await asyncio.wait_for(task, 5)  # ends on its own, not cancelled
+        clock.advance(3600)
+        await settle()
+        assert server.stats.connections == 1
+        assert client.state == "closed"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await server.close()
