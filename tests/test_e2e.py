@@ -446,10 +446,10 @@ async def logged_calls(d: Daemon, n: int) -> list[dict[str, str]]:
 
 async def test_trace_21_without_wait_step_the_callback_changes_nothing(tmp_path: Path) -> None:
     # delay 0: the text goes out at once; the office's callback ~15 s later (event time)
-    # finds nothing to cancel. The replay is paced (speed 4) and paused after the missed
+    # finds nothing to cancel. The replay is paced (speed 8) and paused after the missed
     # call until the text is out, so the order does not depend on the machine's speed.
     call = load_sidecar(TRACE_21)["calls"][0]
-    async with rig(tmp_path, body_of(TRACE_21), speed=4.0) as r:
+    async with rig(tmp_path, body_of(TRACE_21), speed=8.0) as r:
         r.write(delay="0s")
         async with running_daemon(r.config, tmp_path) as d:
             await ready(d)
@@ -483,9 +483,10 @@ async def test_kill_9_mid_burst_then_restart_sends_each_text_once(tmp_path: Path
         async with running_daemon(r.config, run1) as d:
             await ready(d)
             await asyncio.wait_for(r.sim.wait_sent(1), WAIT)
-            # From now on the modem takes 0.3 s per answer: the burst drains slowly, and the
-            # text after the next one reaches the modem, which has not said +CMGS yet
-            faults.slow = 0.3
+            # From now on the modem takes 0.5 s per answer, so the burst drains slowly. The
+            # kill comes as soon as the next text has reached the modem, which then waits
+            # 0.5 s before its +CMGS: that text is `sending` in the database.
+            faults.slow = 0.5
             await logged_calls(d, exp.calls)
             n = len(r.sim.sent) + 1
             await asyncio.wait_for(r.sim.wait_sent(n), WAIT)
@@ -551,7 +552,7 @@ async def test_ami_link_drops_and_comes_back(tmp_path: Path) -> None:
         "02-abandoned-while-ringing",
         "07-ringgroup-noanswer",
         "06-busy-voicemail",
-        "19-missed-voicemail-message-left",
+        "11-ivr-hangup",
     )
     parts = retimed(*names, gap=3.0)
     body = b"".join(parts)
@@ -672,7 +673,7 @@ async def test_ready_without_pbx_or_modem_then_watchdog_pings(tmp_path: Path) ->
 
 
 async def test_send_timeout_from_the_config_makes_a_silent_send_uncertain(tmp_path: Path) -> None:
-    # [modem] send_timeout = 1s reaches the driver: a modem that takes 2.5 s to say +CMGS
+    # [modem] send_timeout = 1s reaches the driver: a modem that takes 1.8 s to say +CMGS
     # leaves the text `uncertain` (it may have gone out), never resent
     call = load_sidecar("02-abandoned-while-ringing")["calls"][0]
     faults = simulator.Faults()
@@ -685,7 +686,7 @@ async def test_send_timeout_from_the_config_makes_a_silent_send_uncertain(tmp_pa
         async with running_daemon(r.config, tmp_path) as d:
             await ready(d)
             await d.wait_log("event=modem_ready")
-            faults.slow = 2.5
+            faults.slow = 1.8
             r.server.flowing.set()
             await settled(d, 1)
             assert list(message_states(d).values()) == ["uncertain"]
