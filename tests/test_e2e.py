@@ -696,3 +696,24 @@ async def test_send_timeout_from_the_config_makes_a_silent_send_uncertain(tmp_pa
     assert [(x["state"], x["reason"], x["attempts"]) for x in rows] == [
         ("uncertain", "send_uncertain", 1)
     ]
+
+
+async def test_a_second_daemon_on_the_same_database_refuses_to_start(tmp_path: Path) -> None:
+    # one owner per database: two daemons would text every caller twice
+    name = "02-abandoned-while-ringing"
+    async with rig(tmp_path, body_of(name)) as r:
+        r.server.flowing.clear()
+        r.write()
+        async with running_daemon(r.config, tmp_path) as d:
+            await ready(d)
+            second = tmp_path / "second"
+            second.mkdir()
+            async with running_daemon(r.config, second) as d2:
+                assert await d2.wait_exit(WAIT) == 1
+                assert any("event=start_failed" in line for line in d2.lines)
+                assert not any("READY=1" in m for m in d2.notify.messages)
+            r.server.flowing.set()
+            await settled(d, 1)
+            check_texts(expectation(name), r.sim.sent, r.db)
+            assert len(r.sim.sent) == 1
+            assert await stop(d) == 0
