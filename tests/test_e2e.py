@@ -717,3 +717,29 @@ async def test_a_second_daemon_on_the_same_database_refuses_to_start(tmp_path: P
             check_texts(expectation(name), r.sim.sent, r.db)
             assert len(r.sim.sent) == 1
             assert await stop(d) == 0
+
+
+async def test_delivery_report_and_reply_reach_the_database(tmp_path: Path) -> None:
+    name = "02-abandoned-while-ringing"
+    caller = load_sidecar(name)["calls"][0]["caller_e164"]
+    async with rig(tmp_path, body_of(name)) as r:
+        r.write()
+        async with running_daemon(r.config, tmp_path) as d:
+            await ready(d)
+            await settled(d, 1)
+            [sms] = r.sim.sent
+            assert sms.status_report  # [modem] status_reports defaults to on
+            r.sim.inject_report(sms.references[0], caller)
+            [report] = [fields(x) for x in await d.wait_log("event=delivery_report")]
+            assert report["status"] == "delivered"
+            [row] = messages(r.db)
+            assert report["message"] == str(row["id"])
+            parts = db_rows(r.db, "SELECT * FROM message_parts WHERE message_id = ?", [row["id"]])
+            assert [(p["reference"], p["status"]) for p in parts] == [
+                (sms.references[0], "delivered")
+            ]
+            r.sim.inject_text(caller, "Thanks, call me after 5")
+            await d.wait_log("event=reply")
+            replies = db_rows(r.db, "SELECT sender, text FROM replies")
+            assert [tuple(x) for x in replies] == [(caller, "Thanks, call me after 5")]
+            assert await stop(d) == 0
