@@ -364,6 +364,35 @@ def body_of(*names: str) -> bytes:
     return b"".join(trace_body((AMI_DIR / f"{n}.ami").read_bytes()) for n in names)
 
 
+#: The value of an event's `Timestamp:` header.
+_STAMP = re.compile(rb"(?<=\r\nTimestamp: )(\d+\.\d+)")
+
+
+def retimed(*names: str, gap: float = 60.0) -> list[bytes]:
+    """Traces one after the other, each re-timed to start `gap` seconds (event time) after
+    the previous one ended. Within a trace every difference stays as recorded; the gaps
+    give a paced replay (ReplayServer speed=) room for a test to pause the stream."""
+    out = []
+    end: float | None = None
+    for name in names:
+        body = body_of(name)
+        stamps = [float(m) for m in _STAMP.findall(body)]
+        shift = 0.0 if end is None else end + gap - stamps[0]
+
+        def moved(m: re.Match[bytes], shift: float = shift) -> bytes:
+            return b"%.6f" % (float(m.group(1)) + shift)
+
+        out.append(_STAMP.sub(moved, body))
+        end = stamps[-1] + shift
+    return out
+
+
+async def logged_calls(d: Daemon, n: int) -> list[dict[str, str]]:
+    """Wait until `n` calls were logged; return them."""
+    await wait_until(d, lambda: len(events(d, "call")) >= n)
+    return events(d, "call")
+
+
 async def stop(d: Daemon, timeout: float = 10.0) -> int:
     """SIGTERM and the exit code."""
     d.signal(signal.SIGTERM)
@@ -414,34 +443,6 @@ async def test_trace_texts_exactly_the_expected_callers(name: str, tmp_path: Pat
     if name.startswith("26-"):
         took = time.monotonic() - started
         print(f"trace 26: {exp.calls} calls, {len(r.sim.sent)} texts in {took:.1f} s")
-
-
-def retimed(*names: str, gap: float = 60.0) -> list[bytes]:
-    """Traces one after the other, each re-timed to start `gap` seconds (event time) after
-    the previous one ended. Within a trace every difference stays as recorded; the gaps
-    give a paced replay (ReplayServer speed=) room for a test to pause the stream."""
-    out = []
-    end: float | None = None
-    for name in names:
-        body = body_of(name)
-        stamps = [float(m) for m in _STAMP.findall(body)]
-        shift = 0.0 if end is None else end + gap - stamps[0]
-
-        def moved(m: re.Match[bytes], shift: float = shift) -> bytes:
-            return b"%.6f" % (float(m.group(1)) + shift)
-
-        out.append(_STAMP.sub(moved, body))
-        end = stamps[-1] + shift
-    return out
-
-
-_STAMP = re.compile(rb"(?<=\r\nTimestamp: )(\d+\.\d+)")
-
-
-async def logged_calls(d: Daemon, n: int) -> list[dict[str, str]]:
-    """Wait until `n` calls were logged; return them."""
-    await wait_until(d, lambda: len(events(d, "call")) >= n)
-    return events(d, "call")
 
 
 async def test_trace_21_without_wait_step_the_callback_changes_nothing(tmp_path: Path) -> None:
