@@ -187,12 +187,18 @@ async def ready(d: Daemon, timeout: float = WAIT) -> str:
         raise AssertionError("no READY=1; log tail:\n" + "\n".join(d.lines[-40:])) from None
 
 
-async def notified(d: Daemon, message: str, count: int, timeout: float = WAIT) -> None:
-    """Wait until the daemon sent the notify `message` `count` times."""
+async def notified(
+    d: Daemon, message: str, count: int, timeout: float = WAIT, *, prefix: bool = False
+) -> None:
+    """Wait until the daemon sent the notify `message` (or one starting with it) `count`
+    times."""
     notify = d.notify
 
+    def seen() -> int:
+        return sum(m.startswith(message) if prefix else m == message for m in notify.messages)
+
     async def _wait() -> None:
-        while sum(m == message for m in notify.messages) < count:
+        while seen() < count:
             notify._new.clear()
             await notify._new.wait()
 
@@ -605,6 +611,10 @@ async def test_sighup_reloads_a_good_config_and_refuses_a_broken_one(tmp_path: P
             d.signal(signal.SIGHUP)
             await d.wait_log("event=reloaded")
             await d.notify.wait_for("RELOADING=1")
+            # READY=1 again after the reload, with the live status line
+            await notified(d, "READY=1", 2, prefix=True)
+            status = [m for m in d.notify.messages if m.startswith("READY=1")][-1]
+            assert re.search(r"STATUS=AMI connected, modem ready, signal \d+/31, 0 waiting", status)
             r.server.flowing.set()
             await logged_calls(d, 2)
             r.server.flowing.clear()
@@ -650,27 +660,38 @@ async def test_sigterm_during_a_send_finishes_it_and_exits_0(tmp_path: Path) -> 
     assert [x["state"] for x in messages(r.db)] == ["sent"]
 
 
-async def test_ready_without_pbx_or_modem_then_watchdog_pings(tmp_path: Path) -> None:
-    # a port nobody listens on, a device that does not exist
+async def test_ready_without_pbx_or_modem_then_both_turn_up(tmp_path: Path) -> None:
+    # a port nobody listens on yet, a modem that is not plugged in yet
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    name = "02-abandoned-while-ringing"
+    sim = simulator.Simulator("sim800")  # not started: no pty, no by-id link
+    server = ReplayServer(body_of(name), username="e2e", secret="e2e-secret")
     config = write_config(
-        tmp_path / "textback.toml",
-        port=port,
-        device=str(tmp_path / "no-such-modem"),
-        db=tmp_path / "textback.db",
+        tmp_path / "textback.toml", port=port, device=sim.device, db=tmp_path / "textback.db"
     )
-    t0 = time.monotonic()
-    async with running_daemon(config, tmp_path) as d:
-        msg = await ready(d)
-        assert time.monotonic() - t0 < 15.0
-        assert "AMI connecting" in msg
-        assert "modem not ready" in msg
-        await notified(d, "WATCHDOG=1", 3)
-        await d.wait_log("event=modem_unavailable")
-        assert await stop(d) == 0
-    assert (tmp_path / "textback.db").exists()
+    try:
+        t0 = time.monotonic()
+        async with running_daemon(config, tmp_path) as d:
+            msg = await ready(d)
+            assert time.monotonic() - t0 < 15.0
+            assert "STATUS=AMI connecting, modem not ready" in msg
+            await d.wait_log("event=modem_unavailable")
+            await d.wait_log("AMI cannot connect")
+            # the PBX comes up and the modem is plugged in: the daemon finds both
+            await server.start(port=port)
+            await sim.start()
+            await notified(d, "WATCHDOG=1", 3)
+            await d.wait_log("event=modem_ready")
+            await d.wait_log("AMI connected")
+            await settled(d, 1)
+            check_texts(expectation(name), sim.sent, tmp_path / "textback.db")
+            assert len(sim.sent) == 1
+            assert await stop(d) == 0
+    finally:
+        await sim.stop()
+        await server.close()
 
 
 async def test_send_timeout_from_the_config_makes_a_silent_send_uncertain(tmp_path: Path) -> None:
