@@ -252,7 +252,10 @@ class Service:
             )
 
     def _on_resync(self, channels: list[Message], gap_from: float, gap_to: float) -> None:
-        for ev in self.tracker.resync(channels, gap_from, gap_to):
+        # The intake times the gap on this host's clock, the tracker keeps the PBX's (event
+        # Timestamps): shift by the skew it has seen (none before the first stamped event).
+        skew = self.tracker.pbx_now() - self.clock.now()
+        for ev in self.tracker.resync(channels, gap_from + skew, gap_to + skew):
             self._events.put_nowait(ev)
         if gap_to > gap_from and self.store is not None:
             self._spawn_store(self.store.add_gap(gap_from, gap_to, "AMI connection lost"))
