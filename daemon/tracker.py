@@ -701,8 +701,10 @@ class CallTracker:
     def _abandon(self, call: _Call, hung: float) -> Outcome:
         # the caller's whole wait counts, not only the ringing: a caller who hung up
         # half a second into ringing after an announcement did not misdial. When the
-        # hang-up was never seen the wait is unknown: no misdial can be claimed.
-        if call.end_unknown:
+        # hang-up was never seen the wait is unknown: no misdial can be claimed. Nor for
+        # a call adopted at a resync: its start is an estimate (CoreShowChannel's whole
+        # seconds, taken on this host's clock while the hang-up has the PBX's time).
+        if call.end_unknown or call.adopted:
             return Outcome.ABANDONED
         if hung - call.started_at < self._min_ring:
             return Outcome.SHORT_ABANDON
