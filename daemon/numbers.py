@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 
 import phonenumbers
 from phonenumbers import PhoneNumberType
@@ -44,8 +45,18 @@ _TYPE_NAMES = {
 }
 
 
+#: Judged numbers kept: a burst of calls judges each caller several times (destination
+#: check, decision, cancels), and phonenumbers' parse is the costly part. Bounded, so a
+#: flood of spoofed numbers cannot grow memory.
+CLASSIFY_CACHE_SIZE = 4096
+
+
+@lru_cache(maxsize=CLASSIFY_CACHE_SIZE)
 def classify_caller(raw: str, *, home_region: str, withheld: bool = False) -> CallerNumber:
-    """Judge an untrusted caller ID number. `withheld` wins over any number present."""
+    """Judge an untrusted caller ID number. `withheld` wins over any number present.
+
+    Pure (the result is a frozen value), so results are cached.
+    """
     text = raw.strip()
     if withheld or text.lower() in _ANONYMOUS:
         return CallerNumber(CallerKind.ANONYMOUS)

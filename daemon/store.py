@@ -19,11 +19,11 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar, cast
 from zoneinfo import ZoneInfo
 
 import aiosqlite
@@ -35,6 +35,10 @@ from daemon.policy import PolicyFacts
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+#: Seconds in an hour, for the hourly cap's count.
+HOUR = 3600.0
 #: Waiting this long for another connection's write lock before SQLite says "locked".
 BUSY_TIMEOUT_MS = 5000
 
@@ -252,6 +256,338 @@ def _row_message(row: sqlite3.Row) -> Message:
 
 def _placeholders(items: Sequence[object]) -> str:
     return ",".join("?" for _ in items)
+
+
+_MESSAGE_COLUMNS = frozenset(
+    {
+        "state",
+        "text",
+        "template_kind",
+        "call_ids",
+        "parts",
+        "encoding",
+        "due_at",
+        "attempts",
+        "last_error",
+        "next_attempt_at",
+        "sent_at",
+        "reason",
+    }
+)
+#: States a text ends in; each bumps its `texts.<state>` counter when reached.
+_FINAL_STATES = ("sent", "failed", "cancelled", "expired", "uncertain")
+
+
+class StoreTx:
+    """The store's statements, run synchronously on the database thread.
+
+    `Store.batch(fn)` hands one of these to `fn` inside one transaction, so a whole unit
+    of work (a burst of finished calls, say) costs one hop to the database thread and one
+    commit, not one hop per statement. Store's async methods use the same statements.
+    Never keep one beyond the function it was handed to.
+    """
+
+    def __init__(self, store: Store, conn: sqlite3.Connection) -> None:
+        self._store = store
+        self._conn = conn
+
+    def _scalar(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        row = self._conn.execute(sql, tuple(params)).fetchone()
+        return None if row is None else row[0]
+
+    def bump(self, name: str, n: int, now: float) -> None:
+        """Add `n` to the counter `name` of the day of `now`."""
+        self._conn.execute(
+            "INSERT INTO counters (name, day, value) VALUES (?,?,?)"
+            " ON CONFLICT (name, day) DO UPDATE SET value = value + excluded.value",
+            (name, self._store.day_of(now), n),
+        )
+
+    def record_call(self, call: FinishedCall, *, destination: str | None, now: float) -> int:
+        """Keep a finished call; returns its id."""
+        cur = self._conn.execute(
+            "INSERT INTO calls (linkedid, caller, caller_name, did, inbound, outcome,"
+            " started_at, ended_at, ring_seconds, voicemail_left, withheld, dialled,"
+            " answered_by, channel, destination, recorded_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                call.linkedid,
+                call.caller,
+                call.caller_name,
+                call.did,
+                int(call.inbound),
+                str(call.outcome),
+                call.started_at,
+                call.ended_at,
+                call.ring_seconds,
+                None if call.voicemail_left is None else int(call.voicemail_left),
+                int(call.withheld),
+                call.dialled,
+                call.answered_by,
+                call.channel,
+                destination,
+                now,
+            ),
+        )
+        self.bump(f"calls.{call.outcome}", 1, call.ended_at)
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def record_decision(
+        self,
+        call_id: int,
+        *,
+        action: str,
+        reason: str,
+        destination: str | None,
+        template_kind: str | None,
+        text: str | None,
+        detail: str,
+        now: float,
+        message_id: int | None = None,
+        merged: bool = False,
+    ) -> int:
+        """Keep the decision taken for a call; returns its id."""
+        cur = self._conn.execute(
+            "INSERT INTO decisions (call_id, action, reason, destination, template_kind,"
+            " text, detail, decided_at, message_id, merged)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                call_id,
+                action,
+                reason,
+                destination,
+                template_kind,
+                text,
+                detail,
+                now,
+                message_id,
+                int(merged),
+            ),
+        )
+        if action == "send":
+            self.bump("decisions.send", 1, now)
+        else:
+            self.bump(f"suppressed.{reason}", 1, now)
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def policy_facts(self, destination: str | None, now: float, cfg: Config) -> PolicyFacts:
+        """What the policy needs to know about a destination and about recent sending.
+
+        A count serves only its cap, and the range count only the pumping guard: with
+        every cap off (0) the counts are not taken and read 0, and with the guard off the
+        range is not scanned and reads 0.
+        """
+        tb = cfg.textback
+        hour = today = month = 0
+        live = _placeholders(LIVE_STATES)
+        if tb.max_per_hour or tb.max_per_day or tb.max_per_month:
+            # One pass over this month's live texts answers all three caps.
+            h, d, m = now - HOUR, self._store.day_start(now), self._store.month_start(now)
+            row = self._conn.execute(
+                "SELECT COALESCE(SUM(created_at >= ?), 0), COALESCE(SUM(created_at >= ?), 0),"
+                f" COALESCE(SUM(created_at >= ?), 0) FROM messages WHERE state IN ({live})"
+                " AND created_at >= ?",
+                (h, d, m, *LIVE_STATES, min(h, d, m)),
+            ).fetchone()
+            hour, today, month = int(row[0]), int(row[1]), int(row[2])
+        if destination is None:
+            return PolicyFacts(sent_last_hour=hour, sent_today=today, sent_this_month=month)
+        opted = self._scalar("SELECT 1 FROM optouts WHERE number = ?", (destination,))
+        # A text counts for the cooldown from when it went (or may have gone) out.
+        last = self._scalar(
+            f"SELECT MAX(COALESCE(sent_at, updated_at)) FROM messages"
+            f" WHERE destination = ? AND state IN ({live})",
+            (destination, *LIVE_STATES),
+        )
+        in_range = 0
+        if tb.pumping_max_per_range:
+            prefix = destination[: 1 + tb.pumping_prefix_digits]
+            in_range = int(
+                self._scalar(
+                    "SELECT COUNT(DISTINCT destination) FROM messages"
+                    " WHERE substr(destination, 1, ?) = ? AND created_at >= ?"
+                    " AND destination != ?",
+                    (len(prefix), prefix, now - tb.pumping_window, destination),
+                )
+            )
+        return PolicyFacts(
+            opted_out=opted is not None,
+            last_text_at=None if last is None else float(last),
+            sent_last_hour=hour,
+            sent_today=today,
+            sent_this_month=month,
+            range_destinations=in_range,
+        )
+
+    def add_message(
+        self,
+        *,
+        destination: str,
+        text: str,
+        template_kind: str | None,
+        call_ids: Sequence[int],
+        parts: int,
+        encoding: str,
+        now: float,
+        due_at: float,
+        state: str = "waiting",
+    ) -> int:
+        """Write a new text to the outbox (before anything is sent); returns its id."""
+        cur = self._conn.execute(
+            "INSERT INTO messages (destination, text, state, template_kind, call_ids,"
+            " parts, encoding, created_at, due_at, updated_at, next_attempt_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                destination,
+                text,
+                state,
+                template_kind,
+                json.dumps(list(call_ids)),
+                parts,
+                encoding,
+                now,
+                due_at,
+                now,
+                due_at,
+            ),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def get_message(self, message_id: int) -> Message | None:
+        """One outbox row by id."""
+        row = self._conn.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
+        return None if row is None else _row_message(row)
+
+    def messages(
+        self, states: Sequence[str] | None = None, destination: str | None = None
+    ) -> list[Message]:
+        """Outbox rows, oldest first, optionally filtered by state and destination."""
+        sql = "SELECT * FROM messages WHERE 1=1"
+        params: list[Any] = []
+        if states is not None:
+            sql += f" AND state IN ({_placeholders(states)})"
+            params += list(states)
+        if destination is not None:
+            sql += " AND destination = ?"
+            params.append(destination)
+        rows = self._conn.execute(sql + " ORDER BY id", params).fetchall()
+        return [_row_message(r) for r in rows]
+
+    def pending_for(self, destination: str) -> Message | None:
+        """The newest text still waiting or queued for a destination, if any."""
+        row = self._conn.execute(
+            f"SELECT * FROM messages WHERE state IN ({_placeholders(PENDING_STATES)})"
+            " AND destination = ? ORDER BY id DESC LIMIT 1",
+            (*PENDING_STATES, destination),
+        ).fetchone()
+        return None if row is None else _row_message(row)
+
+    def update_message(
+        self,
+        message_id: int,
+        *,
+        now: float,
+        expect: Sequence[str] | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Change columns of an outbox row; see `Store.update_message`."""
+        bad = set(fields) - _MESSAGE_COLUMNS
+        if bad:
+            raise ValueError(f"not message columns: {sorted(bad)}")
+        if "call_ids" in fields:
+            fields["call_ids"] = json.dumps(list(fields["call_ids"]))
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        sql = f"UPDATE messages SET {cols}, updated_at = ? WHERE id = ?"
+        params: list[Any] = [*fields.values(), now, message_id]
+        if expect is not None:
+            sql += f" AND state IN ({_placeholders(expect)})"
+            params += list(expect)
+        cur = self._conn.execute(sql, params)
+        if cur.rowcount == 0:
+            return False
+        state = fields.get("state")
+        if state in _FINAL_STATES:
+            self.bump(f"texts.{state}", 1, now)
+        if state == "cancelled" and fields.get("reason"):
+            self.bump(f"cancelled.{fields['reason']}", 1, now)
+        return True
+
+    def add_parts(self, message_id: int, references: Sequence[int], now: float) -> None:
+        """Keep the modem's message reference of each part of a sent text."""
+        self._conn.executemany(
+            "INSERT INTO message_parts (message_id, part, reference, created_at) VALUES (?,?,?,?)",
+            [(message_id, i + 1, ref, now) for i, ref in enumerate(references)],
+        )
+
+    def count_messages(self, states: Sequence[str]) -> int:
+        """How many outbox rows are in one of `states`."""
+        return int(
+            self._scalar(
+                f"SELECT COUNT(*) FROM messages WHERE state IN ({_placeholders(states)})",
+                states,
+            )
+        )
+
+    def too_old(self, now: float, max_age: float) -> list[Message]:
+        """Pending texts older than `max_age` at `now` (to expire), oldest first."""
+        rows = self._conn.execute(
+            f"SELECT * FROM messages WHERE state IN ({_placeholders(PENDING_STATES)})"
+            " AND ? - created_at > ? ORDER BY id",
+            (*PENDING_STATES, now, max_age),
+        ).fetchall()
+        return [_row_message(r) for r in rows]
+
+    def release_due(self, now: float) -> list[tuple[int, str]]:
+        """End the wait step of every text due by `now`: `waiting` -> `queued`, one
+        statement. Returns (id, destination) of each, in id order."""
+        rows = self._conn.execute(
+            "UPDATE messages SET state = 'queued', next_attempt_at = ?, updated_at = ?"
+            " WHERE state = 'waiting' AND due_at <= ? RETURNING id, destination",
+            (now, now, now),
+        ).fetchall()
+        return sorted((int(r[0]), str(r[1])) for r in rows)
+
+    def queued(self) -> list[tuple[int, float | None]]:
+        """(id, next_attempt_at) of every queued text, oldest first."""
+        rows = self._conn.execute(
+            "SELECT id, next_attempt_at FROM messages WHERE state = 'queued' ORDER BY id"
+        ).fetchall()
+        return [(int(r[0]), r[1]) for r in rows]
+
+    def outbox_times(self) -> tuple[float | None, float | None, float | None, int]:
+        """For the outbox's next wake-up, over the pending texts: the oldest created_at,
+        the earliest due_at of a waiting text, the earliest next attempt of a queued one
+        (its due_at when it has none), and how many are queued."""
+        row = self._conn.execute(
+            "SELECT MIN(created_at),"
+            " MIN(CASE WHEN state = 'waiting' THEN due_at END),"
+            " MIN(CASE WHEN state = 'queued' THEN COALESCE(next_attempt_at, due_at) END),"
+            " COALESCE(SUM(state = 'queued'), 0)"
+            f" FROM messages WHERE state IN ({_placeholders(PENDING_STATES)})",
+            PENDING_STATES,
+        ).fetchone()
+        return row[0], row[1], row[2], int(row[3])
+
+    def mark_sent(self, message_id: int, references: Sequence[int], now: float) -> None:
+        """A text went out: `sent`, with the modem's reference of each part."""
+        self.update_message(message_id, now=now, state="sent", sent_at=now, last_error=None)
+        self.add_parts(message_id, references, now)
+
+
+def _atomic(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """BEGIN IMMEDIATE, fn, COMMIT (ROLLBACK on any error), all on the database thread."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        out = fn(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    return out
 
 
 class Store:
@@ -472,6 +808,50 @@ class Store:
             finally:
                 self._owner = None
 
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(conn)` on the connection's thread: one hop for any number of statements."""
+        # aiosqlite has no public call for this; `_execute` is how each of its own methods
+        # runs a function on its worker thread (the same in aiosqlite 0.20 to 0.22).
+        db = self._db
+        return cast(T, await db._execute(fn, db._conn))  # type: ignore[no-untyped-call]
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` atomically: inside this task's open transaction, or as its own
+        transaction (BEGIN, fn, COMMIT in one hop to the database thread)."""
+        task = asyncio.current_task()
+        if self._owner is not None and self._owner is task:
+            if self._in_tx:
+                return await self._run(fn)  # the open transaction handles errors
+            return await self._atomic_hop(fn)
+        async with self._mutex:
+            self._owner = task
+            try:
+                return await self._atomic_hop(fn)
+            finally:
+                self._owner = None
+
+    async def _atomic_hop(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self.readonly:
+            raise StoreError(f"database {self.path} is open read-only")
+        try:
+            return await self._run(lambda conn: _atomic(conn, fn))
+        except sqlite3.Error as exc:
+            raise StoreError(f"database {self.path}: {exc}") from exc
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        async with self._reading():
+            return await self._run(fn)
+
+    async def batch(self, fn: Callable[[StoreTx], T]) -> T:
+        """Run `fn(tx)` as one transaction on the database thread: one hop, one commit.
+
+        For a unit of many statements (the pipeline records a burst of calls this way).
+        Any exception in `fn` rolls the whole unit back; SQLite errors become StoreError.
+        `fn` runs off the event loop: it must not touch asyncio objects, and should leave
+        logging and other side effects to its caller, after the commit.
+        """
+        return await self._write(lambda conn: fn(StoreTx(self, conn)))
+
     async def _scalar(self, sql: str, params: Iterable[Any] = ()) -> Any:
         async with self._db.execute(sql, tuple(params)) as cur:
             row = await cur.fetchone()
@@ -502,34 +882,9 @@ class Store:
 
     async def record_call(self, call: FinishedCall, *, destination: str | None, now: float) -> int:
         """Keep a finished call; returns its id."""
-        async with self.transaction():
-            cur = await self._db.execute(
-                "INSERT INTO calls (linkedid, caller, caller_name, did, inbound, outcome,"
-                " started_at, ended_at, ring_seconds, voicemail_left, withheld, dialled,"
-                " answered_by, channel, destination, recorded_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    call.linkedid,
-                    call.caller,
-                    call.caller_name,
-                    call.did,
-                    int(call.inbound),
-                    str(call.outcome),
-                    call.started_at,
-                    call.ended_at,
-                    call.ring_seconds,
-                    None if call.voicemail_left is None else int(call.voicemail_left),
-                    int(call.withheld),
-                    call.dialled,
-                    call.answered_by,
-                    call.channel,
-                    destination,
-                    now,
-                ),
-            )
-            await self._bump(f"calls.{call.outcome}", 1, call.ended_at)
-            assert cur.lastrowid is not None
-            return cur.lastrowid
+        return await self._write(
+            lambda c: StoreTx(self, c).record_call(call, destination=destination, now=now)
+        )
 
     async def record_decision(
         self,
@@ -546,74 +901,27 @@ class Store:
         merged: bool = False,
     ) -> int:
         """Keep the decision taken for a call; returns its id."""
-        async with self.transaction():
-            cur = await self._db.execute(
-                "INSERT INTO decisions (call_id, action, reason, destination, template_kind,"
-                " text, detail, decided_at, message_id, merged)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    call_id,
-                    action,
-                    reason,
-                    destination,
-                    template_kind,
-                    text,
-                    detail,
-                    now,
-                    message_id,
-                    int(merged),
-                ),
+        return await self._write(
+            lambda c: StoreTx(self, c).record_decision(
+                call_id,
+                action=action,
+                reason=reason,
+                destination=destination,
+                template_kind=template_kind,
+                text=text,
+                detail=detail,
+                now=now,
+                message_id=message_id,
+                merged=merged,
             )
-            if action == "send":
-                await self._bump("decisions.send", 1, now)
-            else:
-                await self._bump(f"suppressed.{reason}", 1, now)
-            assert cur.lastrowid is not None
-            return cur.lastrowid
+        )
 
     # -- policy facts ----------------------------------------------------------------------
 
     async def policy_facts(self, destination: str | None, now: float, cfg: Config) -> PolicyFacts:
-        """What the policy needs to know about a destination and about recent sending."""
-        live = _placeholders(LIVE_STATES)
-        async with self._reading():
-            hour = await self._scalar(
-                f"SELECT COUNT(*) FROM messages WHERE state IN ({live}) AND created_at >= ?",
-                (*LIVE_STATES, now - 3600.0),
-            )
-            today = await self._scalar(
-                f"SELECT COUNT(*) FROM messages WHERE state IN ({live}) AND created_at >= ?",
-                (*LIVE_STATES, self.day_start(now)),
-            )
-            month = await self._scalar(
-                f"SELECT COUNT(*) FROM messages WHERE state IN ({live}) AND created_at >= ?",
-                (*LIVE_STATES, self.month_start(now)),
-            )
-            if destination is None:
-                return PolicyFacts(
-                    sent_last_hour=int(hour), sent_today=int(today), sent_this_month=int(month)
-                )
-            opted = await self._scalar("SELECT 1 FROM optouts WHERE number = ?", (destination,))
-            # A text counts for the cooldown from when it went (or may have gone) out.
-            last = await self._scalar(
-                f"SELECT MAX(COALESCE(sent_at, updated_at)) FROM messages"
-                f" WHERE destination = ? AND state IN ({live})",
-                (destination, *LIVE_STATES),
-            )
-            prefix = destination[: 1 + cfg.textback.pumping_prefix_digits]
-            in_range = await self._scalar(
-                "SELECT COUNT(DISTINCT destination) FROM messages"
-                " WHERE substr(destination, 1, ?) = ? AND created_at >= ? AND destination != ?",
-                (len(prefix), prefix, now - cfg.textback.pumping_window, destination),
-            )
-        return PolicyFacts(
-            opted_out=opted is not None,
-            last_text_at=None if last is None else float(last),
-            sent_last_hour=int(hour),
-            sent_today=int(today),
-            sent_this_month=int(month),
-            range_destinations=int(in_range),
-        )
+        """What the policy needs to know about a destination and about recent sending
+        (see `StoreTx.policy_facts`)."""
+        return await self._read(lambda c: StoreTx(self, c).policy_facts(destination, now, cfg))
 
     # -- the outbox's rows -----------------------------------------------------------------
 
@@ -631,54 +939,58 @@ class Store:
         state: str = "waiting",
     ) -> int:
         """Write a new text to the outbox (before anything is sent); returns its id."""
-        async with self.transaction():
-            cur = await self._db.execute(
-                "INSERT INTO messages (destination, text, state, template_kind, call_ids,"
-                " parts, encoding, created_at, due_at, updated_at, next_attempt_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    destination,
-                    text,
-                    state,
-                    template_kind,
-                    json.dumps(list(call_ids)),
-                    parts,
-                    encoding,
-                    now,
-                    due_at,
-                    now,
-                    due_at,
-                ),
+        return await self._write(
+            lambda c: StoreTx(self, c).add_message(
+                destination=destination,
+                text=text,
+                template_kind=template_kind,
+                call_ids=call_ids,
+                parts=parts,
+                encoding=encoding,
+                now=now,
+                due_at=due_at,
+                state=state,
             )
-            assert cur.lastrowid is not None
-            return cur.lastrowid
+        )
 
     async def get_message(self, message_id: int) -> Message | None:
         """One outbox row by id."""
-        async with self._reading():
-            rows = await self._all("SELECT * FROM messages WHERE id = ?", (message_id,))
-        return _row_message(rows[0]) if rows else None
+        return await self._read(lambda c: StoreTx(self, c).get_message(message_id))
 
     async def messages(
         self, states: Sequence[str] | None = None, destination: str | None = None
     ) -> list[Message]:
         """Outbox rows, oldest first, optionally filtered by state and destination."""
-        sql = "SELECT * FROM messages WHERE 1=1"
-        params: list[Any] = []
-        if states is not None:
-            sql += f" AND state IN ({_placeholders(states)})"
-            params += list(states)
-        if destination is not None:
-            sql += " AND destination = ?"
-            params.append(destination)
-        async with self._reading():
-            rows = await self._all(sql + " ORDER BY id", params)
-        return [_row_message(r) for r in rows]
+        return await self._read(lambda c: StoreTx(self, c).messages(states, destination))
 
     async def pending_for(self, destination: str) -> Message | None:
         """The text still waiting or queued for a destination, if any."""
-        found = await self.messages(PENDING_STATES, destination)
-        return found[-1] if found else None
+        return await self._read(lambda c: StoreTx(self, c).pending_for(destination))
+
+    async def count_messages(self, states: Sequence[str]) -> int:
+        """How many outbox rows are in one of `states` (one COUNT, no rows loaded)."""
+        return await self._read(lambda c: StoreTx(self, c).count_messages(states))
+
+    async def too_old(self, now: float, max_age: float) -> list[Message]:
+        """Pending texts older than `max_age` at `now`, oldest first."""
+        return await self._read(lambda c: StoreTx(self, c).too_old(now, max_age))
+
+    async def release_due(self, now: float) -> list[tuple[int, str]]:
+        """Every waiting text due by `now` becomes queued (one UPDATE, one commit);
+        returns (id, destination) of each."""
+        return await self._write(lambda c: StoreTx(self, c).release_due(now))
+
+    async def queued(self) -> list[tuple[int, float | None]]:
+        """(id, next_attempt_at) of every queued text, oldest first."""
+        return await self._read(lambda c: StoreTx(self, c).queued())
+
+    async def outbox_times(self) -> tuple[float | None, float | None, float | None, int]:
+        """See `StoreTx.outbox_times`."""
+        return await self._read(lambda c: StoreTx(self, c).outbox_times())
+
+    async def mark_sent(self, message_id: int, references: Sequence[int], now: float) -> None:
+        """A text went out: `sent` and its parts' references, in one transaction."""
+        await self._write(lambda c: StoreTx(self, c).mark_sent(message_id, references, now))
 
     async def update_message(
         self,
@@ -693,50 +1005,16 @@ class Store:
         With `expect`, only while the row is in one of those states (compare-and-set, so a
         cancel and a send racing each other cannot both win); returns whether it changed.
         """
-        allowed = {
-            "state",
-            "text",
-            "template_kind",
-            "call_ids",
-            "parts",
-            "encoding",
-            "due_at",
-            "attempts",
-            "last_error",
-            "next_attempt_at",
-            "sent_at",
-            "reason",
-        }
-        bad = set(fields) - allowed
-        if bad:
+        bad = set(fields) - _MESSAGE_COLUMNS
+        if bad:  # before the database thread: a caller's mistake, not a database error
             raise ValueError(f"not message columns: {sorted(bad)}")
-        if "call_ids" in fields:
-            fields["call_ids"] = json.dumps(list(fields["call_ids"]))
-        cols = ", ".join(f"{k} = ?" for k in fields)
-        sql = f"UPDATE messages SET {cols}, updated_at = ? WHERE id = ?"
-        params: list[Any] = [*fields.values(), now, message_id]
-        if expect is not None:
-            sql += f" AND state IN ({_placeholders(expect)})"
-            params += list(expect)
-        async with self.transaction():
-            cur = await self._db.execute(sql, params)
-            if cur.rowcount == 0:
-                return False
-            state = fields.get("state")
-            if state in ("sent", "failed", "cancelled", "expired", "uncertain"):
-                await self._bump(f"texts.{state}", 1, now)
-            if state == "cancelled" and fields.get("reason"):
-                await self._bump(f"cancelled.{fields['reason']}", 1, now)
-            return True
+        return await self._write(
+            lambda c: StoreTx(self, c).update_message(message_id, now=now, expect=expect, **fields)
+        )
 
     async def add_parts(self, message_id: int, references: Sequence[int], now: float) -> None:
         """Keep the modem's message reference of each part of a sent text."""
-        async with self.transaction():
-            await self._db.executemany(
-                "INSERT INTO message_parts (message_id, part, reference, created_at)"
-                " VALUES (?,?,?,?)",
-                [(message_id, i + 1, ref, now) for i, ref in enumerate(references)],
-            )
+        await self._write(lambda c: StoreTx(self, c).add_parts(message_id, references, now))
 
     async def record_delivery(self, reference: int, status: str, now: float) -> int | None:
         """A delivery report for a modem reference; returns the message id it belongs to.
@@ -834,15 +1112,10 @@ class Store:
 
     async def bump(self, name: str, n: int = 1, *, now: float) -> None:
         """Add `n` to the counter `name` of the day of `now`."""
-        async with self.transaction():
-            await self._bump(name, n, now)
+        await self._write(lambda c: StoreTx(self, c).bump(name, n, now))
 
     async def _bump(self, name: str, n: int, now: float) -> None:
-        await self._db.execute(
-            "INSERT INTO counters (name, day, value) VALUES (?,?,?)"
-            " ON CONFLICT (name, day) DO UPDATE SET value = value + excluded.value",
-            (name, self.day_of(now), n),
-        )
+        await self._run(lambda c: StoreTx(self, c).bump(name, n, now))
 
     async def counter(self, name: str, *, since_day: str = "0000-00-00") -> int:
         """The sum of a counter over the days from `since_day` on."""
