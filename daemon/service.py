@@ -190,12 +190,27 @@ class Service:
         assert self.outbox is not None
         await self.ami.close()
         # what the tracker emitted before the intake stopped still reaches the database
-        with contextlib.suppress(TimeoutError):
+        try:
             async with asyncio.timeout(2.0):
                 await self._drain_events()
-        with contextlib.suppress(TimeoutError):
+        except TimeoutError:
+            log.warning(
+                kv(event="stop_timeout", waiting_for="database", calls=self._events.qsize())
+            )
+        try:
             async with asyncio.timeout(STOP_GRACE):
                 await self.outbox.quiesce()
+        except TimeoutError:
+            # the modem did not finish in time: the row stays `sending`, which the next
+            # start marks `uncertain` (never resent blindly); say so rather than go quietly
+            log.warning(
+                kv(
+                    event="stop_timeout",
+                    waiting_for="modem",
+                    waited=f"{STOP_GRACE:g}s",
+                    note="the text in flight will be marked uncertain at the next start",
+                )
+            )
         for task in work:
             task.cancel()
         if self.modem is not None:
