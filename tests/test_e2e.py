@@ -843,3 +843,39 @@ async def test_a_call_that_ends_while_the_ami_link_is_down(tmp_path: Path) -> No
     assert gap["ended_at"] > gap["started_at"]
     exp = {**expectation(names[0]).sure, **expectation(names[1]).sure}
     check_texts(Expectation(exp, {}, 2), r.sim.sent, r.db)
+
+
+async def test_sigterm_with_a_hung_modem_still_exits_in_time(tmp_path: Path) -> None:
+    # The modem stops answering mid-send: SIGTERM waits its grace time for the send, says
+    # so, and exits 0 within 10 s (systemd's stop timeout is 15 s). The row stays
+    # `sending`; the next start marks it `uncertain` and does not resend it.
+    name = "01-missed-noanswer-voicemail"
+    faults = simulator.Faults()
+    async with rig(tmp_path, body_of(name), faults=faults) as r:
+        r.server.flowing.clear()
+        r.write()
+        run1, run2 = tmp_path / "run1", tmp_path / "run2"
+        run1.mkdir()
+        run2.mkdir()
+        async with running_daemon(r.config, run1) as d:
+            await ready(d)
+            await d.wait_log("event=modem_ready")
+            faults.mute = True
+            r.server.flowing.set()
+            await wait_until(d, lambda: "sending" in message_states(d).values())
+            t0 = time.monotonic()
+            d.signal(signal.SIGTERM)
+            assert await d.wait_exit(12.0) == 0
+            assert time.monotonic() - t0 < 10.0
+            [line] = [x for x in d.lines if "event=stop_timeout" in x]
+            assert fields(line)["waiting_for"] == "modem"
+        assert [x["state"] for x in messages(r.db)] == ["sending"]
+        faults.mute = False
+        async with running_daemon(r.config, run2) as d:
+            await ready(d)
+            await d.wait_log("event=outbox_recovered")
+            assert await stop(d) == 0
+    assert [(x["state"], x["reason"]) for x in messages(r.db)] == [
+        ("uncertain", "in_flight_at_restart")
+    ]
+    assert r.sim.sent == []
