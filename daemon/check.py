@@ -48,6 +48,7 @@ from daemon.templates import (
     render_preview,
 )
 from daemon.templates import TEMPLATE_KEYS as KIND_KEYS
+from gsm.commands import check_number
 from gsm.gsm7 import septet_cost
 from gsm.pdu import SmsInfo
 
@@ -239,7 +240,7 @@ def _check_modem(cfg: Config) -> list[Problem]:
         out.append(
             _err("modem.pin", "a SIM PIN is 4 to 8 digits", 'write it as a string, e.g. "1234"')
         )
-    if modem.smsc and not re.fullmatch(r"\+\d{4,15}", modem.smsc.replace(" ", "")):
+    if modem.smsc and not _driver_accepts_number(modem.smsc.replace(" ", "")):
         out.append(
             _err(
                 "modem.smsc",
@@ -257,6 +258,15 @@ def _check_modem(cfg: Config) -> list[Problem]:
             )
         )
     return out
+
+
+def _driver_accepts_number(number: str) -> bool:
+    """The modem driver's own rule for a number on an AT line (the daemon strips spaces)."""
+    try:
+        check_number(number)
+    except ValueError:
+        return False
+    return True
 
 
 def _region_problem(key: str, region: str) -> Problem | None:

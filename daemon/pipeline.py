@@ -157,8 +157,15 @@ class Pipeline:
             try:
                 await self._store.record_call(event, destination=None, now=at)
                 await self._store.bump("pipeline.errors", now=at)
-            except StoreError:
-                log.error(kv(event="store_error", during="pipeline_error", linkedid=event.linkedid))
+            except Exception as exc:  # a second fault must not escape: handle() never raises
+                log.error(
+                    kv(
+                        event="store_error",
+                        during="pipeline_error",
+                        linkedid=event.linkedid,
+                        error=repr(exc),
+                    )
+                )
 
     async def tick(self) -> None:
         """Dry-run: let the outbox do what is due at the clock's time (sends go to the fake)."""

@@ -24,7 +24,7 @@ from typing import Any
 
 from daemon.ami.client import AmiClient, AmiError
 from daemon.ami.frames import Message
-from daemon.check import Severity, check_config
+from daemon.check import Problem, Severity, check_config
 from daemon.clock import Clock, SystemClock
 from daemon.config import DEFAULT_CONFIG_PATH, Config
 from daemon.logsetup import kv, setup_logging
@@ -34,7 +34,7 @@ from daemon.pipeline import Pipeline
 from daemon.sdnotify import Notifier
 from daemon.store import Store, StoreError, StoreLockedError
 from daemon.tracker import WANTED_EVENTS, WANTED_VARS, CallTracker
-from gsm.errors import GsmError, PinError, SimError
+from gsm.errors import GsmError, PinError
 from gsm.modem import Modem, Timeouts
 from gsm.pdu import Deliver, StatusReport
 
@@ -44,8 +44,11 @@ log = logging.getLogger("daemon.service")
 EXPIRE_INTERVAL = 60.0
 #: How often the STATUS line is refreshed (only sent when it changed).
 STATUS_INTERVAL = 5.0
-#: SIGTERM: the send in flight may finish within this; systemd's TimeoutStopSec is 15 s.
-STOP_GRACE = 8.0
+#: SIGTERM: calls already finished reach the database within this...
+STOP_DRAIN = 1.5
+#: ...and the send in flight may finish within this: with closing the port and the
+#: database, the daemon is gone within 10 s (systemd's TimeoutStopSec is 15 s).
+STOP_GRACE = 7.0
 #: Modem start-up retries: first wait, doubling up to the longest.
 MODEM_RETRY_FIRST = 2.0
 MODEM_RETRY_MAX = 60.0
@@ -57,8 +60,15 @@ _PRES_KEY = "ChanVariable:CALLERID(pres)"
 #: Getvar bookkeeping is cleared past this many calls (only ringing calls matter).
 PRES_ASKED_MAX = 10_000
 
-#: Sections a SIGHUP cannot change without a restart (connections and files are open).
-RESTART_SECTIONS = ("ami", "modem", "database")
+#: Keys a SIGHUP cannot change without a restart (connections and files are open; the
+#: store's day boundaries for counters and caps follow the zone it was opened with).
+#: None: the whole section. Everything else applies from the next call.
+RESTART_KEYS: dict[str, tuple[str, ...] | None] = {
+    "ami": ("host", "port", "username", "secret", "keepalive", "ping_timeout", "max_backoff"),
+    "modem": None,
+    "database": None,
+    "hours": ("timezone",),
+}
 
 
 class Service:
@@ -94,6 +104,8 @@ class Service:
         #: Callers' channels whose presentation was asked with Getvar (no channelvars).
         self._pres_asked: set[str] = set()
         self._ask_pres = True
+        #: Unexpected exceptions survived (each logged with its traceback).
+        self.bugs = 0
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -173,8 +185,8 @@ class Service:
                 interval = self.notifier.watchdog_interval()
                 if interval:
                     work.append(tg.create_task(self._watchdog_loop(interval), name="watchdog"))
-                if cfg.calls.enforce_ring_timeout:
-                    work.append(tg.create_task(self._enforce_loop(), name="enforce"))
+                # always running: a SIGHUP may turn enforce_ring_timeout on or off
+                work.append(tg.create_task(self._enforce_loop(), name="enforce"))
                 await self._stop.wait()
                 await self._shutdown(work)
         except* Exception as group:
@@ -189,9 +201,11 @@ class Service:
         assert self.ami is not None
         assert self.outbox is not None
         await self.ami.close()
+        # no new AT+CMGS after SIGTERM; the one in flight may finish (quiesce, below)
+        self.outbox.set_sender(None)
         # what the tracker emitted before the intake stopped still reaches the database
         try:
-            async with asyncio.timeout(2.0):
+            async with asyncio.timeout(STOP_DRAIN):
                 await self._drain_events()
         except TimeoutError:
             log.warning(
@@ -211,10 +225,15 @@ class Service:
                     note="the text in flight will be marked uncertain at the next start",
                 )
             )
-        for task in work:
+        for task in [*work, *self._bg]:
             task.cancel()
+        await asyncio.gather(*self._bg, return_exceptions=True)
         if self.modem is not None:
-            await self.modem.close()
+            try:
+                async with asyncio.timeout(1.0):
+                    await self.modem.close()
+            except TimeoutError:
+                log.warning(kv(event="stop_timeout", waiting_for="serial port close"))
 
     async def _drain_events(self) -> None:
         await self._events.join()
@@ -249,7 +268,8 @@ class Service:
                 {"Action": "Getvar", "Channel": channel, "Variable": "CALLERID(pres)"}
             )
         except AmiError as exc:
-            log.debug(kv(event="getvar_failed", channel=channel, error=exc))
+            # the caller may be withheld and we could not find out: say so, loudly
+            log.warning(kv(event="getvar_failed", channel=channel, error=exc))
             return
         answer = reply[0] if reply else {}
         if answer.get("Response") == "Success":
@@ -279,7 +299,7 @@ class Service:
         async def _do() -> None:
             try:
                 await coro
-            except StoreError as exc:
+            except Exception as exc:  # the gap is logged either way; never lose the task
                 log.error(kv(event="store_error", during="gap", error=exc))
 
         task = asyncio.get_running_loop().create_task(_do())
@@ -290,11 +310,17 @@ class Service:
         assert self.pipeline is not None
         while True:
             ev = await self._events.get()
-            if isinstance(ev, FinishedCall):
-                self._redirected.discard(ev.linkedid)
-                self._pres_asked.discard(ev.linkedid)
-            await self.pipeline.handle(ev)
-            self._events.task_done()
+            try:
+                if isinstance(ev, FinishedCall):
+                    self._redirected.discard(ev.linkedid)
+                    self._pres_asked.discard(ev.linkedid)
+                await self.pipeline.handle(ev)
+            except Exception as exc:
+                # a bug must cost one call, not the daemon (and every call after it)
+                self.bugs += 1
+                log.exception(kv(event="bug", during="pipeline", tracker_event=ev, error=exc))
+            finally:
+                self._events.task_done()
 
     async def _expire_loop(self) -> None:
         while True:
@@ -311,24 +337,31 @@ class Service:
         delay = MODEM_RETRY_FIRST
         first_failure = True
         while True:
-            modem = Modem(
-                m.device,
-                baudrate=m.baudrate,
-                pin=m.pin or None,
-                smsc=m.smsc or None,
-                mode=m.mode,
-                # [modem] send_timeout: the longest wait for +CMGS after the message body
-                timeouts=self._modem_timeouts or Timeouts(send=m.send_timeout),
-            )
+            try:
+                modem = Modem(
+                    m.device,
+                    baudrate=m.baudrate,
+                    pin=m.pin or None,
+                    smsc=m.smsc.replace(" ", "") or None,
+                    mode=m.mode,
+                    # [modem] send_timeout: the longest wait for +CMGS after the message body
+                    timeouts=self._modem_timeouts or Timeouts(send=m.send_timeout),
+                )
+            except ValueError as exc:
+                # a setting the driver refuses (PIN or SMSC shape): no retry can fix it
+                self._modem_problem = f"config: {exc}"
+                log.error(kv(event="modem_failed", device=m.device, error=exc, retry="never"))
+                return
             try:
                 await modem.start()
-            except (PinError, SimError) as exc:
+            except PinError as exc:
                 # a wrong PIN retried three times locks the SIM: stop, loudly, for good
                 self._modem_problem = f"SIM: {exc}"
                 log.error(kv(event="modem_failed", device=m.device, error=exc, retry="never"))
                 await modem.close()
                 return
             except (GsmError, OSError) as exc:
+                # SIM not inserted or busy, no answer, device missing: worth another try
                 self._modem_problem = str(exc)
                 level = logging.WARNING if first_failure else logging.DEBUG
                 log.log(
@@ -397,6 +430,8 @@ class Service:
             modem = "modem ready" + (f", signal {rssi}/31" if rssi not in (None, 99) else "")
         elif self.modem is not None:
             modem = f"modem {self.modem.state.value}"
+            if self.modem.fatal is not None:
+                modem += f" ({self.modem.fatal})"
         else:
             modem = f"modem not ready ({self._modem_problem})" if self._modem_problem else "modem"
         return f"{ami}, {modem}, {self._waiting} waiting, {self.tracker.active} calls in progress"
@@ -422,6 +457,8 @@ class Service:
         while True:
             await self._reload.wait()
             self._reload.clear()
+            if self._stop.is_set():
+                continue  # stopping: READY=1 after STOPPING=1 would confuse systemd
             self.notifier.reloading()
             self.reload()
             self.notifier.ready(self.status_line())
@@ -435,9 +472,14 @@ class Service:
             for p in errors:
                 log.error(kv(event="config_problem", key=p.key, problem=p.message, hint=p.hint))
             return False
-        for section in RESTART_SECTIONS:
-            if getattr(new, section) != getattr(self.cfg, section):
-                log.warning(kv(event="reload_partial", section=section, needs="restart"))
+        _log_warnings(problems)
+        for section, keys in RESTART_KEYS.items():
+            old_part, new_part = getattr(self.cfg, section), getattr(new, section)
+            names = keys if keys is not None else tuple(type(old_part).model_fields)
+            changed = [k for k in names if getattr(old_part, k) != getattr(new_part, k)]
+            if changed:
+                keys_text = ",".join(f"{section}.{k}" for k in changed)
+                log.warning(kv(event="reload_partial", keys=keys_text, needs="restart"))
         self.cfg = new
         self.tracker.reconfigure(new)
         if self.pipeline is not None:
@@ -448,13 +490,15 @@ class Service:
     async def _enforce_loop(self) -> None:
         """Redirect calls ringing past ring_timeout to the voicemail target (AMI Redirect)."""
         assert self.ami is not None
-        context, exten, priority = _split_target(self.cfg.calls.voicemail_target)
         while True:
             await self.clock.sleep(ENFORCE_INTERVAL)
-            if not self.ami.connected:
+            calls = self.cfg.calls  # the config of this pass: SIGHUP may have changed it
+            if not calls.enforce_ring_timeout or not self.ami.connected:
                 continue
+            target = calls.voicemail_target
+            context, exten, priority = _split_target(target)
             for linkedid, channel in self.tracker.ringing_longer_than(
-                self.cfg.calls.ring_timeout, self.tracker.pbx_now()
+                calls.ring_timeout, self.tracker.pbx_now()
             ):
                 if linkedid in self._redirected:
                     continue
@@ -475,7 +519,7 @@ class Service:
                             event="redirect",
                             linkedid=linkedid,
                             channel=channel,
-                            target=self.cfg.calls.voicemail_target,
+                            target=target,
                             ok=ok,
                             message=reply[0].get("Message") if reply else None,
                         )
@@ -502,4 +546,12 @@ def main(args: Namespace) -> int:
         print("textback: not started; `textback check` explains each problem", file=sys.stderr)
         return 1
     setup_logging(cfg.log.level)
+    _log_warnings(problems)
     return asyncio.run(Service(cfg, path).run())
+
+
+def _log_warnings(problems: list[Problem]) -> None:
+    """What `textback check` would warn about reaches the journal too (not only errors)."""
+    for p in problems:
+        if p.severity is Severity.WARNING:
+            log.warning(kv(event="config_warning", key=p.key, problem=p.message, hint=p.hint))

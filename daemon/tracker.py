@@ -84,6 +84,10 @@ _BUSY_STATUSES = frozenset({"BUSY", "CHANUNAVAIL", "CONGESTION"})
 #: Caller ID numbers that mean the caller asked for privacy.
 _WITHHELD_NUMBERS = frozenset({"anonymous", "restricted", "private", "withheld"})
 _NO_VALUE = frozenset({"<unknown>", "<Unknown>"})
+#: Timestamps outside these (years 2000 and 2200) are garbage, not a PBX clock off a bit.
+#: Absolute on purpose: a replay of traffic recorded long ago must keep its own times.
+EARLIEST_STAMP = 946_684_800.0
+LATEST_STAMP = 7_258_118_400.0
 #: Finished Linkedids remembered so that late events (a duplicate Hangup, a Hangup after
 #: expiry) are counted as late instead of unknown, and never start a second call.
 RECENT_FINISHED = 4096
@@ -284,6 +288,9 @@ class CallTracker:
             try:
                 at = float(stamp)
             except ValueError:
+                at = -1.0  # not a time: counted below
+            # inf, nan or a time years away is no time at all: count it, use our own clock
+            if not EARLIEST_STAMP < at < LATEST_STAMP:  # also false for nan
                 self.stats.bad_timestamp += 1
             else:
                 self._last_stamp = at

@@ -53,8 +53,15 @@ def _without_channelvars(raw: bytes) -> bytes:
 
 
 async def _run(
-    tmp_path: Path, server: ReplayServer, calls: str = '[calls]\nring_timeout = "5s"\n'
+    tmp_path: Path,
+    server: ReplayServer,
+    calls: str = '[calls]\nring_timeout = "5s"\n',
+    reload_calls: str | None = None,
 ) -> tuple[list[simulator.SentSms], dict]:
+    """Run the Service until the stream is played and handled; with `reload_calls`, the
+    config is rewritten with it and reloaded (as on SIGHUP) before the stream starts."""
+    if reload_calls is not None:
+        server.flowing.clear()
     port = await server.start()
     try:
         async with simulator.running("sim800") as sim:
@@ -62,6 +69,11 @@ async def _run(
             svc = Service(load_config(cfg_path), cfg_path, notifier=Notifier(""))
             task = asyncio.create_task(svc.run())
             try:
+                if reload_calls is not None:
+                    await asyncio.wait_for(server.connected.wait(), 30)
+                    _config(tmp_path, port, sim.device, reload_calls)
+                    assert svc.reload()
+                    server.flowing.set()
                 await asyncio.wait_for(server.finished.wait(), 30)
                 # every call finished and decided, every text handled
                 async with asyncio.timeout(30):
@@ -129,3 +141,17 @@ async def test_enforce_ring_timeout_redirects_a_call_still_ringing(
     assert "channel=PJSIP/trunk-00000002" in line  # the caller's channel in trace 02
     assert "target=vm-main,s,1" in line
     assert "ok=True" in line
+
+
+@pytest.mark.timeout(60)
+async def test_sighup_turns_enforce_ring_timeout_on(tmp_path: Path) -> None:
+    server = ReplayServer(
+        trace_body((AMI_DIR / "02-abandoned-while-ringing.ami").read_bytes()),
+        username="t",
+        secret="s",
+        speed=1.0,
+    )
+    off = '[calls]\nring_timeout = "1s"\nmin_ring = "0.5s"\n'
+    on = off + 'enforce_ring_timeout = true\nvoicemail_target = "vm-main,s,1"\n'
+    await _run(tmp_path, server, calls=off, reload_calls=on)
+    assert [a.lower() for a in server.stats.actions].count("redirect") == 1

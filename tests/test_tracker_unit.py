@@ -711,3 +711,17 @@ def test_pbx_now_follows_the_event_clock_not_the_local_one() -> None:
     assert tracker.ringing_longer_than(20.0, tracker.pbx_now()) == [("5.1", "PJSIP/trunk-00000001")]
     # and nothing expires merely because this host's clock is ahead
     assert tracker.expire(tracker.pbx_now()) == []
+
+
+@pytest.mark.parametrize("stamp", ["inf", "-inf", "nan", "1e20", "0", "12:00"])
+def test_absurd_timestamps_are_counted_and_replaced_by_the_clock(stamp: str) -> None:
+    clock = ManualClock(T0)
+    tracker = CallTracker(make_cfg(), clock)
+    caller = Chan("PJSIP/trunk-00000001", "6.1", "6.1", num="+12025550167")
+    msg = caller.ev("Newchannel", T0)
+    msg["Timestamp"] = stamp
+    tracker.feed(msg)
+    clock.advance(3)
+    (call,) = finished(feed_all(tracker, [caller.ev("Hangup", T0 + 3)]))
+    assert call.started_at == T0
+    assert tracker.stats.bad_timestamp == 1
