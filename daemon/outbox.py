@@ -25,7 +25,7 @@ from typing import Protocol, runtime_checkable
 from daemon.clock import Clock
 from daemon.config import Config
 from daemon.logsetup import kv
-from daemon.store import PENDING_STATES, Message, Store, StoreError
+from daemon.store import PENDING_STATES, Message, Store, StoreError, StoreTx
 from gsm.errors import SendUncertain
 
 log = logging.getLogger(__name__)
@@ -121,30 +121,74 @@ class Outbox:
         encoding: str = "",
         now: float | None = None,
     ) -> int:
-        """Write a new text in the `waiting` state; it is due after the configured delay."""
+        """Write a new text: `waiting` until the configured delay, or `queued` at once when
+        the delay is 0 (no wait step to end)."""
         at = self._clock.now() if now is None else now
-        due = at + self._cfg.textback.delay
-        mid = await self._store.add_message(
+        after: list[Callable[[], None]] = []
+        mid = await self._store.batch(
+            lambda tx: self.enqueue_in(
+                tx,
+                destination=destination,
+                text=text,
+                template_kind=template_kind,
+                call_ids=call_ids,
+                parts=parts,
+                encoding=encoding,
+                now=at,
+                after=after,
+            )
+        )
+        for fn in after:
+            fn()
+        return mid
+
+    def enqueue_in(
+        self,
+        tx: StoreTx,
+        *,
+        destination: str,
+        text: str,
+        template_kind: str | None,
+        call_ids: Sequence[int],
+        parts: int,
+        encoding: str,
+        now: float,
+        after: list[Callable[[], None]],
+    ) -> int:
+        """`enqueue` inside the caller's transaction (on the database thread).
+
+        What must wait for the commit (the log line, waking the worker) is appended to
+        `after`, for the caller to run once the transaction is committed.
+        """
+        delay = self._cfg.textback.delay
+        due = now + delay
+        state = "waiting" if delay > 0 else "queued"
+        mid = tx.add_message(
             destination=destination,
             text=text,
             template_kind=template_kind,
             call_ids=call_ids,
             parts=parts,
             encoding=encoding,
-            now=at,
+            now=now,
             due_at=due,
+            state=state,
         )
-        log.info(
-            kv(
-                event="message",
-                id=mid,
-                destination=destination,
-                state="waiting",
-                due_in=f"{due - at:g}s",
-                calls=",".join(str(c) for c in call_ids),
+
+        def done() -> None:
+            log.info(
+                kv(
+                    event="message",
+                    id=mid,
+                    destination=destination,
+                    state=state,
+                    due_in=f"{due - now:g}s",
+                    calls=",".join(str(c) for c in call_ids),
+                )
             )
-        )
-        self.wake()
+            self.wake()
+
+        after.append(done)
         return mid
 
     async def pending_for(self, destination: str) -> Message | None:
@@ -158,22 +202,44 @@ class Outbox:
         gets the full wait step after the last ring (max_age still bounds it).
         """
         at = self._clock.now() if now is None else now
+        after: list[Callable[[], None]] = []
+        await self._store.batch(lambda tx: self.join_in(tx, message, call_id, now=at, after=after))
+        for fn in after:
+            fn()
+
+    def join_in(
+        self,
+        tx: StoreTx,
+        message: Message,
+        call_id: int,
+        *,
+        now: float,
+        after: list[Callable[[], None]],
+    ) -> None:
+        """`join` inside the caller's transaction; the log line goes to `after`."""
         calls = [*message.call_ids, call_id]
-        due = max(message.due_at, at + self._cfg.textback.delay)
+        due = max(message.due_at, now + self._cfg.textback.delay)
         # Only a text still in its wait step waits again; one already going out just
         # gains the call (it is the one text this caller gets either way).
-        if not await self._store.update_message(
-            message.id, now=at, expect=("waiting",), call_ids=calls, due_at=due, next_attempt_at=due
+        if not tx.update_message(
+            message.id,
+            now=now,
+            expect=("waiting",),
+            call_ids=calls,
+            due_at=due,
+            next_attempt_at=due,
         ):
-            await self._store.update_message(message.id, now=at, call_ids=calls)
-        log.info(
-            kv(
-                event="message",
-                id=message.id,
-                destination=message.destination,
-                state=message.state,
-                merged_call=call_id,
-                calls=len(calls),
+            tx.update_message(message.id, now=now, call_ids=calls)
+        after.append(
+            lambda: log.info(
+                kv(
+                    event="message",
+                    id=message.id,
+                    destination=message.destination,
+                    state=message.state,
+                    merged_call=call_id,
+                    calls=len(calls),
+                )
             )
         )
 
@@ -244,7 +310,7 @@ class Outbox:
                     )
                 )
                 counts["uncertain"] += 1
-        counts["pending"] = len(await self._store.messages(PENDING_STATES))
+        counts["pending"] = await self._store.count_messages(PENDING_STATES)
         self._recovered = True
         log.info(kv(event="outbox_recovered", **counts))
         return counts
@@ -259,24 +325,20 @@ class Outbox:
         """
         now = self._clock.now()
         tb = self._cfg.textback
-        for m in await self._store.messages(PENDING_STATES):
-            if now - m.created_at > tb.max_age:
-                await self._expire(m, now)
-            elif (
-                m.state == "waiting"
-                and m.due_at <= now
-                and await self._store.update_message(
-                    m.id, now=now, expect=("waiting",), state="queued", next_attempt_at=now
-                )
-            ):
-                log.info(kv(event="message", id=m.id, destination=m.destination, state="queued"))
+        # Set-based, so a long queue is not re-read row by row on every pass.
+        for m in await self._store.too_old(now, tb.max_age):
+            await self._expire(m, now)
+        for mid, destination in await self._store.release_due(now):
+            log.info(kv(event="message", id=mid, destination=destination, state="queued"))
         attempts = 0
-        for m in await self._store.messages(["queued"]):
+        if not sender_ready(self._sender):
+            return attempts
+        for mid, next_attempt_at in await self._store.queued():
             if not sender_ready(self._sender):
                 break
-            if m.next_attempt_at is not None and m.next_attempt_at > self._clock.now():
+            if next_attempt_at is not None and next_attempt_at > self._clock.now():
                 continue
-            if await self._send_one(m.id):
+            if await self._send_one(mid):
                 attempts += 1
         return attempts
 
@@ -344,11 +406,7 @@ class Outbox:
 
     async def _record_sent(self, m: Message, refs: list[int]) -> None:
         now = self._clock.now()
-        async with self._store.transaction():
-            await self._store.update_message(
-                m.id, now=now, state="sent", sent_at=now, last_error=None
-            )
-            await self._store.add_parts(m.id, refs, now)
+        await self._store.mark_sent(m.id, refs, now)
         log.info(
             kv(
                 event="message",
@@ -456,14 +514,16 @@ class Outbox:
     async def next_wakeup(self) -> float | None:
         """When the worker next has something to do (None: only when woken)."""
         tb = self._cfg.textback
-        ready = sender_ready(self._sender)
+        oldest, waiting_due, queued_next, n_queued = await self._store.outbox_times()
         times: list[float] = []
-        for m in await self._store.messages(PENDING_STATES):
-            times.append(m.created_at + tb.max_age + 0.001)
-            if m.state == "waiting":
-                times.append(m.due_at)
-            elif ready:
-                times.append(m.next_attempt_at if m.next_attempt_at is not None else m.due_at)
+        if oldest is not None:
+            times.append(oldest + tb.max_age + 0.001)
+        if waiting_due is not None:
+            times.append(waiting_due)
+        if n_queued:
+            if sender_ready(self._sender):
+                assert queued_next is not None
+                times.append(queued_next)
             else:
                 times.append(self._clock.now() + NOT_READY_POLL)
         return min(times) if times else None

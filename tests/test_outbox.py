@@ -252,14 +252,30 @@ async def test_state_changes_are_logged_as_key_value_lines(
     store: Store, clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     sender = FakeSender()
-    outbox = _outbox(store, clock, sender, delay="0s")
+    outbox = _outbox(store, clock, sender, delay="30s")
     with caplog.at_level(logging.INFO, logger="daemon.outbox"):
         mid = await _enqueue(outbox)
+        clock.advance(30)
         await outbox.process_due()
     lines = [r.message for r in caplog.records if f"id={mid} " in r.message]
     states = [part for line in lines for part in line.split() if part.startswith("state=")]
     assert states == ["state=waiting", "state=queued", "state=sending", "state=sent"]
     assert all(f"destination={NUMBERS[0]}" in line for line in lines)
+
+
+async def test_without_a_wait_step_a_text_is_queued_at_once(
+    store: Store, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    sender = FakeSender()
+    outbox = _outbox(store, clock, sender, delay="0s")
+    with caplog.at_level(logging.INFO, logger="daemon.outbox"):
+        mid = await _enqueue(outbox)
+        assert await _state(store, mid) == "queued"  # durable, and no wait step to end
+        await outbox.process_due()
+    lines = [r.message for r in caplog.records if f"id={mid} " in r.message]
+    states = [part for line in lines for part in line.split() if part.startswith("state=")]
+    assert states == ["state=queued", "state=sending", "state=sent"]
+    assert await _state(store, mid) == "sent"
 
 
 async def test_worker_loop_sends_when_the_clock_reaches_the_due_time(
@@ -302,7 +318,7 @@ async def test_worker_survives_a_locked_database_and_sends_afterwards(
         await outbox.settle()
         assert outbox.store_errors >= 1
         assert sender.sent == []
-        assert await _state(store, mid) == "waiting"
+        assert await _state(store, mid) == "queued"  # no wait step: queued at once
         other.execute("ROLLBACK")
         clock.advance(120)  # past the store retry backoff
         await outbox.settle()
@@ -337,7 +353,7 @@ async def test_cancel_while_another_text_is_being_sent(store: Store, clock: Manu
 
 
 async def test_state_changes_are_compare_and_set(store: Store, clock: ManualClock) -> None:
-    outbox = _outbox(store, clock, FakeSender(), delay="0s")
+    outbox = _outbox(store, clock, FakeSender(), delay="30s")
     mid = await _enqueue(outbox)
     assert await store.update_message(mid, now=T0, expect=("queued",), state="sending") is False
     assert await _state(store, mid) == "waiting"
