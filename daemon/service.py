@@ -30,7 +30,7 @@ from daemon.config import DEFAULT_CONFIG_PATH, Config
 from daemon.logsetup import kv, setup_logging
 from daemon.model import FinishedCall, TrackerEvent
 from daemon.outbox import Outbox
-from daemon.pipeline import Pipeline
+from daemon.pipeline import MAX_BATCH, Pipeline
 from daemon.sdnotify import Notifier
 from daemon.store import Store, StoreError, StoreLockedError
 from daemon.tracker import WANTED_EVENTS, WANTED_VARS, CallTracker
@@ -309,18 +309,27 @@ class Service:
     async def _consume(self) -> None:
         assert self.pipeline is not None
         while True:
-            ev = await self._events.get()
+            # Everything that arrived meanwhile goes in together: a burst of finished calls
+            # is then recorded in one transaction (pipeline.handle_many), in order.
+            batch = [await self._events.get()]
+            while len(batch) < MAX_BATCH and not self._events.empty():
+                batch.append(self._events.get_nowait())
             try:
-                if isinstance(ev, FinishedCall):
-                    self._redirected.discard(ev.linkedid)
-                    self._pres_asked.discard(ev.linkedid)
-                await self.pipeline.handle(ev)
+                for ev in batch:
+                    if isinstance(ev, FinishedCall):
+                        self._redirected.discard(ev.linkedid)
+                        self._pres_asked.discard(ev.linkedid)
+                await self.pipeline.handle_many(batch)
             except Exception as exc:
-                # a bug must cost one call, not the daemon (and every call after it)
+                # a bug must cost these calls at most, not the daemon (and every call after);
+                # the pipeline already takes a failing call alone, so this is rare
                 self.bugs += 1
-                log.exception(kv(event="bug", during="pipeline", tracker_event=ev, error=exc))
+                log.exception(
+                    kv(event="bug", during="pipeline", tracker_events=len(batch), error=exc)
+                )
             finally:
-                self._events.task_done()
+                for _ in batch:
+                    self._events.task_done()
 
     async def _expire_loop(self) -> None:
         while True:
@@ -439,11 +448,8 @@ class Service:
     async def _status_loop(self) -> None:
         assert self.store is not None
         while True:
-            try:
-                pending = await self.store.messages(("waiting", "queued", "sending"))
-                self._waiting = len(pending)
-            except StoreError:
-                pass
+            with contextlib.suppress(StoreError):  # the STATUS line keeps the last count
+                self._waiting = await self.store.count_messages(("waiting", "queued", "sending"))
             self.notifier.status(self.status_line())
             await self.clock.sleep(STATUS_INTERVAL)
 

@@ -858,10 +858,19 @@ async def test_sigterm_with_a_hung_modem_still_exits_in_time(tmp_path: Path) -> 
         run1, run2 = tmp_path / "run1", tmp_path / "run2"
         run1.mkdir()
         run2.mkdir()
+
+        def mute_after_sweep(line: str) -> None:
+            # The driver's start-up sweep (AT+CMGL, answered) is its last command before it
+            # idles: muting only then makes the send, not a sweep cut off mid-answer, find
+            # the modem silent (a daemon quick to send could otherwise queue behind it).
+            if line.startswith("AT+CMGL"):
+                faults.mute = True
+
+        r.sim.on_command = mute_after_sweep
         async with running_daemon(r.config, run1) as d:
             await ready(d)
             await d.wait_log("event=modem_ready")
-            faults.mute = True
+            await asyncio.wait_for(r.sim.wait_for(lambda: faults.mute), WAIT)
             r.server.flowing.set()
             await wait_until(d, lambda: "sending" in message_states(d).values())
             t0 = time.monotonic()
@@ -872,6 +881,7 @@ async def test_sigterm_with_a_hung_modem_still_exits_in_time(tmp_path: Path) -> 
             assert sum("state=sending" in x for x in d.lines) == 1
         assert [x["state"] for x in messages(r.db)] == ["queued"]
         assert r.sim.sent == []
+        r.sim.on_command = None
         faults.mute = False
         async with running_daemon(r.config, run2) as d:
             await ready(d)

@@ -356,3 +356,80 @@ async def test_a_bug_on_one_event_is_loud_and_the_next_call_still_works(
         (NUMBERS[1], None),
     ]
     assert await store.counter("pipeline.errors") == 1
+
+
+async def test_a_burst_in_one_transaction_decides_each_call_as_one_at_a_time(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    # handle_many records a run of finished calls in one transaction: each call still sees
+    # the ones before it (the repeat caller joins the text written just before), a cap
+    # counts the texts of the same run, and nothing goes out before the commit.
+    config = cfg(delay="0s", max_per_hour=3, pumping_max_per_range=0)
+    burst = [
+        call(NUMBERS[0], at=T0),
+        call(NUMBERS[1], at=T0),
+        call(NUMBERS[0], at=T0),  # repeat caller: merged
+        call("anonymous", withheld=True, at=T0),
+        OutboundDialled("x", NUMBERS[1], T0),  # the office calls 1 back: cancelled
+        call(NUMBERS[2], at=T0),
+        call(NUMBERS[3], at=T0),  # the third live text (a cancelled one does not count)
+        call(NUMBERS[4], at=T0),  # over the cap of 3
+    ]
+    one = Rig(store, config, drive=False)
+    with caplog.at_level(logging.INFO, logger="daemon.pipeline"):
+        await one.pipeline.handle_many(burst)
+    assert one.sender.sent == []  # live mode: only the worker sends
+    got = [
+        await one.pipeline.report(c.linkedid) for c in burst if not isinstance(c, OutboundDialled)
+    ]
+    assert [(r.reason, r.message) for r in got if r] == [
+        ("missed", "queued"),
+        ("missed", "cancelled"),
+        ("missed", "merged"),
+        ("anonymous", None),
+        ("missed", "queued"),
+        ("missed", "queued"),
+        ("cap_reached", None),
+    ]
+    assert len([r for r in caplog.records if r.message.startswith("event=call ")]) == 7
+    assert len([r for r in caplog.records if "sending_paused" in r.message]) == 1
+    hist = await store.history(limit=100)
+    assert len(hist) == 7
+    assert all(h.decision is not None for h in hist)
+
+
+async def test_a_bug_in_a_burst_costs_only_that_call(
+    store: Store, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import daemon.pipeline as pipeline_mod
+
+    rig = Rig(store, cfg(delay="0s"), drive=False)
+    real = pipeline_mod.decide
+
+    def buggy(c: Any, *args: Any) -> Any:
+        if c.caller == NUMBERS[1]:
+            raise KeyError("a bug")
+        return real(c, *args)
+
+    monkeypatch.setattr(pipeline_mod, "decide", buggy)
+    burst = [call(n, at=T0) for n in NUMBERS[:4]]
+    with caplog.at_level(logging.ERROR, logger="daemon.pipeline"):
+        await rig.pipeline.handle_many(burst)  # does not raise
+    assert rig.pipeline.counts["errors"] == 1
+    hist = {h.caller: h.decision for h in await store.history()}
+    assert hist == {NUMBERS[0]: "send", NUMBERS[1]: None, NUMBERS[2]: "send", NUMBERS[3]: "send"}
+
+
+async def test_a_refused_burst_is_kept_in_order_and_lands_later(store: Store) -> None:
+    rig = Rig(store, cfg(delay="30s", max_per_hour=0, pumping_max_per_range=0), drive=False)
+    db = store.connection
+    await db.execute("PRAGMA query_only = ON")  # the database refuses every write
+    burst = [call(n, at=T0) for n in NUMBERS[:5]]
+    await rig.pipeline.handle_many(burst)
+    assert rig.pipeline.backlog == 5
+    assert await store.history() == []
+    await db.execute("PRAGMA query_only = OFF")
+    assert await rig.pipeline.retry_backlog() == 5
+    hist = await store.history(limit=100)
+    assert sorted(h.call_id for h in hist) == [1, 2, 3, 4, 5]
+    assert [h.caller for h in sorted(hist, key=lambda h: h.call_id)] == NUMBERS[:5]
