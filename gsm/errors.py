@@ -165,6 +165,14 @@ class SendUncertain(AtTimeout):
     retryable = False
 
 
+class LostAfterBody(SendUncertain):
+    """The device went away after the message body was written, before +CMGS came."""
+
+    def __init__(self, command: str, reason: str) -> None:
+        super().__init__(command, 0.0)
+        self.args = (f"{command}: the modem went away after taking the message ({reason})",)
+
+
 class ModemGone(GsmError):
     """The serial device went away (unplugged, closed) or is not open; retry later."""
 

@@ -34,6 +34,7 @@ from gsm.errors import (
     CmsError,
     CommandError,
     GsmError,
+    LostAfterBody,
     ModemGone,
     NotRegistered,
     PinError,
@@ -897,6 +898,9 @@ class Modem:
             final = await self._next_reply(line, self.t.send)
         except AtTimeout as exc:
             raise SendUncertain(line, self.t.send) from exc
+        except ModemGone as exc:
+            # the network may have the text already: resending could text the caller twice
+            raise LostAfterBody(line, str(exc)) from exc
         if isinstance(final, Prompt):
             raise ProtocolError(f"{line}: a second '> ' prompt")
         final.raise_for_error()

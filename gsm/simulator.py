@@ -184,6 +184,8 @@ class Faults:
     """Not registered (+CREG: 0,2); sends fail with +CMS ERROR: 331."""
     pin: str | None = None
     """The SIM asks for this PIN at power-up."""
+    vanish_after_body: bool = False
+    """The next part is taken (recorded as sent), then the device vanishes before +CMGS."""
     mute: bool = False
     """Answer nothing at all (a modem at the wrong baud rate, or a dead one)."""
     flight_mode: bool = False
@@ -714,6 +716,12 @@ class Simulator:
                 pdu="",
             )
         self._record(record)
+        if faults.vanish_after_body:
+            # the network has the text, the answer never comes: a module resetting on its
+            # transmit current peak, or a USB stick pulled at the wrong moment
+            faults.vanish_after_body = False
+            self.vanish()
+            return
         await self._answer([*lead, f"+CMGS: {record.message_ref}"])
 
     def _next_mr(self) -> int:

@@ -105,3 +105,31 @@ async def test_unplugged_modem_keeps_the_text_queued(store: Store) -> None:
             assert not modem.ready
         finally:
             await modem.close()
+
+
+async def test_modem_gone_after_taking_the_text_is_uncertain_never_resent(store: Store) -> None:
+    # The modem takes the message body (the network has the text), then resets before its
+    # +CMGS answer. Resending would text the caller twice: the text is `uncertain`.
+    async with running("sim800", Faults(vanish_after_body=True, return_after=0.05)) as sim:
+        modem = Modem(sim.device, timeouts=FAST)  # reconnect on: the modem comes back
+        await modem.start()
+        try:
+            clock = ManualClock(T0)
+            outbox = Outbox(cfg(delay="0s", retry_backoff="1s"), store, clock, modem)
+            mid = await outbox.enqueue(
+                destination=NUMBERS[2], text="Sorry we missed you", template_kind=None, call_ids=[1]
+            )
+            await outbox.process_due()
+            m = await store.get_message(mid)
+            assert m is not None
+            assert m.state == "uncertain"
+            assert "went away after taking the message" in (m.last_error or "")
+            await modem.wait_ready(10)  # back, and able to send
+            clock.advance(600)
+            await outbox.process_due()
+            assert [s.number for s in sim.sent] == [NUMBERS[2]]  # once, never twice
+            m = await store.get_message(mid)
+            assert m is not None
+            assert m.state == "uncertain"
+        finally:
+            await modem.close()
