@@ -77,6 +77,12 @@ class SmsSender(Protocol):
         ...
 
 
+_PIN_UNKNOWN = (
+    "no clear answer to the PIN entry; not retrying: the attempt may have counted"
+    " (three wrong PINs lock the SIM); check the SIM in a phone, then restart"
+)
+
+
 class ModemState(enum.StrEnum):
     """Where the modem is in its life cycle (shown in STATUS lines)."""
 
@@ -585,6 +591,10 @@ class Modem:
                     timeout=self._slow(C.CPIN),
                     done_on_prefix=self._quirks.cpin_without_ok,
                 )
+            except (AtTimeout, ModemGone) as exc:
+                if pin_sent:  # the PIN went out and the modem fell silent: it may have counted
+                    raise PinError(_PIN_UNKNOWN) from exc
+                raise
             except CmeError as exc:
                 if exc.code in (14, 515):  # SIM busy, just after boot or PIN entry
                     await asyncio.sleep(self.t.poll)
@@ -614,10 +624,16 @@ class Modem:
                         f"the SIM refused the PIN ({exc}); not retrying:"
                         " three wrong PINs lock the SIM"
                     ) from exc
+                except (AtTimeout, ModemGone):
+                    # No answer: the SIM may have counted a try. Look (AT+CPIN?), but never
+                    # enter the PIN again, here or in a new Modem that the daemon starts.
+                    pass
                 continue
             if "PUK" in state:
                 raise PinError(f"the SIM is locked ({state}): unlock it in a phone")
             raise PinError(f"the SIM asks for {state}, which textback cannot give")
+        if pin_sent:
+            raise PinError(_PIN_UNKNOWN)
         raise SimError("the SIM stayed busy")
 
     async def _registration_state(self) -> int:

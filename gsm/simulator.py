@@ -184,6 +184,8 @@ class Faults:
     """Not registered (+CREG: 0,2); sends fail with +CMS ERROR: 331."""
     pin: str | None = None
     """The SIM asks for this PIN at power-up."""
+    silent_after_pin: bool = False
+    """AT+CPIN=<pin> is taken (and counted) but nothing is answered from then on."""
     vanish_after_body: bool = False
     """The next part is taken (recorded as sent), then the device vanishes before +CMGS."""
     mute: bool = False
@@ -633,6 +635,12 @@ class Simulator:
         st = self._state
         self.pin_attempts += 1
         self._notify()
+        if self.faults.silent_after_pin:
+            # the SIM counts the try; the answer never comes (a slow SIM, a reset)
+            if pin != self.faults.pin:
+                st.pin_tries -= 1
+            self.faults.mute = True
+            return
         if st.puk:
             await self._answer([], self._error(12))
         elif not st.sim_locked:

@@ -328,6 +328,21 @@ async def test_wrong_pin_stops_and_is_never_retried(profile: str) -> None:
         assert sim.pin_attempts == 1
 
 
+async def test_silence_after_the_pin_entry_is_never_answered_with_a_second_pin() -> None:
+    # The modem takes AT+CPIN="...", then falls silent (a slow SIM, a reset): the attempt
+    # may have counted, so the driver stops with a PinError rather than a retryable error
+    # that would make the daemon start a new Modem and enter the PIN again.
+    async with running("sim800", Faults(pin="4321", silent_after_pin=True)) as sim:
+        quick = Timeouts(
+            command=0.2, probe=0.2, startup=5.0, poll=0.01, health_interval=0, scale=0.04
+        )
+        modem = Modem(sim.device, timeouts=quick, pin="1111")
+        with pytest.raises(errors.PinError, match="may have counted"):
+            await modem.start()
+        await modem.close()
+        assert sim.pin_attempts == 1
+
+
 async def test_pin_required_but_not_configured() -> None:
     async with running("huawei", Faults(pin="4321")) as sim:
         modem = Modem(sim.device, timeouts=FAST)
