@@ -803,41 +803,27 @@ at WARNING or above: {problems}.
 What limits each number (found with py-spy on the daemon, a counting wrapper around
 aiosqlite's calls, and scratch runs with the daemon's SQLite at synchronous=OFF through a
 sitecustomize; none of that is part of `make bench`):
+- History: the first full run of this benchmark (before the changes below) gave a burst
+  durable after 7.9 s (4.9-9.6 s over eight runs; 11.2 s with the modem unplugged) and a
+  paced p99 of 57 ms. Each call then made {HOPS_PER_CALL} aiosqlite hops in 4 committed
+  transactions; py-spy put a third of the loop's CPU in the pipeline (cap queries and
+  phonenumbers parsing each caller twice) and a sixth in the outbox re-reading every
+  pending row twice per pass. What changed: finished calls waiting in the queue are
+  recorded in one transaction (group commit, order kept, a faulty call retried alone);
+  each call's statements run as one function on the database thread; a text is created
+  `queued` when the wait step is 0; one UPDATE moves every due text to `queued` and the
+  next wake-up is a query; the cap counts are one statement and the pumping scan is
+  skipped with the guard off; `classify_caller` is cached. The "51 bare hops" baseline
+  row shows what the old per-call round trips alone would cost.
 - Latency: parsing the Hangup and finishing the call take well under a millisecond (see
-  the AMI section); the rest is the database. A paced call makes {HOPS_PER_CALL} aiosqlite calls
-  (each a hop to its worker thread and back through the event loop's self-pipe) in 4
-  write transactions, 3 of them before AT+CMGS is written: the call with its decision
-  and text (about 20 statements, among them 3 COUNTs for the caps and a pumping-guard
-  `COUNT(DISTINCT ...)` that scans `messages`, run even with the guard off), then
-  `waiting -> queued`, then `queued -> sending`, each committed with an fsync. With
-  synchronous=OFF the p50 fell by a fifth and the p99 by about 40 %: the fsyncs are a
-  small part of the median and more of the tail; the rest is the hops and the daemon's
-  CPU (decision, four log lines). The tail follows the machine's load (2 CPUs shared by
-  the daemon, its database thread, this benchmark and other jobs); the relay's p99 shows
-  the same noise on one hop. The relay is the floor set by TCP, the pty and two loops.
-- Burst durability: CPU on one event loop, then fsyncs; across eight runs on this machine
-  the same burst took 4.9 to 9.6 s. The daemon spends 4-7 ms of CPU per call (the CPU
-  figures above: parsing, {HOPS_PER_CALL} aiosqlite hops, the policy's queries,
-  log lines, the sends), every call is its own transaction with an fsync, and the outbox
-  worker takes turns on the one connection with a transaction per text per state change
-  (`queued`, `sending`, `sent`). With synchronous=OFF the burst was durable in 3.4-4.0 s
-  instead of 5.0-7.5 s in the same scratch runs: still over 2 s. Unplugging the modem
-  does not help either: without sends the outbox builds its whole pending list (up to
-  1,000 rows) twice per pass, a pass per enqueued text, and still commits each
-  `waiting -> queued` on its own.
-  Where the event loop's CPU went (py-spy, active samples of the daemon's main thread,
-  a quick run): the pipeline 33 % (a quarter of it the policy's queries, another quarter
-  phonenumbers parsing the same caller twice, in `destination_check` and in `decide`),
-  the outbox worker 16 %, modem I/O 11 %, logging 11 %, AMI intake 10 %, waking up for
-  the database thread's answers 8 %.
-  What would meet 2 s (for the owners of daemon/pipeline.py, outbox.py and store.py):
-  take every finished call waiting in the queue into one transaction (group commit: one
-  fsync per batch); run a call's statements as one function on the database thread (one
-  hop, not about 25); enqueue a text as `queued` when the wait step is 0; move all due
-  texts to `queued` with one UPDATE and keep the worker from re-reading every pending row
-  twice per pass; answer the cap COUNTs in one statement and skip the pumping-guard scan
-  when the guard is off; judge a caller's number once per call (`classify_caller` is
-  pure: an LRU cache would do).
+  the AMI section); the rest is one transaction with its fsync before AT+CMGS, the
+  `sending` row, and the daemon's CPU (decision, log lines). The tail follows the
+  machine's load (2 CPUs shared by the daemon, its database thread, this benchmark and
+  other jobs); the relay's p99 shows the same noise on one hop. The relay is the floor
+  set by TCP, the pty and two loops.
+- Burst durability: the daemon now keeps pace with the Hangups (durable within
+  milliseconds of the last one); the limit is the daemon's CPU per call (decision,
+  policy queries, log lines) on one event loop, then one fsync per batch.
 - Send pace: the simulator answers at once, so this is the daemon's own cost per text:
   two transactions (`sending`, `sent`) and the queue scans of the outbox pass, plus
   AT+CMGS, the prompt, the PDU and +CMGS on the pty. A real modem needs 3-7 s per text,
