@@ -845,47 +845,42 @@ async def test_a_call_that_ends_while_the_ami_link_is_down(tmp_path: Path) -> No
     check_texts(Expectation(exp, {}, 2), r.sim.sent, r.db)
 
 
-async def test_sigterm_with_a_hung_modem_still_exits_in_time(tmp_path: Path) -> None:
-    # The modem stops answering mid-send (no "> " prompt): SIGTERM starts no new send,
-    # waits for the one in flight (it fails after the prompt timeout: nothing reached the
-    # network), and exits 0 within 10 s (systemd's stop timeout is 15 s). The text stays
-    # queued and goes out once, after the restart.
+async def test_sigterm_with_a_slow_long_send_still_exits_in_time(tmp_path: Path) -> None:
+    # A two-part text through a modem taking 3 s per answer needs 12 s, more than the
+    # stop's grace time: SIGTERM waits the grace time for the send, says so, and exits 0
+    # within 10 s (systemd's stop timeout is 15 s). The row stays `sending`; the next
+    # start marks it `uncertain` and does not resend it.
     name = "01-missed-noanswer-voicemail"
+    long_template = TEMPLATE + " " + "We are sorry for the wait. " * 6
     faults = simulator.Faults()
     async with rig(tmp_path, body_of(name), faults=faults) as r:
         r.server.flowing.clear()
-        r.write()
+        r.write(template=long_template)
         run1, run2 = tmp_path / "run1", tmp_path / "run2"
         run1.mkdir()
         run2.mkdir()
-
-        def mute_after_sweep(line: str) -> None:
-            # The driver's start-up sweep (AT+CMGL, answered) is its last command before it
-            # idles: muting only then makes the send, not a sweep cut off mid-answer, find
-            # the modem silent (a daemon quick to send could otherwise queue behind it).
-            if line.startswith("AT+CMGL"):
-                faults.mute = True
-
-        r.sim.on_command = mute_after_sweep
         async with running_daemon(r.config, run1) as d:
             await ready(d)
             await d.wait_log("event=modem_ready")
-            await asyncio.wait_for(r.sim.wait_for(lambda: faults.mute), WAIT)
+            faults.slow = 3.0  # under the 5 s wait for the prompt: each part goes through
             r.server.flowing.set()
+            [call] = await logged_calls(d, 1)
+            assert "2 parts" in call["detail"]
             await wait_until(d, lambda: "sending" in message_states(d).values())
             t0 = time.monotonic()
             d.signal(signal.SIGTERM)
             assert await d.wait_exit(12.0) == 0
             assert time.monotonic() - t0 < 10.0
-            # one attempt only: no send starts after SIGTERM
-            assert sum("state=sending" in x for x in d.lines) == 1
-        assert [x["state"] for x in messages(r.db)] == ["queued"]
-        assert r.sim.sent == []
-        r.sim.on_command = None
-        faults.mute = False
+            [line] = [x for x in d.lines if "event=stop_timeout" in x]
+            assert fields(line)["waiting_for"] == "modem"
+        assert [x["state"] for x in messages(r.db)] == ["sending"]
+        assert r.sim.sent == []  # the second part never went
+        faults.slow = 0.0
         async with running_daemon(r.config, run2) as d:
             await ready(d)
-            await d.wait_log("state=sent")
+            await d.wait_log("event=outbox_recovered")
             assert await stop(d) == 0
-    assert [x["state"] for x in messages(r.db)] == ["sent"]
-    assert [s.number for s in r.sim.sent] == ["+12025550101"]
+    assert [(x["state"], x["reason"]) for x in messages(r.db)] == [
+        ("uncertain", "in_flight_at_restart")
+    ]
+    assert r.sim.sent == []
