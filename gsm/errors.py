@@ -173,6 +173,14 @@ class LostAfterBody(SendUncertain):
         self.args = (f"{command}: the modem went away after taking the message ({reason})",)
 
 
+class UnclearAfterBody(SendUncertain):
+    """The message body was written, and the answer to it could not be read."""
+
+    def __init__(self, command: str, reason: str) -> None:
+        super().__init__(command, 0.0)
+        self.args = (f"{command}: no clear answer after the message ({reason})",)
+
+
 class ModemGone(GsmError):
     """The serial device went away (unplugged, closed) or is not open; retry later."""
 

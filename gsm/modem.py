@@ -41,6 +41,7 @@ from gsm.errors import (
     ProtocolError,
     SendUncertain,
     SimError,
+    UnclearAfterBody,
     UnsupportedText,
 )
 from gsm.pdu import (
@@ -78,9 +79,11 @@ class SmsSender(Protocol):
 
 
 _PIN_UNKNOWN = (
-    "no clear answer to the PIN entry; not retrying: the attempt may have counted"
+    "no answer to the PIN entry; not retrying: the attempt may have counted"
     " (three wrong PINs lock the SIM); check the SIM in a phone, then restart"
 )
+#: How long (scaled by Timeouts.scale) to look at the SIM after the PIN went out.
+_PIN_SETTLE = 10.0
 
 
 class ModemState(enum.StrEnum):
@@ -221,6 +224,8 @@ class Modem:
         self._started = False
         self._dirty = False
         self._timeouts_in_row = 0
+        self._pin_unconfirmed = False
+        """The PIN went out and the SIM never said READY: never write it again."""
         self._quirks = C.GENERIC
         self._maker: str | None = None
         self._inbound_on = False
@@ -582,59 +587,86 @@ class Modem:
         await self._resync()
 
     async def _unlock_sim(self) -> None:
-        pin_sent = False
         for _ in range(30):
-            try:
-                reply = await self._cmd(
-                    C.CPIN.line() + "?",
-                    prefix=C.CPIN.prefix,
-                    timeout=self._slow(C.CPIN),
-                    done_on_prefix=self._quirks.cpin_without_ok,
-                )
-            except (AtTimeout, ModemGone) as exc:
-                if pin_sent:  # the PIN went out and the modem fell silent: it may have counted
-                    raise PinError(_PIN_UNKNOWN) from exc
-                raise
-            except CmeError as exc:
-                if exc.code in (14, 515):  # SIM busy, just after boot or PIN entry
-                    await asyncio.sleep(self.t.poll)
-                    continue
-                if exc.code in (10, 13, 15):
-                    raise SimError(f"SIM problem: {exc.meaning}") from exc
-                if exc.code == 12:
-                    raise PinError("the SIM is PUK-locked: unlock it in a phone") from exc
-                raise
-            state = C.parse_cpin(C.one_value(reply.values("+CPIN:"), "AT+CPIN?"))
+            state = await self._sim_state()
+            if state is None:  # SIM busy, just after boot
+                await asyncio.sleep(self.t.poll)
+                continue
             if state == "READY":
+                self._pin_unconfirmed = False
                 return
             if state == "SIM PIN":
-                if pin_sent:
-                    await asyncio.sleep(self.t.poll)
-                    continue
-                if not self._pin:
-                    raise PinError("the SIM asks for a PIN: set [modem] pin")
-                pin_sent = True
-                try:
-                    await self._cmd(
-                        C.CPIN.line(f'"{self._pin}"'), timeout=self._slow(C.CPIN), secret=True
-                    )
-                except CommandError as exc:
-                    # Never try again: three wrong PINs lock the SIM.
-                    raise PinError(
-                        f"the SIM refused the PIN ({exc}); not retrying:"
-                        " three wrong PINs lock the SIM"
-                    ) from exc
-                except (AtTimeout, ModemGone):
-                    # No answer: the SIM may have counted a try. Look (AT+CPIN?), but never
-                    # enter the PIN again, here or in a new Modem that the daemon starts.
-                    pass
-                continue
+                await self._enter_pin()
+                return
             if "PUK" in state:
                 raise PinError(f"the SIM is locked ({state}): unlock it in a phone")
             raise PinError(f"the SIM asks for {state}, which textback cannot give")
-        if pin_sent:
-            raise PinError(_PIN_UNKNOWN)
         raise SimError("the SIM stayed busy")
+
+    async def _sim_state(self) -> str | None:
+        """AT+CPIN?: the SIM's state, or None while the SIM is busy."""
+        try:
+            reply = await self._cmd(
+                C.CPIN.line() + "?",
+                prefix=C.CPIN.prefix,
+                timeout=self._slow(C.CPIN),
+                done_on_prefix=self._quirks.cpin_without_ok,
+            )
+        except CmeError as exc:
+            if exc.code in (14, 515):  # SIM busy, just after boot or PIN entry
+                return None
+            if exc.code in (10, 13, 15):
+                raise SimError(f"SIM problem: {exc.meaning}") from exc
+            if exc.code == 12:
+                raise PinError("the SIM is PUK-locked: unlock it in a phone") from exc
+            raise
+        return C.parse_cpin(C.one_value(reply.values("+CPIN:"), "AT+CPIN?"))
+
+    async def _enter_pin(self) -> None:
+        """Write the PIN once, then look (AT+CPIN?) until the SIM is READY.
+
+        Three wrong PINs lock the SIM, so the PIN is written at most once per Modem
+        unless the SIM confirmed it (READY): a refusal, or no clear answer within a
+        bounded time, is a PinError, which nobody retries without a person.
+        """
+        if not self._pin:
+            raise PinError("the SIM asks for a PIN: set [modem] pin")
+        if self._pin_unconfirmed:
+            # an earlier entry by this Modem was never confirmed: it may have counted
+            raise PinError(_PIN_UNKNOWN)
+        self._pin_unconfirmed = True
+        try:
+            await self._cmd(C.CPIN.line(f'"{self._pin}"'), timeout=self._slow(C.CPIN), secret=True)
+        except CommandError as exc:
+            raise PinError(
+                f"the SIM refused the PIN ({exc}); not retrying: three wrong PINs lock the SIM"
+            ) from exc
+        except GsmError as exc:
+            # No clear answer (slow SIM, reset, garbled line): the try may have counted.
+            # Look below, but never write the PIN again, here or in a new Modem.
+            log.warning(
+                "modem %s: no clear answer to the PIN entry (%s); looking", self.device, exc
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(_PIN_SETTLE * self.t.scale, 3 * self.t.poll)
+        while True:
+            state: str | None = None
+            try:
+                state = await self._sim_state()
+            except PinError:
+                raise
+            except ModemGone as exc:
+                raise PinError(_PIN_UNKNOWN) from exc
+            except GsmError as exc:  # a slow answer, a late reply in the way: look again
+                log.debug("modem %s: AT+CPIN? after the PIN: %s", self.device, exc)
+            if state == "READY":
+                self._pin_unconfirmed = False
+                return
+            if state is not None and "PUK" in state:
+                raise PinError(f"the SIM is locked ({state}): unlock it in a phone")
+            if loop.time() >= deadline:
+                raise PinError(f"{_PIN_UNKNOWN} (the SIM says {state or 'nothing clear'})")
+            await asyncio.sleep(self.t.poll)
 
     async def _registration_state(self) -> int:
         reply = await self._cmd(C.CREG.line() + "?", prefix=C.CREG.prefix)
@@ -836,10 +868,11 @@ class Modem:
         resumes at the first part not confirmed, so no confirmed part is sent twice.
 
         Errors: ValueError (bad number or empty text, nothing written); ModemGone when
-        the modem is away (retryable; a part whose body reached the modem just before
-        the unplug may have gone out: nothing can tell); SendUncertain when the body
-        went out but +CMGS never came (not retryable: resending could text twice);
-        CmsError with its code, retryable or not; UnsupportedText in text mode.
+        the modem is away before a part's body was written (retryable); SendUncertain
+        (LostAfterBody, UnclearAfterBody) when a body went out but no clear +CMGS came
+        (not retryable: resending could text twice; a multipart text keeps its progress,
+        so a deliberate resend starts at the uncertain part); CmsError with its code,
+        retryable or not; UnsupportedText in text mode.
         """
         C.check_number(number)
         if not text:
@@ -874,7 +907,9 @@ class Modem:
                     ref = await self._submit(f"AT+CMGS={part.tpdu_length}", part.pdu)
                 progress.refs.append(ref)
         except GsmError as exc:
-            if not exc.retryable:
+            # Retryable, or uncertain (a deliberate resend must not repeat the parts
+            # already confirmed): keep the progress. Otherwise the text is given up.
+            if not exc.retryable and not isinstance(exc, SendUncertain):
                 self._partial.pop(key, None)
             raise
         except BaseException:
@@ -910,17 +945,26 @@ class Modem:
             raise ProtocolError(f"{line}: OK without a '> ' prompt")
         self._parser.sent_body(body)
         self._write(body.encode("ascii") + CTRL_Z)
+        # From here the network may have the text: whatever keeps us from reading a
+        # clear answer is SendUncertain (never retried blindly: the caller would get it
+        # twice). Only a clear error (+CMS ERROR) says that nothing went out.
         try:
             final = await self._next_reply(line, self.t.send)
         except AtTimeout as exc:
             raise SendUncertain(line, self.t.send) from exc
         except ModemGone as exc:
-            # the network may have the text already: resending could text the caller twice
             raise LostAfterBody(line, str(exc)) from exc
+        except GsmError as exc:
+            raise UnclearAfterBody(line, str(exc)) from exc
         if isinstance(final, Prompt):
-            raise ProtocolError(f"{line}: a second '> ' prompt")
+            with contextlib.suppress(GsmError):
+                self._write(ESC)  # leave the prompt
+            raise UnclearAfterBody(line, "a second '> ' prompt")
         final.raise_for_error()
-        ref = C.parse_cmgs(final.values("+CMGS:"))
+        try:
+            ref = C.parse_cmgs(final.values("+CMGS:"))
+        except (GsmError, ValueError) as exc:
+            raise UnclearAfterBody(line, f"no message reference: {exc}") from exc
         log.debug("sent part, message reference %d", ref)
         return ref
 

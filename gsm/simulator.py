@@ -184,10 +184,15 @@ class Faults:
     """Not registered (+CREG: 0,2); sends fail with +CMS ERROR: 331."""
     pin: str | None = None
     """The SIM asks for this PIN at power-up."""
+    pin_delay: float = 0.0
+    """Seconds the SIM takes to check AT+CPIN=<pin> (commands after it wait, as on a modem)."""
     silent_after_pin: bool = False
     """AT+CPIN=<pin> is taken (and counted) but nothing is answered from then on."""
-    vanish_after_body: bool = False
-    """The next part is taken (recorded as sent), then the device vanishes before +CMGS."""
+    vanish_after_body: int | None = None
+    """After this many accepted parts the next part is taken (recorded as sent), then
+    the device vanishes before its +CMGS (once)."""
+    bad_message_ref: bool = False
+    """Parts are taken (recorded as sent) but answered "+CMGS: 999", a reference no modem gives."""
     mute: bool = False
     """Answer nothing at all (a modem at the wrong baud rate, or a dead one)."""
     flight_mode: bool = False
@@ -635,6 +640,8 @@ class Simulator:
         st = self._state
         self.pin_attempts += 1
         self._notify()
+        if self.faults.pin_delay:
+            await asyncio.sleep(self.faults.pin_delay)
         if self.faults.silent_after_pin:
             # the SIM counts the try; the answer never comes (a slow SIM, a reset)
             if pin != self.faults.pin:
@@ -723,14 +730,16 @@ class Simulator:
                 encoding="text",
                 pdu="",
             )
+        vanish = faults.vanish_after_body is not None and self._accepted >= faults.vanish_after_body
         self._record(record)
-        if faults.vanish_after_body:
+        if vanish:
             # the network has the text, the answer never comes: a module resetting on its
             # transmit current peak, or a USB stick pulled at the wrong moment
-            faults.vanish_after_body = False
+            faults.vanish_after_body = None
             self.vanish()
             return
-        await self._answer([*lead, f"+CMGS: {record.message_ref}"])
+        ref = 999 if faults.bad_message_ref else record.message_ref
+        await self._answer([*lead, f"+CMGS: {ref}"])
 
     def _next_mr(self) -> int:
         self._mr = (self._mr + 1) % 256

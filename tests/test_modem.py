@@ -178,6 +178,56 @@ async def test_no_answer_after_the_body_is_uncertain_not_retried() -> None:
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
+async def test_modem_gone_after_the_body_is_uncertain_not_retryable(profile: str) -> None:
+    # The network took the text, then the module reset before "+CMGS: <mr>": a
+    # retryable ModemGone here would make the outbox text the caller twice.
+    async with running(profile, Faults(vanish_after_body=0)) as sim:
+        modem = await _started(sim)
+        try:
+            with pytest.raises(errors.SendUncertain) as exc:
+                await asyncio.wait_for(modem.send_sms(TO, "taken"), 5)
+            assert isinstance(exc.value, errors.LostAfterBody)
+            assert not exc.value.retryable
+            assert "went away after taking the message" in str(exc.value)
+        finally:
+            await modem.close()
+        assert [s.text for s in sim.sent] == ["taken"]
+
+
+async def test_unreadable_message_reference_is_uncertain() -> None:
+    async with running("sim800", Faults(bad_message_ref=True)) as sim:
+        modem = await _started(sim)
+        try:
+            with pytest.raises(errors.UnclearAfterBody, match="no message reference") as exc:
+                await asyncio.wait_for(modem.send_sms(TO, "garbled"), 5)
+            assert isinstance(exc.value, errors.SendUncertain)
+            assert not exc.value.retryable
+        finally:
+            await modem.close()
+        assert len(sim.sent) == 1
+
+
+async def test_uncertain_part_of_a_multipart_text_resends_from_that_part_only() -> None:
+    # Part 1 is confirmed, part 2 is taken and the modem resets before answering: the
+    # send is uncertain. A deliberate resend (resend_uncertain) repeats part 2, never 1.
+    text = "z" * 400  # 3 parts
+    async with running("sim800", Faults(vanish_after_body=1)) as sim:
+        modem = await _started(sim)
+        try:
+            with pytest.raises(errors.LostAfterBody):
+                await asyncio.wait_for(modem.send_sms(TO, text), 5)
+            assert [p.seq for p in sim.parts] == [1, 2]
+            sim.come_back()
+            await asyncio.wait_for(modem.wait_ready(), 5)
+            refs = await asyncio.wait_for(modem.send_sms(TO, text), 5)
+        finally:
+            await modem.close()
+        assert len(refs) == 3
+        assert [p.seq for p in sim.parts] == [1, 2, 2, 3]
+        assert len({p.reference for p in sim.parts}) == 1  # one text for the handset
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
 async def test_cms_error_every_second_part_resumes_without_duplicating(profile: str) -> None:
     text = "x" * 400  # 3 parts
     async with running(profile, Faults(cms_every=2)) as sim:
@@ -341,6 +391,70 @@ async def test_silence_after_the_pin_entry_is_never_answered_with_a_second_pin()
             await modem.start()
         await modem.close()
         assert sim.pin_attempts == 1
+
+
+# CPIN's own timeout 5 s x 0.05 = 0.25 s; the SIM below takes 0.4 s to check a PIN.
+SLOW_PIN = replace(FAST, command=0.1, scale=0.05, poll=0.02)
+
+
+async def test_slow_check_of_a_wrong_pin_is_one_attempt_and_a_pin_error() -> None:
+    # AT+CPIN="1111" times out (the SIM is slow), then the SIM refuses it late. The
+    # driver looks (AT+CPIN?) instead of writing the PIN again, and stops for good.
+    async with running("sim800", Faults(pin="4321", pin_delay=0.4)) as sim:
+        modem = Modem(sim.device, timeouts=SLOW_PIN, pin="1111")
+        with pytest.raises(errors.PinError, match="may have counted") as exc:
+            await asyncio.wait_for(modem.start(), 10)
+        assert "SIM PIN" in str(exc.value)
+        assert modem.state is ModemState.FAILED
+        await modem.close()
+        assert sim.pin_attempts == 1
+        assert sim._state.pin_tries == 2  # one try used, not three: no PUK lock
+        assert not sim._state.puk
+
+
+async def test_slow_check_of_the_right_pin_goes_on() -> None:
+    async with running("sim800", Faults(pin="4321", pin_delay=0.4)) as sim:
+        modem = await _started(sim, pin="4321", timeouts=SLOW_PIN)
+        try:
+            assert modem.ready
+            assert await asyncio.wait_for(modem.send_sms(TO, "unlocked late"), 5)
+        finally:
+            await modem.close()
+        assert sim.pin_attempts == 1
+
+
+async def test_a_modem_never_writes_an_unconfirmed_pin_again() -> None:
+    # A second start() of the same Modem (the SIM now answers) must not enter the PIN
+    # again: the first entry was never confirmed and may have counted.
+    async with running("sim800", Faults(pin="4321", silent_after_pin=True)) as sim:
+        modem = Modem(sim.device, timeouts=replace(SLOW_PIN, command=0.2), pin="4321")
+        with pytest.raises(errors.PinError, match="may have counted"):
+            await asyncio.wait_for(modem.start(), 10)
+        sim.faults.silent_after_pin = False
+        sim.faults.mute = False
+        with pytest.raises(errors.PinError, match="may have counted"):
+            await asyncio.wait_for(modem.start(), 10)
+        await modem.close()
+        assert sim.pin_attempts == 1
+
+
+async def test_reconnect_enters_a_refused_pin_once_then_fails() -> None:
+    # The PIN was accepted at start; the module then reboots and its SIM refuses the
+    # PIN (slowly). The reconnect loop writes it once, then stops: no second try.
+    async with running("sim800", Faults(pin="4321")) as sim:
+        modem = await _started(sim, pin="4321", timeouts=replace(SLOW_PIN, reopen_initial=0.01))
+        try:
+            sim.faults.pin = "9876"
+            sim.faults.pin_delay = 0.4
+            sim.vanish()
+            await asyncio.wait_for(sim.wait_for(lambda: modem.state is ModemState.RECONNECTING), 5)
+            sim.come_back()
+            await asyncio.wait_for(sim.wait_for(lambda: modem.state is ModemState.FAILED), 10)
+            assert isinstance(modem.fatal, errors.PinError)
+            assert sim.pin_attempts == 2  # once at start (accepted), once after the reboot
+            assert sim._state.pin_tries == 2
+        finally:
+            await modem.close()
 
 
 async def test_pin_required_but_not_configured() -> None:

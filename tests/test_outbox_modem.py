@@ -110,7 +110,7 @@ async def test_unplugged_modem_keeps_the_text_queued(store: Store) -> None:
 async def test_modem_gone_after_taking_the_text_is_uncertain_never_resent(store: Store) -> None:
     # The modem takes the message body (the network has the text), then resets before its
     # +CMGS answer. Resending would text the caller twice: the text is `uncertain`.
-    async with running("sim800", Faults(vanish_after_body=True, return_after=0.05)) as sim:
+    async with running("sim800", Faults(vanish_after_body=0, return_after=0.05)) as sim:
         modem = Modem(sim.device, timeouts=FAST)  # reconnect on: the modem comes back
         await modem.start()
         try:
