@@ -38,16 +38,16 @@ from daemon.config_example import (
     section_models,
     toml_value,
 )
-from daemon.hours import DAYS, office_zone, parse_holiday, parse_span
-from daemon.numbers import CallerKind, classify_caller
-from daemon.templates import (
+from daemon.decide.hours import DAYS, office_zone, parse_holiday, parse_span
+from daemon.decide.numbers import CallerKind, classify_caller
+from daemon.decide.templates import (
     FIELDS,
     SAMPLE_CALLER_NAME,
     Preview,
     check_template,
     render_preview,
 )
-from daemon.templates import TEMPLATE_KEYS as KIND_KEYS
+from daemon.decide.templates import TEMPLATE_KEYS as KIND_KEYS
 from gsm.commands import check_number
 from gsm.gsm7 import septet_cost
 from gsm.pdu import SmsInfo

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from daemon.ami.client import AmiClient
-from daemon.ami.replayserver import ReplayServer
 from daemon.clock import ManualClock
 from daemon.config import AmiConfig
+from daemon.intake.client import AmiClient
+from daemon.intake.replayserver import ReplayServer
 
 SECRET = "s3cr3t-for-tests"
 

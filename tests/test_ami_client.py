@@ -8,9 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.ami.client import AmiError
-from daemon.ami.frames import FrameParser
-from daemon.ami.replayserver import ReplayServer, encode, trace_body
+from daemon.intake.client import AmiError
+from daemon.intake.frames import FrameParser
+from daemon.intake.replayserver import ReplayServer, encode, trace_body
 from tests.ami_support import SECRET, rig, settle, until
 from tests.conftest import AMI_DIR, trace_names
 from tests.test_ami_frames import NAMES, _utf8_frames
@@ -257,9 +257,9 @@ async def test_silent_server_login_times_out_on_the_clock(
     """A port that accepts and never answers (a hung Asterisk): no hang, a clear line."""
     import asyncio
 
-    from daemon.ami.client import AmiClient
     from daemon.clock import ManualClock
     from daemon.config import AmiConfig
+    from daemon.intake.client import AmiClient
 
     accepted: list[asyncio.StreamWriter] = []
 
@@ -314,9 +314,9 @@ async def test_close_stops_a_run_task_owned_by_the_caller() -> None:
     """The service runs `run()` in its own TaskGroup; close() must end it too."""
     import asyncio
 
-    from daemon.ami.client import AmiClient
     from daemon.clock import ManualClock
     from daemon.config import AmiConfig
+    from daemon.intake.client import AmiClient
 
     server = ReplayServer(_body("03-short-abandon"))
     server.secret = SECRET

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.ami.frames import FrameParser, parse_message
-from daemon.ami.protocol import AmiProtocol
-from daemon.ami.replayserver import encode, trace_body
-from daemon.ami.stream import AmiStream
+from daemon.intake.frames import FrameParser, parse_message
+from daemon.intake.protocol import AmiProtocol
+from daemon.intake.replayserver import encode, trace_body
+from daemon.intake.stream import AmiStream
 from tests.conftest import AMI_DIR, trace_names
 
 SMALL_TRACES = ["03-short-abandon", "11-ivr-hangup", "12-internal-noanswer"]
@@ -148,7 +148,7 @@ def test_parse_message_shapes() -> None:
         "Empty": "",
     }
     # "Key:value" without the space, a line without colon, an empty key
-    from daemon.ami.frames import FrameStats
+    from daemon.intake.frames import FrameStats
 
     stats = FrameStats()
     assert parse_message("Event: X\r\nKey:value\r\njunk\r\n: nokey", stats) == {
@@ -162,7 +162,7 @@ def test_parse_message_shapes() -> None:
 
 
 def test_parse_fast_path_equals_careful_path_on_every_trace() -> None:
-    from daemon.ami.frames import _parse_careful
+    from daemon.intake.frames import _parse_careful
 
     for name in trace_names():
         body = trace_body((AMI_DIR / f"{name}.ami").read_bytes())

@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from daemon.ami.client import AmiClient
-from daemon.ami.replayserver import ReplayServer, trace_body
-from daemon.ami.stream import AmiStream
 from daemon.clock import ManualClock
 from daemon.config import AmiConfig, Config
+from daemon.intake.client import AmiClient
+from daemon.intake.replayserver import ReplayServer, trace_body
+from daemon.intake.stream import AmiStream
+from daemon.intake.tracker import WANTED_EVENTS, WANTED_VARS, CallTracker
 from daemon.model import FinishedCall
-from daemon.tracker import WANTED_EVENTS, WANTED_VARS, CallTracker
 from tests.ami_support import SECRET, settle, until
 from tests.conftest import AMI_DIR, trace_names
 

@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from daemon.ami.frames import MAX_FRAME_BYTES, FrameParser
-from daemon.ami.protocol import AmiProtocol
-from daemon.ami.replayserver import ReplayServer, encode
+from daemon.intake.frames import MAX_FRAME_BYTES, FrameParser
+from daemon.intake.protocol import AmiProtocol
+from daemon.intake.replayserver import ReplayServer, encode
 from tests.ami_support import rig, until
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from daemon.ami.replayserver import ReplayServer, trace_body
+from daemon.intake.replayserver import ReplayServer, trace_body
 from gsm import simulator
 from tests.conftest import AMI_DIR, load_sidecar, trace_names
 from tests.daemonproc import Daemon, running_daemon
@@ -243,7 +243,7 @@ def messages(db: Path) -> list[sqlite3.Row]:
 
 
 def render(call: dict[str, Any], template: str = TEMPLATE) -> str:
-    """The text a call should get: written here independently of daemon.templates."""
+    """The text a call should get: written here independently of daemon.decide.templates."""
     business = SALES if call["did"] == "5551002" else BUSINESS
     if call.get("voicemail_left") is True:
         template = TEMPLATE_VM

@@ -9,7 +9,15 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from daemon.config import HoursConfig
-from daemon.hours import Span, is_open, local_time, office_zone, parse_holiday, parse_span, schedule
+from daemon.decide.hours import (
+    Span,
+    is_open,
+    local_time,
+    office_zone,
+    parse_holiday,
+    parse_span,
+    schedule,
+)
 
 NY = ZoneInfo("America/New_York")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import modemcli
+from daemon.cli import modem as modemcli
 from daemon.cli import main as cli_main
 from gsm.errors import AtTimeout, DevicePermission, ModemGone, NoDevice, PinError
 

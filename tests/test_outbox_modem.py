@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from daemon.clock import ManualClock
-from daemon.outbox import Outbox
-from daemon.store import Store
+from daemon.outbox.outbox import Outbox
+from daemon.store.store import Store
 from gsm.modem import Modem, Timeouts
 from gsm.simulator import Faults, running
 from tests.outbox_fakes import NUMBERS, cfg

@@ -26,10 +26,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon.clock import ManualClock
+from daemon.decide.pipeline import Pipeline
 from daemon.model import MISSED_OUTCOMES, InboundAnswered, OutboundDialled, Outcome
-from daemon.outbox import Outbox
-from daemon.pipeline import Pipeline
-from daemon.store import MESSAGE_STATES, Store
+from daemon.outbox.outbox import Outbox
+from daemon.store.store import MESSAGE_STATES, Store
 from tests.outbox_fakes import NUMBERS, FakeSender, Retryable, call, cfg
 
 T0 = 1_795_300_000.0
@@ -324,8 +324,8 @@ _CHILD = textwrap.dedent(
     import asyncio, sys
     from daemon.clock import ManualClock
     from daemon.config import Config
-    from daemon.outbox import Outbox
-    from daemon.store import Store
+    from daemon.outbox.outbox import Outbox
+    from daemon.store.store import Store
 
     class Hang:
         async def send_sms(self, number, text, *, status_report=True):

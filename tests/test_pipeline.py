@@ -12,10 +12,10 @@ import pytest
 
 from daemon.clock import ManualClock
 from daemon.config import Config
+from daemon.decide.pipeline import Pipeline
 from daemon.model import InboundAnswered, OutboundDialled, Outcome
-from daemon.outbox import Outbox
-from daemon.pipeline import Pipeline
-from daemon.store import Store
+from daemon.outbox.outbox import Outbox
+from daemon.store.store import Store
 from tests.outbox_fakes import NUMBERS, FakeSender, call, cfg
 
 T0 = 1_795_300_000.0
@@ -252,8 +252,8 @@ async def test_live_mode_sends_from_the_background_worker(store: Store) -> None:
 
 
 async def test_dry_run_on_the_events_own_clock() -> None:
-    """The replay's harness (daemon.dryrun) drives this pipeline on the trace's clock."""
-    from daemon.dryrun import dry_run
+    """The replay's harness (daemon.app.dryrun) drives this pipeline on the trace's clock."""
+    from daemon.app.dryrun import dry_run
 
     t = T0 + 100_000
     repeat1, repeat2 = call(NUMBERS[0], at=t), call(NUMBERS[0], at=t + 40)
@@ -331,7 +331,7 @@ async def test_a_joining_voicemail_rewords_the_pending_text(store: Store) -> Non
 async def test_a_bug_on_one_event_is_loud_and_the_next_call_still_works(
     store: Store, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import daemon.pipeline as pipeline_mod
+    import daemon.decide.pipeline as pipeline_mod
 
     rig = Rig(store, cfg(delay="0s"))
     real = pipeline_mod.decide
@@ -401,7 +401,7 @@ async def test_a_burst_in_one_transaction_decides_each_call_as_one_at_a_time(
 async def test_a_bug_in_a_burst_costs_only_that_call(
     store: Store, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import daemon.pipeline as pipeline_mod
+    import daemon.decide.pipeline as pipeline_mod
 
     rig = Rig(store, cfg(delay="0s"), drive=False)
     real = pipeline_mod.decide

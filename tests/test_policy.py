@@ -16,15 +16,7 @@ from hypothesis import strategies as st
 
 from daemon.clock import ManualClock
 from daemon.config import Config, TextbackConfig
-from daemon.model import (
-    MISSED_OUTCOMES,
-    FinishedCall,
-    InboundAnswered,
-    OutboundDialled,
-    Outcome,
-    Reason,
-)
-from daemon.policy import (
+from daemon.decide.policy import (
     CHECK_ORDER,
     NEVER_TEXTED_TYPES,
     Decision,
@@ -39,6 +31,14 @@ from daemon.policy import (
     number_range,
     number_type_reason,
     sending_pause,
+)
+from daemon.model import (
+    MISSED_OUTCOMES,
+    FinishedCall,
+    InboundAnswered,
+    OutboundDialled,
+    Outcome,
+    Reason,
 )
 
 NY = ZoneInfo("America/New_York")
@@ -605,9 +605,9 @@ CFG_PROPERTY = Config(
 
 
 async def test_real_pipeline_uses_this_policy(tmp_path: Path) -> None:
-    from daemon.outbox import Outbox
-    from daemon.pipeline import Pipeline
-    from daemon.store import Store
+    from daemon.decide.pipeline import Pipeline
+    from daemon.outbox.outbox import Outbox
+    from daemon.store.store import Store
 
     cfg = config(delay="30s", allowed_countries=["US"])
     clock = ManualClock(NOW)

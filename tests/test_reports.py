@@ -12,7 +12,7 @@ import pytest
 
 from daemon.cli import main
 from daemon.model import Outcome
-from daemon.store import Store
+from daemon.store.store import Store
 from tests.outbox_fakes import NUMBERS, call
 
 

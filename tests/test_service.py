@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.ami.replayserver import ReplayServer, trace_body
+from daemon.app.service import Service
 from daemon.config import load_config
+from daemon.intake.replayserver import ReplayServer, trace_body
 from daemon.sdnotify import Notifier
-from daemon.service import Service
 from gsm import simulator
 from tests.conftest import AMI_DIR
 

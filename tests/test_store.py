@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from daemon.model import Outcome
-from daemon.store import SCHEMA_VERSION, Store, StoreError, StoreLockedError
+from daemon.store.store import SCHEMA_VERSION, Store, StoreError, StoreLockedError
 from tests.outbox_fakes import NUMBERS, call, cfg
 
 T0 = 1_795_300_000.0  # 2026-11-22 ~ 21:46 UTC
@@ -91,7 +91,7 @@ async def test_lock_holds_across_processes(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import asyncio, sys
-        from daemon.store import Store, StoreLockedError
+        from daemon.store.store import Store, StoreLockedError
         async def main():
             try:
                 await Store.open({str(path)!r})
@@ -341,7 +341,7 @@ async def test_concurrent_writers_in_one_process_do_not_mix_transactions(store: 
 async def test_a_failing_migration_leaves_the_old_version(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import daemon.store as store_mod
+    import daemon.store.store as store_mod
 
     path = tmp_path / "tb.db"
     s = await Store.open(path)

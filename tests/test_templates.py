@@ -13,8 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.config import Config, TextbackConfig
-from daemon.model import FinishedCall, Outcome
-from daemon.templates import (
+from daemon.decide.templates import (
     CALLER_NAME_MAX,
     FIELDS,
     TemplateError,
@@ -28,6 +27,7 @@ from daemon.templates import (
     render_preview,
     select_template,
 )
+from daemon.model import FinishedCall, Outcome
 from gsm.pdu import sms_info
 
 NY = ZoneInfo("America/New_York")

@@ -32,9 +32,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from daemon.cli.replay import basic_decision, replay_bytes
 from daemon.config import Config
 from daemon.model import FinishedCall
-from daemon.replay import basic_decision, replay_bytes
 from tests.conftest import AMI_DIR, load_sidecar, trace_names
 
 OUTCOME_CLASS = {

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from daemon.cli.replay import basic_decision, replay_bytes
 from daemon.clock import ManualClock
 from daemon.config import Config
+from daemon.intake.tracker import RECENT_FINISHED, WANTED_EVENTS, WANTED_VARS, CallTracker
 from daemon.model import FinishedCall, InboundAnswered, OutboundDialled, Outcome, TrackerEvent
-from daemon.replay import basic_decision, replay_bytes
-from daemon.tracker import RECENT_FINISHED, WANTED_EVENTS, WANTED_VARS, CallTracker
 from tests.conftest import AMI_DIR
 
 T0 = 1_795_400_000.0
@@ -378,7 +378,7 @@ def test_inbound_by_trunk_name_or_did_and_not_by_default() -> None:
 def test_answer_and_callback_events_come_before_the_finished_call() -> None:
     data = (AMI_DIR / "21-missed-then-callback.ami").read_bytes()
     tracker = CallTracker(make_cfg(ring_timeout=5.0), ManualClock(T0))
-    from daemon.ami.stream import AmiStream
+    from daemon.intake.stream import AmiStream
 
     events: list[TrackerEvent] = []
     AmiStream(
@@ -620,7 +620,7 @@ def test_queue_timeout_is_no_answer_not_abandon() -> None:
 
 
 def _trace_messages(name: str) -> list[dict[str, str]]:
-    from daemon.ami.frames import FrameParser
+    from daemon.intake.frames import FrameParser
 
     parser = FrameParser(wanted_events=WANTED_EVENTS, wanted_vars=WANTED_VARS)
     return [m for m in parser.feed((AMI_DIR / f"{name}.ami").read_bytes()) if "Event" in m]

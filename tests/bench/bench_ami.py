@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.ami.replayserver import ReplayServer, _Conn, trace_body
+from daemon.intake.replayserver import ReplayServer, _Conn, trace_body
 
 AMI_DIR = Path(__file__).resolve().parents[1] / "data" / "ami"
 END_ID = "bench.end"
@@ -301,9 +301,9 @@ async def _run_intake(
     on_finished: Callable[[Any], None] | None = None,
     sample: Callable[[Any], None] | None = None,
 ) -> tuple[float, float]:
-    from daemon.ami.client import AmiClient
     from daemon.clock import SystemClock
     from daemon.config import AmiConfig
+    from daemon.intake.client import AmiClient
 
     trk, wanted, wanted_vars, _ = _tracker()
     loop = asyncio.get_running_loop()
@@ -474,7 +474,7 @@ def memory(low: int, high: int) -> dict[str, Any]:
 
 def breakdown(repeat: int) -> dict[str, float]:
     """CPU microseconds per event of each stage, in process (no TCP), best of `repeat`."""
-    from daemon.ami.protocol import AmiProtocol
+    from daemon.intake.protocol import AmiProtocol
 
     templates = _templates()
     data, _ = _render(templates, 0, 1_800_000_000.0)

@@ -46,7 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from daemon.ami.replayserver import ReplayServer, _Conn, trace_body
+from daemon.intake.replayserver import ReplayServer, _Conn, trace_body
 from gsm import simulator
 from tests.daemonproc import Daemon, NotifyListener
 
@@ -370,7 +370,7 @@ async def aiosqlite_roundtrip(directory: Path, count: int) -> list[float]:
 def startup_baseline(runs: int) -> dict[str, float]:
     """Bare interpreter start, and the start plus importing the daemon's modules."""
     out = {}
-    for name, code in (("python", "pass"), ("imports", "import daemon.service, daemon.cli")):
+    for name, code in (("python", "pass"), ("imports", "import daemon.app.service, daemon.cli")):
         took = []
         for _ in range(runs):
             t0 = time.perf_counter()

@@ -35,12 +35,13 @@ from typing import Any
 
 from panoramisk.manager import Manager
 
-from daemon.ami.frames import Message
-from daemon.ami.protocol import AmiProtocol, plain
 from daemon.clock import Clock
 from daemon.config import AmiConfig
+from daemon.intake.frames import Message
+from daemon.intake.protocol import AmiProtocol, plain
 
-log = logging.getLogger(__name__)
+# The journal name operators filter on: kept stable when modules move.
+log = logging.getLogger("daemon.ami.client")
 
 #: First reconnect delay; doubles on every failed attempt up to `AmiConfig.max_backoff`.
 BASE_BACKOFF = 1.0

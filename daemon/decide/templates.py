@@ -17,9 +17,9 @@ from functools import lru_cache
 from typing import Literal, NamedTuple
 
 from daemon.config import Config, LineConfig
-from daemon.hours import DAY_NAMES, local_time, schedule
+from daemon.decide.hours import DAY_NAMES, local_time, schedule
+from daemon.decide.numbers import CallerKind, classify_caller
 from daemon.model import FinishedCall
-from daemon.numbers import CallerKind, classify_caller
 from gsm.gsm7 import is_gsm7
 from gsm.pdu import SmsInfo, sms_info
 

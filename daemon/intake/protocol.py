@@ -21,10 +21,11 @@ from panoramisk.actions import Action, Command
 from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message as PanoramiskMessage
 
-from daemon.ami.frames import FrameStats, Message
-from daemon.ami.stream import AmiStream
+from daemon.intake.frames import FrameStats, Message
+from daemon.intake.stream import AmiStream
 
-log = logging.getLogger(__name__)
+# The journal name operators filter on: kept stable when modules move.
+log = logging.getLogger("daemon.ami.protocol")
 
 #: Events our own actions and the server's goodbye produce: always let through the filter.
 CONTROL_EVENTS = frozenset({"CoreShowChannel", "CoreShowChannelsComplete", "Shutdown"})

@@ -22,18 +22,18 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
-from daemon.ami.client import AmiClient, AmiError
-from daemon.ami.frames import Message
 from daemon.check import Problem, Severity, check_config
 from daemon.clock import Clock, SystemClock
 from daemon.config import DEFAULT_CONFIG_PATH, Config
+from daemon.decide.pipeline import MAX_BATCH, Pipeline
+from daemon.intake.client import AmiClient, AmiError
+from daemon.intake.frames import Message
+from daemon.intake.tracker import WANTED_EVENTS, WANTED_VARS, CallTracker
 from daemon.logsetup import kv, setup_logging
 from daemon.model import FinishedCall, TrackerEvent
-from daemon.outbox import Outbox
-from daemon.pipeline import MAX_BATCH, Pipeline
+from daemon.outbox.outbox import Outbox
 from daemon.sdnotify import Notifier
-from daemon.store import Store, StoreError, StoreLockedError
-from daemon.tracker import WANTED_EVENTS, WANTED_VARS, CallTracker
+from daemon.store.store import Store, StoreError, StoreLockedError
 from gsm.errors import GsmError, PinError
 from gsm.modem import Modem, Timeouts
 from gsm.pdu import Deliver, StatusReport

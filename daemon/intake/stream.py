@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from daemon.ami.frames import FrameParser, FrameStats, Message
+from daemon.intake.frames import FrameParser, FrameStats, Message
 
 EventSink = Callable[[Message], None]
 

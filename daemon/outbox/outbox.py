@@ -25,10 +25,11 @@ from typing import Protocol, runtime_checkable
 from daemon.clock import Clock
 from daemon.config import Config
 from daemon.logsetup import kv
-from daemon.store import PENDING_STATES, Message, Store, StoreError, StoreTx
+from daemon.store.store import PENDING_STATES, Message, Store, StoreError, StoreTx
 from gsm.errors import SendUncertain
 
-log = logging.getLogger(__name__)
+# The journal name operators filter on: kept stable when modules move.
+log = logging.getLogger("daemon.outbox")
 
 #: How often to look again when the sender is down and texts are queued (and may expire).
 NOT_READY_POLL = 5.0

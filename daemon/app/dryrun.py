@@ -14,10 +14,10 @@ from pathlib import Path
 
 from daemon.clock import ManualClock
 from daemon.config import Config
+from daemon.decide.pipeline import CallReport, Pipeline
 from daemon.model import FinishedCall, TrackerEvent
-from daemon.outbox import Outbox
-from daemon.pipeline import CallReport, Pipeline
-from daemon.store import Store
+from daemon.outbox.outbox import Outbox
+from daemon.store.store import Store
 
 #: A replay never runs the outbox more often than this per event (a guard, not a limit
 #: anyone should reach: each pass sends or changes at least one text).

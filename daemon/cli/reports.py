@@ -20,8 +20,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from daemon.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, parse_duration
-from daemon.numbers import CallerKind, classify_caller
-from daemon.store import HistoryRow, PeriodStats, Store, StoreError
+from daemon.decide.numbers import CallerKind, classify_caller
+from daemon.store.store import HistoryRow, PeriodStats, Store, StoreError
 
 #: The periods `textback stats` shows: label, calendar days including today.
 PERIODS = (("today", 1), ("7 days", 7), ("30 days", 30))

@@ -14,15 +14,15 @@ from collections.abc import Sequence
 
 # command -> "module:function"
 _COMMANDS = {
-    "run": "daemon.service:main",
+    "run": "daemon.app.service:main",
     "check": "daemon.check:main",
-    "demo": "daemon.demo:main",
-    "replay": "daemon.replay:main",
-    "send-test": "daemon.modemcli:send_test_main",
-    "modem": "daemon.modemcli:modem_main",
-    "stats": "daemon.reports:stats_main",
-    "history": "daemon.reports:history_main",
-    "optout": "daemon.reports:optout_main",
+    "demo": "daemon.cli.demo:main",
+    "replay": "daemon.cli.replay:main",
+    "send-test": "daemon.cli.modem:send_test_main",
+    "modem": "daemon.cli.modem:modem_main",
+    "stats": "daemon.cli.reports:stats_main",
+    "history": "daemon.cli.reports:history_main",
+    "optout": "daemon.cli.reports:optout_main",
 }
 
 

@@ -29,11 +29,12 @@ from zoneinfo import ZoneInfo
 import aiosqlite
 
 from daemon.config import Config
+from daemon.decide.policy import PolicyFacts
 from daemon.logsetup import kv
 from daemon.model import FinishedCall
-from daemon.policy import PolicyFacts
 
-log = logging.getLogger(__name__)
+# The journal name operators filter on: kept stable when modules move.
+log = logging.getLogger("daemon.store")
 
 T = TypeVar("T")
 

@@ -19,12 +19,12 @@ from argparse import Namespace
 from importlib import resources
 from pathlib import Path
 
-from daemon.ami.replayserver import ReplayServer, trace_body
+from daemon.app.service import Service
+from daemon.cli.reports import history_main, stats_main
 from daemon.config import load_config
+from daemon.intake.replayserver import ReplayServer, trace_body
 from daemon.logsetup import setup_logging
-from daemon.reports import history_main, stats_main
 from daemon.sdnotify import Notifier
-from daemon.service import Service
 from gsm import simulator
 
 #: The wait step in the demo: long enough that the office's callback (trace 21) and the

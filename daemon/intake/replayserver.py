@@ -21,9 +21,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from daemon.ami.frames import FrameParser, Message
+from daemon.intake.frames import FrameParser, Message
 
-log = logging.getLogger(__name__)
+# The journal name operators filter on: kept stable when modules move.
+log = logging.getLogger("daemon.ami.replayserver")
 
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"
 _TERM = b"\r\n\r\n"

@@ -50,7 +50,8 @@ from daemon.clock import Clock
 from daemon.config import Config
 from daemon.model import FinishedCall, InboundAnswered, OutboundDialled, Outcome, TrackerEvent
 
-log = logging.getLogger(__name__)
+# The journal name operators filter on: kept stable when modules move.
+log = logging.getLogger("daemon.tracker")
 
 Message = dict[str, str]
 

@@ -42,17 +42,9 @@ from functools import lru_cache
 from typing import Literal
 
 from daemon.config import Config, TextbackConfig, format_duration
-from daemon.hours import office_zone
-from daemon.model import (
-    MISSED_OUTCOMES,
-    FinishedCall,
-    InboundAnswered,
-    OutboundDialled,
-    Outcome,
-    Reason,
-)
-from daemon.numbers import CallerKind, CallerNumber, classify_caller, is_safe_destination
-from daemon.templates import (
+from daemon.decide.hours import office_zone
+from daemon.decide.numbers import CallerKind, CallerNumber, classify_caller, is_safe_destination
+from daemon.decide.templates import (
     TEMPLATE_KEYS,
     TemplateKind,
     business_name,
@@ -62,6 +54,14 @@ from daemon.templates import (
     render,
     render_for_call,
     time_fields,
+)
+from daemon.model import (
+    MISSED_OUTCOMES,
+    FinishedCall,
+    InboundAnswered,
+    OutboundDialled,
+    Outcome,
+    Reason,
 )
 from gsm.pdu import SmsInfo, sms_info
 

@@ -1,7 +1,7 @@
 """`textback replay TRACE`: a recorded AMI byte stream through the live decoding code and
 the tracker, with a basic text-back verdict per finished call. Nothing is sent.
 
-The bytes go through `daemon.ami.stream.AmiStream` in reads of `--chunk` bytes, exactly as
+The bytes go through `daemon.intake.stream.AmiStream` in reads of `--chunk` bytes, exactly as
 the live intake feeds it from TCP, so a replay shows what the daemon would have seen.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import phonenumbers
 
-from daemon.ami.stream import AmiStream
+from daemon.app.dryrun import dry_run
 from daemon.clock import SystemClock
 from daemon.config import (
     DEFAULT_CONFIG_PATH,
@@ -26,11 +26,11 @@ from daemon.config import (
     load_config,
     parse_duration,
 )
-from daemon.dryrun import dry_run
+from daemon.decide.numbers import CallerKind, classify_caller
+from daemon.decide.pipeline import CallReport
+from daemon.intake.stream import AmiStream
+from daemon.intake.tracker import WANTED_EVENTS, WANTED_VARS, CallTracker
 from daemon.model import MISSED_OUTCOMES, FinishedCall, Outcome, Reason, TrackerEvent
-from daemon.numbers import CallerKind, classify_caller
-from daemon.pipeline import CallReport
-from daemon.tracker import WANTED_EVENTS, WANTED_VARS, CallTracker
 
 #: Number types that are never an SMS destination whatever the config says: texting them
 #: costs money or reaches a service, not a person (the SMS-pumping targets of DESIGN.md).
@@ -48,7 +48,7 @@ def basic_decision(call: FinishedCall, cfg: Config) -> tuple[str, str]:
     `destination_not_allowed`, like a foreign number: it is an SMS-pumping target, not a
     caller to serve. A real subscriber line the config does not allow (fixed line, VoIP,
     with the default `allowed_number_types`) is `not_mobile`: it cannot take the text.
-    The full policy (daemon.policy) replaces this function in the daemon.
+    The full policy (daemon.decide.policy) replaces this function in the daemon.
     """
     outcome = call.outcome
     if outcome is Outcome.NOT_INBOUND:

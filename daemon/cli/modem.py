@@ -12,8 +12,8 @@ import asyncio
 import sys
 
 from daemon.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
-from daemon.numbers import CallerKind, classify_caller
-from daemon.templates import render_preview
+from daemon.decide.numbers import CallerKind, classify_caller
+from daemon.decide.templates import render_preview
 from gsm.errors import (
     AtTimeout,
     DevicePermission,

@@ -24,6 +24,16 @@ from typing import Any
 
 from daemon.clock import Clock
 from daemon.config import Config
+from daemon.decide.numbers import CallerKind, classify_caller
+from daemon.decide.policy import (
+    Pause,
+    PolicyFacts,
+    cancel_reason,
+    decide,
+    destination_check,
+    number_range,
+    sending_pause,
+)
 from daemon.logsetup import kv
 from daemon.model import (
     MISSED_OUTCOMES,
@@ -33,20 +43,11 @@ from daemon.model import (
     Reason,
     TrackerEvent,
 )
-from daemon.numbers import CallerKind, classify_caller
-from daemon.outbox import Outbox
-from daemon.policy import (
-    Pause,
-    PolicyFacts,
-    cancel_reason,
-    decide,
-    destination_check,
-    number_range,
-    sending_pause,
-)
-from daemon.store import Message, Store, StoreError, StoreTx
+from daemon.outbox.outbox import Outbox
+from daemon.store.store import Message, Store, StoreError, StoreTx
 
-log = logging.getLogger(__name__)
+# The journal name operators filter on: kept stable when modules move.
+log = logging.getLogger("daemon.pipeline")
 
 #: Per-call results kept in memory for replays and the demo (the store keeps everything).
 MAX_RESULTS = 10_000

@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-log = logging.getLogger(__name__)
+# The journal name operators filter on: kept stable when modules move.
+log = logging.getLogger("daemon.ami.frames")
 
 #: The first few problems of each kind are logged as warnings, the rest at debug level.
 LOUD_REPORTS = 5

@@ -1,1 +1,0 @@
-"""Asterisk Manager Interface: wire framing, connection, intake."""
