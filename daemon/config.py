@@ -20,6 +20,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from daemon.errors import TextbackError
+
 DEFAULT_CONFIG_PATH = Path("/etc/textback/textback.toml")
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -286,7 +288,7 @@ class Config(BaseSettings):
         return None
 
 
-class ConfigError(Exception):
+class ConfigError(TextbackError):
     """The config cannot be used; `problems` lists (key path, message) pairs."""
 
     def __init__(self, path: Path | None, problems: list[tuple[str, str]]) -> None:

@@ -19,6 +19,7 @@ from typing import Literal, NamedTuple
 from daemon.config import Config, LineConfig
 from daemon.decide.hours import DAY_NAMES, local_time, schedule
 from daemon.decide.numbers import CallerKind, classify_caller
+from daemon.errors import TextbackError
 from daemon.model import FinishedCall
 from gsm.gsm7 import is_gsm7
 from gsm.pdu import SmsInfo, sms_info
@@ -65,8 +66,11 @@ _NO_NAME = frozenset(
 )
 
 
-class TemplateError(ValueError):
-    """A template cannot be rendered (unknown field, bad braces); `problems` lists why."""
+class TemplateError(TextbackError, ValueError):
+    """A template cannot be rendered (unknown field, bad braces); `problems` lists why.
+
+    Still a ValueError: callers that catch ValueError (the policy's fallback) catch it.
+    """
 
     def __init__(self, template: str, problems: list[str]) -> None:
         self.template = template

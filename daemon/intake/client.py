@@ -37,6 +37,7 @@ from panoramisk.manager import Manager
 
 from daemon.clock import Clock
 from daemon.config import AmiConfig
+from daemon.errors import TextbackError
 from daemon.intake.frames import Message
 from daemon.intake.protocol import AmiProtocol, plain
 
@@ -52,7 +53,7 @@ AUTH_FAILURE_STEPS = 2
 GAPS_KEPT = 100
 
 
-class AmiError(Exception):
+class AmiError(TextbackError):
     """Base of every intake error."""
 
 
