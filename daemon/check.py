@@ -1,14 +1,13 @@
-"""`textback check`: validate the config, explain every problem, show what is in effect.
+"""Config validation: every problem with its key and a hint, and what is in effect.
 
 `validate(cfg)` holds the checks the schema alone cannot express (business hours, time
-zone, regions, template fields, duplicate DIDs, ...). `textback run` uses the same checks
-(`check_config`) to refuse a broken config on SIGHUP, so a config that passes here is one
-the daemon accepts.
+zone, regions, template fields, duplicate DIDs, ...). `textback check` (daemon.cli.check)
+prints `report(...)`; `textback run` uses the same checks (`check_config`) to refuse a
+broken config on SIGHUP, so a config that passes here is one the daemon accepts.
 """
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import itertools
 import os
@@ -749,14 +748,6 @@ def report(path: Path, cfg: Config | None, problems: Sequence[Problem]) -> list[
     return out
 
 
-def main(args: argparse.Namespace) -> int:
-    """`textback check [--config FILE]`: exit 1 on any error, 0 otherwise."""
-    path = Path(args.config) if getattr(args, "config", None) else DEFAULT_CONFIG_PATH
-    cfg, problems = check_config(path)
-    print("\n".join(report(path, cfg, problems)))
-    return 1 if cfg is None or has_errors(problems) else 0
-
-
 __all__ = [
     "TEMPLATE_FIELDS",
     "Problem",
@@ -765,7 +756,6 @@ __all__ = [
     "check_environment",
     "check_template_fields",
     "has_errors",
-    "main",
     "problems_from_error",
     "report",
     "validate",

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.cli import modem as modemcli
 from daemon.cli import main as cli_main
+from daemon.cli import modem as modemcli
+from daemon.cli import send_test
 from gsm.errors import AtTimeout, DevicePermission, ModemGone, NoDevice, PinError
 
 
@@ -69,7 +70,7 @@ def test_simulator_process_prints_its_device(sim: SimProcess) -> None:
 
 
 def test_modem_probe_prints_identity(sim: SimProcess, capsys: pytest.CaptureFixture[str]) -> None:
-    assert modemcli.modem_main(_args(device=sim.device)) == 0
+    assert modemcli.main(_args(device=sim.device)) == 0
     out = capsys.readouterr().out
     assert "SIMCOM_SIM800L" in out
     assert "869170031234567" in out
@@ -89,14 +90,14 @@ def test_send_test_renders_the_template_and_reads_a_config(
 ) -> None:
     cfg = tmp_path / "textback.toml"
     cfg.write_text(f'[modem]\ndevice = "{sim.device}"\n\n[textback]\nbusiness_name = "Acme"\n')
-    assert modemcli.send_test_main(_args(config=str(cfg), number="(202) 555-0123")) == 0
+    assert send_test.main(_args(config=str(cfg), number="(202) 555-0123")) == 0
     assert "sent to +12025550123" in capsys.readouterr().out
     assert "Acme" in sim.line("sent to")
 
 
 @pytest.mark.parametrize("number", ["12", "+1202555012\r3", "hello", '+1"'])
 def test_send_test_refuses_bad_numbers(number: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert modemcli.send_test_main(_args(device="/nonexistent", number=number)) == 1
+    assert send_test.main(_args(device="/nonexistent", number=number)) == 1
     err = capsys.readouterr().err
     assert err.startswith("textback: not a valid phone number")
     assert err.count("\n") == 1
@@ -105,14 +106,14 @@ def test_send_test_refuses_bad_numbers(number: str, capsys: pytest.CaptureFixtur
 def test_not_a_serial_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     plain = tmp_path / "notatty"
     plain.write_text("")
-    assert modemcli.modem_main(_args(device=str(plain))) == 1
+    assert modemcli.main(_args(device=str(plain))) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"textback: {plain} is not a serial port (a modem is /dev/ttyUSBn")
     assert err.count("\n") == 1
 
 
 def test_no_such_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert modemcli.modem_main(_args(device=str(tmp_path / "ttyUSB7"))) == 1
+    assert modemcli.main(_args(device=str(tmp_path / "ttyUSB7"))) == 1
     err = capsys.readouterr().err
     assert "no such device" in err
     assert err.count("\n") == 1
@@ -121,7 +122,7 @@ def test_no_such_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 def test_pin_required(capsys: pytest.CaptureFixture[str]) -> None:
     s = SimProcess("--profile", "huawei", "--pin", "1234")
     try:
-        assert modemcli.modem_main(_args(device=s.device)) == 1
+        assert modemcli.main(_args(device=s.device)) == 1
     finally:
         s.stop()
     assert "SIM: the SIM asks for a PIN" in capsys.readouterr().err
@@ -134,7 +135,7 @@ def test_modem_that_does_not_answer(
     s = SimProcess("--mute")
     try:
         started = time.monotonic()
-        assert modemcli.modem_main(_args(device=s.device)) == 1
+        assert modemcli.main(_args(device=s.device)) == 1
         assert time.monotonic() - started < 5
     finally:
         s.stop()

@@ -1,19 +1,37 @@
-"""`textback stats`, `history` and `optout` through the real command line."""
+"""`textback stats`, `history` and `optout` through the real command line.
+
+What "today" and "7d" mean depends on the clock, so the tests that count by day run the
+commands on a ManualClock at a fixed instant (NOW), not the wall clock: they pass at
+23:59:59 in any time zone and across a DST change.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import threading
-import time
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from daemon.cli import main
+from daemon.cli import build_parser, history, main, optout, stats
+from daemon.clock import ManualClock
 from daemon.model import Outcome
 from daemon.store.store import Store
 from tests.outbox_fakes import NUMBERS, call
+
+#: The instant the tests run at: noon in the office's zone (the config's America/Chicago).
+#: The 30 days before it cross the end of DST (2026-11-01), the 7 days do not.
+NOW = datetime(2026, 11, 18, 12, 0, tzinfo=ZoneInfo("America/Chicago")).timestamp()
+
+
+def run_at(argv: list[str], now: float = NOW) -> int:
+    """A report command as `textback` parses it, on a ManualClock at `now`."""
+    args = build_parser().parse_args(argv)
+    command = {"stats": stats.main, "history": history.main, "optout": optout.main}
+    return command[args.command](args, ManualClock(now))
 
 
 def _config(tmp_path: Path) -> Path:
@@ -98,12 +116,12 @@ async def _fill(db: Path, now: float) -> None:
 @pytest.fixture
 def setup(tmp_path: Path) -> Path:
     cfg = _config(tmp_path)
-    asyncio.run(_fill(tmp_path / "tb.db", time.time()))
+    asyncio.run(_fill(tmp_path / "tb.db", NOW))
     return cfg
 
 
 def test_stats_table(setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["stats", "--config", str(setup)]) == 0
+    assert run_at(["stats", "--config", str(setup)]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     header = next(line for line in lines if "today" in line)
@@ -121,7 +139,7 @@ def test_stats_table(setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_stats_json(setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["stats", "--config", str(setup), "--json"]) == 0
+    assert run_at(["stats", "--config", str(setup), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["periods"]["today"]["calls"] == {"voicemail": 1, "no_answer": 2}
     assert doc["periods"]["30 days"]["calls"]["answered"] == 1
@@ -132,7 +150,7 @@ def test_stats_json(setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_history_answers_why_no_text(setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # The operator types the number the way the caller said it.
-    assert main(["history", "--config", str(setup), "--caller", "(206) 555-0102"]) == 0
+    assert run_at(["history", "--config", str(setup), "--caller", "(206) 555-0102"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:8] == [
         "time",
@@ -152,14 +170,14 @@ def test_history_answers_why_no_text(setup: Path, capsys: pytest.CaptureFixture[
 
 
 def test_history_json_since_and_limit(setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["history", "--config", str(setup), "--json", "--since", "7d"]) == 0
+    assert run_at(["history", "--config", str(setup), "--json", "--since", "7d"]) == 0
     docs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [d["caller"] for d in docs] == ["2065550102", NUMBERS[1], NUMBERS[0]]
     assert [d["message"] for d in docs] == ["cancelled", None, "sent"]
     assert docs[0]["why"] == "called_back"
-    assert main(["history", "--config", str(setup), "--json", "--limit", "1"]) == 0
+    assert run_at(["history", "--config", str(setup), "--json", "--limit", "1"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 1
-    assert main(["history", "--config", str(setup), "--json", "--since", "2000-01-01"]) == 0
+    assert run_at(["history", "--config", str(setup), "--json", "--since", "2000-01-01"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 4
 
 
@@ -185,25 +203,27 @@ def test_missing_database_is_one_clear_line(
 def test_default_config_from_the_environment(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    asyncio.run(_fill(tmp_path / "env.db", time.time()))
+    asyncio.run(_fill(tmp_path / "env.db", NOW))
     monkeypatch.setenv("TEXTBACK_DATABASE__PATH", str(tmp_path / "env.db"))
-    assert main(["stats", "--json"]) == 0
+    assert run_at(["stats", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["periods"]["today"]["replies"] == 1
 
 
 def test_optout_add_remove_list(setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = str(setup)
-    assert main(["optout", "add", "(202) 555-0101", "--config", cfg]) == 0
+    assert run_at(["optout", "add", "(202) 555-0101", "--config", cfg]) == 0
     assert "+12025550101 added" in capsys.readouterr().out
-    assert main(["optout", "add", "+12025550101", "--config", cfg]) == 0
+    assert run_at(["optout", "add", "+12025550101", "--config", cfg], NOW + 60) == 0
     assert "already" in capsys.readouterr().out
-    assert main(["optout", "list", "--config", cfg]) == 0
+    assert run_at(["optout", "list", "--config", cfg]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert len(listed) == 1
     assert listed[0].startswith("+12025550101")
-    assert main(["optout", "remove", "202-555-0101", "--config", cfg]) == 0
+    # stamped with the clock's time (the first add), in the office's zone
+    assert listed[0] == "+12025550101  added 2026-11-18 12:00:00  (cli)"
+    assert run_at(["optout", "remove", "202-555-0101", "--config", cfg]) == 0
     assert "removed" in capsys.readouterr().out
-    assert main(["optout", "list", "--config", cfg]) == 0
+    assert run_at(["optout", "list", "--config", cfg]) == 0
     assert "no opted-out numbers" in capsys.readouterr().out
 
 
@@ -242,9 +262,9 @@ def test_reports_work_while_the_daemon_holds_the_lock(
     t.start()
     try:
         assert opened.wait(10)
-        assert main(["stats", "--config", str(setup)]) == 0
-        assert main(["history", "--config", str(setup)]) == 0
-        assert main(["optout", "add", NUMBERS[3], "--config", str(setup)]) == 0
+        assert run_at(["stats", "--config", str(setup)]) == 0
+        assert run_at(["history", "--config", str(setup)]) == 0
+        assert run_at(["optout", "add", NUMBERS[3], "--config", str(setup)]) == 0
         out = capsys.readouterr().out
         assert "voicemail" in out
         assert "added to" in out

@@ -14,15 +14,15 @@ from collections.abc import Sequence
 
 # command -> "module:function"
 _COMMANDS = {
-    "run": "daemon.app.service:main",
-    "check": "daemon.check:main",
+    "run": "daemon.cli.run:main",
+    "check": "daemon.cli.check:main",
     "demo": "daemon.cli.demo:main",
     "replay": "daemon.cli.replay:main",
-    "send-test": "daemon.cli.modem:send_test_main",
-    "modem": "daemon.cli.modem:modem_main",
-    "stats": "daemon.cli.reports:stats_main",
-    "history": "daemon.cli.reports:history_main",
-    "optout": "daemon.cli.reports:optout_main",
+    "send-test": "daemon.cli.send_test:main",
+    "modem": "daemon.cli.modem:main",
+    "stats": "daemon.cli.stats:main",
+    "history": "daemon.cli.history:main",
+    "optout": "daemon.cli.optout:main",
 }
 
 

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from daemon.app.service import Service
-from daemon.cli.reports import history_main, stats_main
+from daemon.cli import history, stats
 from daemon.config import load_config
 from daemon.intake.replayserver import ReplayServer, trace_body
 from daemon.logsetup import setup_logging
@@ -163,11 +163,11 @@ def main(args: Namespace) -> int:
             )
         print("\n== textback history (why each caller did or did not get a text)")
         sys.stdout.flush()
-        history_main(
+        history.main(
             Namespace(config=str(cfg_path), caller=None, since=None, limit=100, json=False)
         )
         print("\n== textback stats")
         sys.stdout.flush()
-        stats_main(Namespace(config=str(cfg_path), json=False))
+        stats.main(Namespace(config=str(cfg_path), json=False))
         print(f"\ndemo finished in {time.monotonic() - started:.1f} s")
     return 0

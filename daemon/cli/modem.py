@@ -1,19 +1,19 @@
-"""`textback modem` (probe the modem) and `textback send-test` (send one SMS now).
+"""`textback modem [--config FILE] [--device PATH]`: probe the modem (maker, model,
+firmware, SIM, registration, operator, signal).
 
-Both work without a config file when --device is given; without either they read the
-default config (/etc/textback/textback.toml) if it exists, else use the defaults. A
-technician's usual mistakes each get one clear line and exit code 1.
+It works without a config file when --device is given; without either it reads the
+default config (/etc/textback/textback.toml) if it exists, else uses the defaults. A
+technician's usual mistakes each get one clear line and exit code 1. `textback send-test`
+(daemon.cli.send_test) opens the modem with the same helpers.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 
+from daemon.cli.common import fail
 from daemon.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
-from daemon.decide.numbers import CallerKind, classify_caller
-from daemon.decide.templates import render_preview
 from gsm.errors import (
     AtTimeout,
     DevicePermission,
@@ -33,7 +33,9 @@ STARTUP_TIMEOUT = 15.0
 REGISTRATION_TIMEOUT = 30.0
 
 
-def _config(args: argparse.Namespace) -> Config:
+def modem_config(args: argparse.Namespace) -> Config:
+    """--config FILE; else the default file unless --device makes it unneeded; else the
+    defaults. Raises ConfigError."""
     path = getattr(args, "config", None)
     if path:
         return load_config(path)
@@ -64,12 +66,8 @@ def explain(exc: GsmError, device: str) -> str:
     return f"modem on {device}: {exc}"
 
 
-def _fail(message: str) -> int:
-    print(f"textback: {message}", file=sys.stderr)
-    return 1
-
-
-def _modem(cfg: Config, device: str, *, require_network: bool) -> Modem:
+def open_modem(cfg: Config, device: str, *, require_network: bool) -> Modem:
+    """A Modem for a one-shot command: no reconnect, no health checks, short start-up."""
     m = cfg.modem
     return Modem(
         device,
@@ -115,61 +113,18 @@ async def _probe(modem: Modem) -> ModemInfo:
         await modem.close()
 
 
-def modem_main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     """`textback modem [--config FILE] [--device PATH]`."""
     try:
-        cfg = _config(args)
+        cfg = modem_config(args)
     except ConfigError as exc:
-        return _fail(str(exc).splitlines()[0])
+        return fail(str(exc).splitlines()[0])
     device = getattr(args, "device", None) or cfg.modem.device
     try:
-        info = asyncio.run(_probe(_modem(cfg, device, require_network=False)))
+        info = asyncio.run(_probe(open_modem(cfg, device, require_network=False)))
     except GsmError as exc:
-        return _fail(explain(exc, device))
+        return fail(explain(exc, device))
     except ValueError as exc:  # a PIN or SMSC in the config that cannot be right
-        return _fail(str(exc))
+        return fail(str(exc))
     print(format_info(info))
-    return 0
-
-
-async def _send(modem: Modem, number: str, text: str, status_report: bool) -> list[int]:
-    try:
-        await modem.start()
-        return await modem.send_sms(number, text, status_report=status_report)
-    finally:
-        await modem.close()
-
-
-def send_test_main(args: argparse.Namespace) -> int:
-    """`textback send-test NUMBER [--config FILE] [--device PATH] [--text TEXT]`."""
-    try:
-        cfg = _config(args)
-    except ConfigError as exc:
-        return _fail(str(exc).splitlines()[0])
-    device = getattr(args, "device", None) or cfg.modem.device
-    raw = str(args.number)
-    number = classify_caller(raw, home_region=cfg.textback.home_region)
-    if number.kind is not CallerKind.VALID or number.e164 is None:
-        return _fail(f"not a valid phone number: {raw!r} (write it as +<country><number>)")
-    text = getattr(args, "text", None)
-    if not text:
-        text = render_preview(cfg)[0].text
-    try:
-        refs = asyncio.run(
-            _send(
-                _modem(cfg, device, require_network=True),
-                number.e164,
-                text,
-                cfg.modem.status_reports,
-            )
-        )
-    except GsmError as exc:
-        return _fail(explain(exc, device))
-    except ValueError as exc:
-        return _fail(str(exc))
-    parts = "part" if len(refs) == 1 else "parts"
-    print(
-        f"sent to {number.e164} in {len(refs)} {parts};"
-        f" message reference(s): {', '.join(str(r) for r in refs)}"
-    )
     return 0
