@@ -1,4 +1,5 @@
-"""Shared fixtures: trace files, and a guard that fails a test leaving tasks behind."""
+"""Shared fixtures: trace files, the policy's verdict on one call, and a guard that fails a
+test leaving tasks behind."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from daemon.config import Config
+from daemon.decide.policy import PolicyFacts, decide
+from daemon.model import FinishedCall
 
 DATA = Path(__file__).parent / "data"
 AMI_DIR = DATA / "ami"
@@ -24,6 +29,13 @@ def load_sidecar(name: str) -> dict[str, Any]:
     """The JSON sidecar of a trace: what really happened."""
     data: dict[str, Any] = json.loads((AMI_DIR / f"{name}.json").read_text())
     return data
+
+
+def policy_verdict(call: FinishedCall, cfg: Config) -> tuple[str, str]:
+    """The real policy on one call alone (no history: no opt-out, cooldown or caps) at the
+    call's own end time: (send or suppress, the reason word)."""
+    decision = decide(call, PolicyFacts(), cfg, call.ended_at)
+    return decision.action, str(decision.reason)
 
 
 @pytest.fixture(autouse=True)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
 
+from daemon.app.dryrun import dry_run
 from daemon.cli import main
-from tests.conftest import AMI_DIR
+from daemon.cli.replay import call_record, replay_events
+from daemon.config import Config
+from tests.conftest import AMI_DIR, policy_verdict, trace_names
 
 TRACE01 = str(AMI_DIR / "01-missed-noanswer-voicemail.ami")
 TRACE02 = AMI_DIR / "02-abandoned-while-ringing.ami"
@@ -148,7 +152,7 @@ def test_bad_config_exits_1(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
         ((b"+442079460123", "GB"), ("suppress", "not_mobile")),  # a UK fixed line
     ],
 )
-def test_basic_decision_by_caller(
+def test_policy_verdict_by_caller(
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
     caller: tuple[bytes, str],
@@ -281,3 +285,29 @@ def test_callback_after_the_text_changes_nothing(
     assert rc == 0
     missed, _callback = json_lines(out)
     assert missed["message"] == "sent"
+
+
+# -- one policy: a call the dry run has no report for is judged by the same policy ------------
+
+#: Reasons only history gives (earlier texts, opt-outs): a call judged alone cannot have them.
+_HISTORY_REASONS = {"cooldown", "cap_reached", "opted_out"}
+
+
+@pytest.mark.parametrize("name", trace_names())
+def test_without_a_report_the_real_policy_judges_the_call_alone(name: str) -> None:
+    cfg = Config()
+    cfg = cfg.model_copy(update={"calls": cfg.calls.model_copy(update={"ring_timeout": 5.0})})
+    data = (AMI_DIR / f"{name}.ami").read_bytes()
+    finished, _, _, events = replay_events([data], cfg)
+    reports = asyncio.run(dry_run(events, cfg))
+    assert finished
+    for call in finished:
+        alone = call_record(call, cfg)
+        assert (alone["decision"], alone["reason"]) == policy_verdict(call, cfg), call.linkedid
+        assert alone["text"] is None  # nothing queued, so no text and no message
+        assert alone["message"] is None
+        full = call_record(call, cfg, reports[call.linkedid])
+        same = {k: v for k, v in full.items() if k not in ("decision", "reason", "text", "message")}
+        assert {k: alone[k] for k in same} == same
+        if full["reason"] not in _HISTORY_REASONS:
+            assert (alone["decision"], alone["reason"]) == (full["decision"], full["reason"])

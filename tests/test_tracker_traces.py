@@ -1,7 +1,8 @@
 """Trace truth: every call of every recorded trace gets the outcome and verdict its sidecar states.
 
 The bytes go through AmiStream (the live intake's decoding code) in reads of several sizes,
-then the tracker, then `basic_decision`. The traces are never edited.
+then the tracker, then the real policy (`decide` with no history, at the call's own end
+time). The traces are never edited.
 
 How the expected outcome word is derived from a sidecar call (`expected_outcome`):
 
@@ -32,10 +33,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.cli.replay import basic_decision, replay_bytes
+from daemon.cli.replay import replay_bytes
 from daemon.config import Config
 from daemon.model import FinishedCall
-from tests.conftest import AMI_DIR, load_sidecar, trace_names
+from tests.conftest import AMI_DIR, load_sidecar, policy_verdict, trace_names
 
 OUTCOME_CLASS = {
     "answered": "answered",
@@ -151,7 +152,7 @@ def check_trace(name: str, finished: list[FinishedCall], cfg: Config) -> None:
             assert f.did == c["did"], where
         if f.caller_name:
             assert f.caller_name == c["caller_name"], where
-        decision, reason = basic_decision(f, cfg)
+        decision, reason = policy_verdict(f, cfg)
         assert (decision == "send") is c["expected_textback"], where
         assert reason == expected_reason(c, want), where
 
@@ -192,7 +193,7 @@ def test_withheld_caller_uses_the_latest_presentation() -> None:
     by_caller = {f.caller: f for f in finished}
     assert by_caller["+12025550114"].withheld is True
     assert by_caller["anonymous"].withheld is True  # no number at all
-    assert basic_decision(by_caller["+12025550114"], cfg) == ("suppress", "anonymous")
+    assert policy_verdict(by_caller["+12025550114"], cfg) == ("suppress", "anonymous")
 
 
 def test_outbound_callback_keeps_the_dialled_number() -> None:

@@ -9,12 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.cli.replay import basic_decision, replay_bytes
+from daemon.cli.replay import replay_bytes
 from daemon.clock import ManualClock
 from daemon.config import Config
 from daemon.intake.tracker import RECENT_FINISHED, WANTED_EVENTS, WANTED_VARS, CallTracker
 from daemon.model import FinishedCall, InboundAnswered, OutboundDialled, Outcome, TrackerEvent
-from tests.conftest import AMI_DIR
+from tests.conftest import AMI_DIR, policy_verdict
 
 T0 = 1_795_400_000.0
 
@@ -128,7 +128,7 @@ def test_forward_answered_after_the_ring_timeout_is_carrier_voicemail() -> None:
     assert abs(call.ring_seconds - 25.0) < 0.01
     assert not any(isinstance(e, InboundAnswered) for e in events)
     assert not any(isinstance(e, OutboundDialled) for e in events)  # a forward, not staff
-    assert basic_decision(call, cfg) == ("send", "missed")
+    assert policy_verdict(call, cfg) == ("send", "missed")
 
 
 def test_forward_answered_quickly_is_a_person() -> None:

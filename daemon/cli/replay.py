@@ -1,5 +1,6 @@
-"""`textback replay TRACE`: a recorded AMI byte stream through the live decoding code and
-the tracker, with a basic text-back verdict per finished call. Nothing is sent.
+"""`textback replay TRACE`: a recorded AMI byte stream through the live decoding code, the
+tracker and the real policy and wait step (daemon.app.dryrun), one verdict per finished
+call. Nothing is sent.
 
 The bytes go through `daemon.intake.stream.AmiStream` in reads of `--chunk` bytes, exactly as
 the live intake feeds it from TCP, so a replay shows what the daemon would have seen.
@@ -26,54 +27,11 @@ from daemon.config import (
     load_config,
     parse_duration,
 )
-from daemon.decide.numbers import CallerKind, classify_caller
 from daemon.decide.pipeline import CallReport
+from daemon.decide.policy import PolicyFacts, decide
 from daemon.intake.stream import AmiStream
 from daemon.intake.tracker import WANTED_EVENTS, WANTED_VARS, CallTracker
-from daemon.model import MISSED_OUTCOMES, FinishedCall, Outcome, Reason, TrackerEvent
-
-#: Number types that are never an SMS destination whatever the config says: texting them
-#: costs money or reaches a service, not a person (the SMS-pumping targets of DESIGN.md).
-NEVER_TEXTED_TYPES = frozenset(
-    {"premium_rate", "shared_cost", "toll_free", "uan", "voicemail", "pager", "unknown"}
-)
-
-
-def basic_decision(call: FinishedCall, cfg: Config) -> tuple[str, str]:
-    """Send or suppress, with one reason word, from the call alone (no history, no caps).
-
-    Order: the outcome (answered, not_inbound, short_abandon), then the caller (withheld
-    or anonymous, invalid), then the destination (country, then number type). A number
-    type that is never a text destination (premium rate, shared cost, toll free ...) is
-    `destination_not_allowed`, like a foreign number: it is an SMS-pumping target, not a
-    caller to serve. A real subscriber line the config does not allow (fixed line, VoIP,
-    with the default `allowed_number_types`) is `not_mobile`: it cannot take the text.
-    The full policy (daemon.decide.policy) replaces this function in the daemon.
-    """
-    outcome = call.outcome
-    if outcome is Outcome.NOT_INBOUND:
-        return "suppress", Reason.NOT_INBOUND.value
-    if outcome is Outcome.ANSWERED:
-        return "suppress", Reason.ANSWERED.value
-    if outcome is Outcome.SHORT_ABANDON:
-        return "suppress", Reason.SHORT_ABANDON.value
-    if outcome not in MISSED_OUTCOMES:  # pragma: no cover - every outcome is listed
-        return "suppress", outcome.value
-    home = cfg.textback.home_region.upper()
-    number = classify_caller(call.caller, home_region=home, withheld=call.withheld)
-    if number.kind is CallerKind.ANONYMOUS:
-        return "suppress", Reason.ANONYMOUS.value
-    if number.kind is CallerKind.INVALID:
-        return "suppress", Reason.INVALID_NUMBER.value
-    allowed = {c.upper() for c in cfg.textback.allowed_countries} or {home}
-    if number.region not in allowed:
-        return "suppress", Reason.DESTINATION_NOT_ALLOWED.value
-    ntype = number.number_type or "unknown"
-    if ntype in NEVER_TEXTED_TYPES:
-        return "suppress", Reason.DESTINATION_NOT_ALLOWED.value
-    if ntype not in cfg.textback.allowed_number_types:
-        return "suppress", Reason.NOT_MOBILE.value
-    return "send", Reason.MISSED.value
+from daemon.model import FinishedCall, TrackerEvent
 
 
 def call_record(
@@ -82,12 +40,15 @@ def call_record(
     """The replay's view of one finished call, with its verdict.
 
     With a `report` from the dry run (full policy and wait step) its decision, reason,
-    rendered text and message state are shown; without, the basic verdict.
+    rendered text and message state are shown. Without one, the same policy judges the
+    call alone (no history, so no cooldown or caps) at the call's own end time, never the
+    wall clock, and there is no text or message.
     """
     if report is not None:
         decision, reason = report.decision, str(report.reason)
     else:
-        decision, reason = basic_decision(call, cfg)
+        verdict = decide(call, PolicyFacts(), cfg, call.ended_at)
+        decision, reason = verdict.action, str(verdict.reason)
     text = report.text if report is not None and report.message is not None else None
     return {
         "linkedid": call.linkedid,
