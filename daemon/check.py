@@ -111,6 +111,15 @@ def validate(cfg: Config) -> list[Problem]:
 
 def _check_ami(cfg: Config) -> list[Problem]:
     ami, out = cfg.ami, []
+    if not ami.enabled:
+        # no PBX: nothing here is used, so nothing here can be wrong
+        return [
+            _warn(
+                "ami.enabled",
+                "false: textback will not connect to Asterisk and no call will be texted back",
+                "set it to true unless this process only sends texts",
+            )
+        ]
     if not ami.host.strip():
         out.append(_err("ami.host", "empty", 'the Asterisk host, e.g. "127.0.0.1"'))
     if not ami.secret:

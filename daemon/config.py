@@ -80,6 +80,9 @@ class _Section(BaseModel):
 class AmiConfig(_Section):
     """[ami]: the Asterisk Manager Interface connection and what counts as inbound."""
 
+    enabled: bool = Field(
+        True, description="off: no PBX at all (a process that only sends); no call is tracked"
+    )
     host: str = Field("127.0.0.1", description="Asterisk host running AMI")
     port: int = Field(5038, ge=1, le=65535, description="AMI TCP port")
     username: str = Field("textback", description="manager.conf user")

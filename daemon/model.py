@@ -95,3 +95,59 @@ class OutboundDialled:
 
 #: Everything the tracker can emit.
 TrackerEvent = FinishedCall | InboundAnswered | OutboundDialled
+
+
+class MessageState(StrEnum):
+    """Where a text is in the outbox (DESIGN.md, Storage; the `messages.state` column).
+
+    waiting -> queued -> sending -> sent | failed | uncertain; a pending text (waiting or
+    queued) may instead be cancelled or expire.
+    """
+
+    WAITING = "waiting"  # in its wait step (missed-call texts only)
+    QUEUED = "queued"  # due: goes to a sender as soon as one is ready
+    SENDING = "sending"  # handed to a sender; at a restart this means `uncertain`
+    SENT = "sent"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    UNCERTAIN = "uncertain"  # may or may not have gone out; never resent blindly
+
+
+#: Not yet handed to a sender: may still be cancelled, merged into, or expire.
+PENDING_STATES: frozenset[MessageState] = frozenset({MessageState.WAITING, MessageState.QUEUED})
+#: Still in the outbox's hands (what the STATUS line counts as waiting).
+OPEN_STATES: frozenset[MessageState] = PENDING_STATES | {MessageState.SENDING}
+#: Went out, or may still go out: these count for caps, cooldown and the pumping guard.
+LIVE_STATES: frozenset[MessageState] = OPEN_STATES | {MessageState.SENT, MessageState.UNCERTAIN}
+#: A text's life ends in one of these.
+FINAL_STATES: frozenset[MessageState] = frozenset(
+    {
+        MessageState.SENT,
+        MessageState.FAILED,
+        MessageState.CANCELLED,
+        MessageState.EXPIRED,
+        MessageState.UNCERTAIN,
+    }
+)
+
+
+class MessageKind(StrEnum):
+    """Why a text is sent (the `messages.kind` column).
+
+    Only a missed-call text has a wait step, takes later missed calls into itself and is
+    cancelled when the office calls back; every other kind goes out at once (still written
+    to the outbox first, still under the caps) and is never merged or cancelled by a call.
+    """
+
+    MISSED_CALL = "missed_call"
+    OPT_OUT_CONFIRMATION = "opt_out_confirmation"
+    OPT_IN_CONFIRMATION = "opt_in_confirmation"
+    HELP = "help"
+    STAFF_FORWARD = "staff_forward"
+    TEST = "test"
+
+    @property
+    def waits(self) -> bool:
+        """Has a wait step, merges repeat calls and is cancelled by a callback."""
+        return self is MessageKind.MISSED_CALL

@@ -9,6 +9,7 @@ from typing import Any
 
 from daemon.config import Config
 from daemon.model import FinishedCall, Outcome
+from daemon.sending.sender import SendRequest, SendResult, result_of_error
 
 #: Test numbers only (555-01xx).
 NUMBERS = ["+12025550101", "+12065550102", "+13055550103", "+13125550104", "+14155550105"]
@@ -42,6 +43,16 @@ class FakeSender:
     started: asyncio.Event = field(default_factory=asyncio.Event)  # set when a send begins
     max_in_flight: int = 0
     _ref: int = 0
+
+    name: str = "fake"
+
+    async def send(self, request: SendRequest) -> SendResult:
+        """The Sender interface: a scripted exception becomes its result, as a modem's does."""
+        try:
+            refs = await self.send_sms(request.destination, request.text)
+        except Exception as exc:
+            return result_of_error(exc, sender=self.name)
+        return SendResult.sent(refs, sender=self.name)
 
     async def send_sms(self, number: str, text: str, *, status_report: bool = True) -> list[int]:
         self.attempts.append((number, self.clock.now() if self.clock else None))

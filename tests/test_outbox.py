@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from daemon.clock import ManualClock
-from daemon.outbox.outbox import Outbox, is_retryable
+from daemon.outbox.outbox import Outbox
+from daemon.sending.sender import is_retryable
 from daemon.store.store import Store
 from gsm.errors import CmsError, ModemGone, SendUncertain
 from tests.outbox_fakes import NUMBERS, FakeSender, Permanent, Retryable, cfg

@@ -9,6 +9,7 @@ import pytest
 
 from daemon.clock import ManualClock
 from daemon.outbox.outbox import Outbox
+from daemon.sending.modem import ModemSender
 from daemon.store.store import Store
 from gsm.modem import Modem, Timeouts
 from gsm.simulator import Faults, running
@@ -33,7 +34,7 @@ async def test_text_goes_out_through_the_driver_with_its_references(store: Store
         await modem.start()
         try:
             clock = ManualClock(T0)
-            outbox = Outbox(cfg(delay="30s"), store, clock, modem)
+            outbox = Outbox(cfg(delay="30s"), store, clock, ModemSender(modem))
             mid = await outbox.enqueue(
                 destination=NUMBERS[0], text=LONG, template_kind="in_hours", call_ids=[1]
             )
@@ -61,7 +62,7 @@ async def test_no_network_is_retried_then_sent(store: Store) -> None:
         await modem.start()
         try:
             clock = ManualClock(T0)
-            outbox = Outbox(cfg(delay="0s", retry_backoff="30s"), store, clock, modem)
+            outbox = Outbox(cfg(delay="0s", retry_backoff="30s"), store, clock, ModemSender(modem))
             mid = await outbox.enqueue(
                 destination=NUMBERS[1], text="Sorry we missed you", template_kind=None, call_ids=[1]
             )
@@ -88,7 +89,7 @@ async def test_unplugged_modem_keeps_the_text_queued(store: Store) -> None:
         await modem.start()
         try:
             clock = ManualClock(T0)
-            outbox = Outbox(cfg(delay="0s"), store, clock, modem)
+            outbox = Outbox(cfg(delay="0s"), store, clock, ModemSender(modem))
             mid = await outbox.enqueue(
                 destination=NUMBERS[2], text="Sorry we missed you", template_kind=None, call_ids=[1]
             )
@@ -115,7 +116,7 @@ async def test_modem_gone_after_taking_the_text_is_uncertain_never_resent(store:
         await modem.start()
         try:
             clock = ManualClock(T0)
-            outbox = Outbox(cfg(delay="0s", retry_backoff="1s"), store, clock, modem)
+            outbox = Outbox(cfg(delay="0s", retry_backoff="1s"), store, clock, ModemSender(modem))
             mid = await outbox.enqueue(
                 destination=NUMBERS[2], text="Sorry we missed you", template_kind=None, call_ids=[1]
             )

@@ -341,15 +341,14 @@ async def test_concurrent_writers_in_one_process_do_not_mix_transactions(store: 
 async def test_a_failing_migration_leaves_the_old_version(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import daemon.store.store as store_mod
+    import daemon.store.schema as schema_mod
 
     path = tmp_path / "tb.db"
     s = await Store.open(path)
     await s.optout_add(NUMBERS[0], T0)
     await s.close()
     broken = "CREATE TABLE extra (x INTEGER); INSERT INTO no_such_table VALUES (1);"
-    monkeypatch.setattr(store_mod, "_MIGRATIONS", (*store_mod._MIGRATIONS, broken))
-    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", (*schema_mod.MIGRATIONS, broken))
     with pytest.raises(StoreError, match="no_such_table"):
         await Store.open(path)
     con = sqlite3.connect(path)

@@ -17,28 +17,12 @@ from daemon.config import Config
 from daemon.decide.pipeline import CallReport, Pipeline
 from daemon.model import FinishedCall, TrackerEvent
 from daemon.outbox.outbox import Outbox
+from daemon.sending.recording import RecordingSender
 from daemon.store.store import Store
 
 #: A replay never runs the outbox more often than this per event (a guard, not a limit
 #: anyone should reach: each pass sends or changes at least one text).
 _MAX_PASSES = 10_000
-
-
-class RecordingSender:
-    """Stands in for the modem: always ready, records (number, text), sends nothing."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str]] = []
-
-    @property
-    def ready(self) -> bool:
-        """Always ready."""
-        return True
-
-    async def send_sms(self, number: str, text: str, *, status_report: bool = True) -> list[int]:
-        """Record the text; one made-up message reference per text."""
-        self.sent.append((number, text))
-        return [len(self.sent) % 256]
 
 
 def event_time(ev: TrackerEvent) -> float:

@@ -1,10 +1,12 @@
-"""`textback run`: the daemon. Wires AMI intake, tracker, policy, outbox, store and modem.
+"""`textback run`: the daemon. Assembles its parts and supervises them.
 
-One TaskGroup supervises. The AMI protocol hands events to the tracker synchronously (it
-is cheap and in order); what the tracker emits goes through a queue to the pipeline,
-which writes to SQLite before anything is sent. The outbox owns no modem: the modem
-supervisor attaches one when it is ready and detaches it when it is gone, and texts wait
-in the outbox meanwhile.
+The parts: the AMI intake and tracker (unless `[ami] enabled = false`), the pipeline
+(policy and outbox over the store), a sender (the modem supervisor) and the event bus
+with its sinks (the log and the counters). One TaskGroup supervises. The AMI protocol
+hands events to the tracker synchronously (it is cheap and in order); what the tracker
+emits goes through a queue to the pipeline, which writes to SQLite before anything is
+sent. The outbox owns no modem: it holds the supervisor as its sender, which is ready only
+while its modem is, and texts wait in the outbox meanwhile.
 
 systemd: READY=1 once config and database are up (not waiting for the PBX or the modem),
 STATUS lines a person can read, WATCHDOG=1 from the event loop, SIGTERM finishes the AT
@@ -17,26 +19,24 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
-from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
 from daemon.check import Problem, Severity, check_config
 from daemon.clock import Clock, SystemClock
-from daemon.config import DEFAULT_CONFIG_PATH, Config
+from daemon.config import Config
 from daemon.decide.pipeline import MAX_BATCH, Pipeline
 from daemon.intake.client import AmiClient, AmiError
 from daemon.intake.frames import Message
 from daemon.intake.tracker import WANTED_EVENTS, WANTED_VARS, CallTracker
-from daemon.logsetup import kv, setup_logging
-from daemon.model import FinishedCall, TrackerEvent
+from daemon.logsetup import kv
+from daemon.model import OPEN_STATES, FinishedCall, TrackerEvent
 from daemon.outbox.outbox import Outbox
 from daemon.sdnotify import Notifier
+from daemon.sending.modem import ModemSupervisor
+from daemon.sinks.bus import EventBus
 from daemon.store.store import Store, StoreError, StoreLockedError
-from gsm.errors import GsmError, PinError
 from gsm.modem import Modem, Timeouts
-from gsm.pdu import Deliver, StatusReport
 
 log = logging.getLogger("daemon.service")
 
@@ -49,9 +49,6 @@ STOP_DRAIN = 1.5
 #: ...and the send in flight may finish within this: with closing the port and the
 #: database, the daemon is gone within 10 s (systemd's TimeoutStopSec is 15 s).
 STOP_GRACE = 7.0
-#: Modem start-up retries: first wait, doubling up to the longest.
-MODEM_RETRY_FIRST = 2.0
-MODEM_RETRY_MAX = 60.0
 #: enforce_ring_timeout: how often ringing calls are checked.
 ENFORCE_INTERVAL = 1.0
 
@@ -82,12 +79,15 @@ class Service:
         clock: Clock | None = None,
         notifier: Notifier | None = None,
         modem_timeouts: Timeouts | None = None,
+        bus: EventBus | None = None,
     ) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.clock = clock or SystemClock()
         self.notifier = notifier or Notifier()
         self._modem_timeouts = modem_timeouts
+        #: The sinks: the log and the counters, and whatever a later part adds.
+        self.bus = bus if bus is not None else EventBus.standard()
         self.tracker = CallTracker(cfg, self.clock)
         self._events: asyncio.Queue[TrackerEvent] = asyncio.Queue()
         self._stop = asyncio.Event()
@@ -96,8 +96,7 @@ class Service:
         self.outbox: Outbox | None = None
         self.pipeline: Pipeline | None = None
         self.ami: AmiClient | None = None
-        self.modem: Modem | None = None
-        self._modem_problem = "starting"
+        self.sender: ModemSupervisor | None = None
         self._waiting = 0
         self._redirected: set[str] = set()
         self._bg: set[asyncio.Task[None]] = set()
@@ -130,7 +129,9 @@ class Service:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, handler)
         try:
-            self.store = await Store.open(self.cfg.database.path, tz=self.cfg.hours.timezone)
+            self.store = await Store.open(
+                self.cfg.database.path, tz=self.cfg.hours.timezone, bus=self.bus
+            )
         except StoreLockedError as exc:
             log.error(kv(event="start_failed", error=exc))
             return 1
@@ -144,23 +145,44 @@ class Service:
             self.notifier.close()
             log.info(kv(event="stopped"))
 
-    async def _serve(self) -> int:
+    @property
+    def modem(self) -> Modem | None:
+        """The modem, once the supervisor has started it."""
+        return None if self.sender is None else self.sender.modem
+
+    def _assemble(self) -> None:
+        """Build the parts this config asks for: AMI intake only when enabled."""
         assert self.store is not None
         cfg = self.cfg
-        self.outbox = Outbox(cfg, self.store, self.clock, sender=None)
-        self.pipeline = Pipeline(cfg, self.store, self.outbox, self.clock)
-        self.ami = AmiClient(
-            cfg.ami,
-            on_event=self._on_ami_event,
-            on_resync=self._on_resync,
+        self.sender = ModemSupervisor(
+            cfg.modem,
+            store=self.store,
+            bus=self.bus,
             clock=self.clock,
-            wanted=WANTED_EVENTS,
-            wanted_vars=WANTED_VARS,
+            timeouts=self._modem_timeouts,
         )
+        self.outbox = Outbox(cfg, self.store, self.clock, sender=self.sender)
+        self.pipeline = Pipeline(cfg, self.store, self.outbox, self.clock)
+        if cfg.ami.enabled:
+            self.ami = AmiClient(
+                cfg.ami,
+                on_event=self._on_ami_event,
+                on_resync=self._on_resync,
+                clock=self.clock,
+                wanted=WANTED_EVENTS,
+                wanted_vars=WANTED_VARS,
+            )
+
+    async def _serve(self) -> int:
+        self._assemble()
+        assert self.outbox is not None
+        assert self.pipeline is not None
+        assert self.sender is not None
+        cfg = self.cfg
         log.info(
             kv(
                 event="started",
-                ami=f"{cfg.ami.host}:{cfg.ami.port}",
+                ami=f"{cfg.ami.host}:{cfg.ami.port}" if self.ami is not None else "off",
                 modem=cfg.modem.device,
                 database=cfg.database.path,
                 ring_timeout=f"{cfg.calls.ring_timeout:g}s",
@@ -174,10 +196,9 @@ class Service:
         try:
             async with asyncio.TaskGroup() as tg:
                 work = [
-                    tg.create_task(self.ami.run(), name="ami"),
                     tg.create_task(self._consume(), name="pipeline"),
                     tg.create_task(self.pipeline.run(), name="outbox"),
-                    tg.create_task(self._modem_loop(), name="modem"),
+                    tg.create_task(self.sender.run(), name="modem"),
                     tg.create_task(self._expire_loop(), name="expire"),
                     tg.create_task(self._status_loop(), name="status"),
                     tg.create_task(self._reload_loop(), name="reload"),
@@ -185,8 +206,10 @@ class Service:
                 interval = self.notifier.watchdog_interval()
                 if interval:
                     work.append(tg.create_task(self._watchdog_loop(interval), name="watchdog"))
-                # always running: a SIGHUP may turn enforce_ring_timeout on or off
-                work.append(tg.create_task(self._enforce_loop(), name="enforce"))
+                if self.ami is not None:
+                    work.append(tg.create_task(self.ami.run(), name="ami"))
+                    # always running: a SIGHUP may turn enforce_ring_timeout on or off
+                    work.append(tg.create_task(self._enforce_loop(self.ami), name="enforce"))
                 await self._stop.wait()
                 await self._shutdown(work)
         except* Exception as group:
@@ -198,11 +221,11 @@ class Service:
     async def _shutdown(self, work: list[asyncio.Task[Any]]) -> None:
         """Stop intake, let the pipeline take what arrived, finish the send in flight."""
         self.notifier.stopping()
-        assert self.ami is not None
         assert self.outbox is not None
-        await self.ami.close()
+        if self.ami is not None:
+            await self.ami.close()
         # no new AT+CMGS after SIGTERM; the one in flight may finish (quiesce, below)
-        self.outbox.set_sender(None)
+        self.outbox.stop_sending()
         # what the tracker emitted before the intake stopped still reaches the database
         try:
             async with asyncio.timeout(STOP_DRAIN):
@@ -228,10 +251,10 @@ class Service:
         for task in [*work, *self._bg]:
             task.cancel()
         await asyncio.gather(*self._bg, return_exceptions=True)
-        if self.modem is not None:
+        if self.sender is not None:
             try:
                 async with asyncio.timeout(1.0):
-                    await self.modem.close()
+                    await self.sender.close()
             except TimeoutError:
                 log.warning(kv(event="stop_timeout", waiting_for="serial port close"))
 
@@ -337,119 +360,24 @@ class Service:
             for ev in self.tracker.expire(self.tracker.pbx_now()):
                 self._events.put_nowait(ev)
 
-    # -- modem ---------------------------------------------------------------------------------
-
-    async def _modem_loop(self) -> None:
-        """Start the modem, retrying with backoff; hand it to the outbox while it is ready."""
-        assert self.outbox is not None
-        m = self.cfg.modem
-        delay = MODEM_RETRY_FIRST
-        first_failure = True
-        while True:
-            try:
-                modem = Modem(
-                    m.device,
-                    baudrate=m.baudrate,
-                    pin=m.pin or None,
-                    smsc=m.smsc.replace(" ", "") or None,
-                    mode=m.mode,
-                    # [modem] send_timeout: the longest wait for +CMGS after the message body
-                    timeouts=self._modem_timeouts or Timeouts(send=m.send_timeout),
-                )
-            except ValueError as exc:
-                # a setting the driver refuses (PIN or SMSC shape): no retry can fix it
-                self._modem_problem = f"config: {exc}"
-                log.error(kv(event="modem_failed", device=m.device, error=exc, retry="never"))
-                return
-            try:
-                await modem.start()
-            except PinError as exc:
-                # a wrong PIN retried three times locks the SIM: stop, loudly, for good
-                self._modem_problem = f"SIM: {exc}"
-                log.error(kv(event="modem_failed", device=m.device, error=exc, retry="never"))
-                await modem.close()
-                return
-            except (GsmError, OSError) as exc:
-                # SIM not inserted or busy, no answer, device missing: worth another try
-                self._modem_problem = str(exc)
-                level = logging.WARNING if first_failure else logging.DEBUG
-                log.log(
-                    level,
-                    kv(event="modem_unavailable", device=m.device, error=exc, retry_in=delay),
-                )
-                first_failure = False
-                await modem.close()
-                await self.clock.sleep(delay)
-                delay = min(delay * 2, MODEM_RETRY_MAX)
-                continue
-            self.modem = modem
-            self._modem_problem = ""
-            try:
-                info = await modem.probe()
-                log.info(
-                    kv(
-                        event="modem_ready",
-                        device=m.device,
-                        maker=info.maker,
-                        model=info.model,
-                        operator=info.operator,
-                        signal=info.rssi,
-                        registration=info.registration_text,
-                        mode=info.mode,
-                    )
-                )
-            except (GsmError, OSError) as exc:
-                log.warning(kv(event="modem_probe_failed", error=exc))
-            self.outbox.set_sender(modem)
-            await self._inbound(modem)
-            return
-
-    async def _inbound(self, modem: Modem) -> None:
-        """Delivery reports and inbound texts, into the store (replies: a later issue)."""
-        assert self.store is not None
-        async for item in modem.incoming():
-            now = self.clock.now()
-            try:
-                if isinstance(item, StatusReport):
-                    status = (
-                        "delivered" if item.delivered else ("failed" if item.final else "pending")
-                    )
-                    mid = await self.store.record_delivery(item.message_ref, status, now)
-                    log.info(
-                        kv(
-                            event="delivery_report",
-                            reference=item.message_ref,
-                            message=mid,
-                            status=status,
-                        )
-                    )
-                elif isinstance(item, Deliver):
-                    await self.store.add_reply(item.sender, item.text, now)
-                    log.info(kv(event="reply", sender=item.sender, chars=len(item.text)))
-            except StoreError as exc:
-                log.error(kv(event="store_error", during="inbound", error=exc))
-
     # -- housekeeping ----------------------------------------------------------------------
 
     def status_line(self) -> str:
         """What `systemctl status` shows: AMI, modem, signal, queue."""
-        ami = "AMI connected" if self.ami is not None and self.ami.connected else "AMI connecting"
-        if self.modem is not None and self.modem.ready:
-            rssi = self.modem.rssi
-            modem = "modem ready" + (f", signal {rssi}/31" if rssi not in (None, 99) else "")
-        elif self.modem is not None:
-            modem = f"modem {self.modem.state.value}"
-            if self.modem.fatal is not None:
-                modem += f" ({self.modem.fatal})"
+        if not self.cfg.ami.enabled:
+            ami = "AMI off"
+        elif self.ami is not None and self.ami.connected:
+            ami = "AMI connected"
         else:
-            modem = f"modem not ready ({self._modem_problem})" if self._modem_problem else "modem"
+            ami = "AMI connecting"
+        modem = "modem not ready (starting)" if self.sender is None else self.sender.status_text()
         return f"{ami}, {modem}, {self._waiting} waiting, {self.tracker.active} calls in progress"
 
     async def _status_loop(self) -> None:
         assert self.store is not None
         while True:
             with contextlib.suppress(StoreError):  # the STATUS line keeps the last count
-                self._waiting = await self.store.count_messages(("waiting", "queued", "sending"))
+                self._waiting = await self.store.count_messages(OPEN_STATES)
             self.notifier.status(self.status_line())
             await self.clock.sleep(STATUS_INTERVAL)
 
@@ -493,13 +421,12 @@ class Service:
         log.info(kv(event="reloaded", config=self.config_path))
         return True
 
-    async def _enforce_loop(self) -> None:
+    async def _enforce_loop(self, ami: AmiClient) -> None:
         """Redirect calls ringing past ring_timeout to the voicemail target (AMI Redirect)."""
-        assert self.ami is not None
         while True:
             await self.clock.sleep(ENFORCE_INTERVAL)
             calls = self.cfg.calls  # the config of this pass: SIGHUP may have changed it
-            if not calls.enforce_ring_timeout or not self.ami.connected:
+            if not calls.enforce_ring_timeout or not ami.connected:
                 continue
             target = calls.voicemail_target
             context, exten, priority = _split_target(target)
@@ -510,7 +437,7 @@ class Service:
                     continue
                 self._redirected.add(linkedid)
                 try:
-                    reply = await self.ami.action(
+                    reply = await ami.action(
                         {
                             "Action": "Redirect",
                             "Channel": channel,
@@ -539,21 +466,6 @@ def _split_target(target: str) -> tuple[str, str, str]:
     while len(parts) < 3:
         parts.append("1")
     return parts[0], parts[1], parts[2]
-
-
-def main(args: Namespace) -> int:
-    """`textback run [--config FILE]`."""
-    path = Path(args.config) if args.config else DEFAULT_CONFIG_PATH
-    cfg, problems = check_config(path)
-    errors = [p for p in problems if p.severity is Severity.ERROR]
-    if cfg is None or errors:
-        for p in errors:
-            print(f"textback: {path}: {p.key}: {p.message}", file=sys.stderr)
-        print("textback: not started; `textback check` explains each problem", file=sys.stderr)
-        return 1
-    setup_logging(cfg.log.level)
-    _log_warnings(problems)
-    return asyncio.run(Service(cfg, path).run())
 
 
 def _log_warnings(problems: list[Problem]) -> None:

@@ -24,6 +24,7 @@ from daemon.cli import history, stats
 from daemon.config import load_config
 from daemon.intake.replayserver import ReplayServer, trace_body
 from daemon.logsetup import setup_logging
+from daemon.model import OPEN_STATES
 from daemon.sdnotify import Notifier
 from gsm import simulator
 
@@ -96,7 +97,7 @@ async def _settle(svc: Service, server: ReplayServer, deadline: float) -> None:
         await asyncio.sleep(0.2)
         if svc.tracker.active or svc.store is None:
             continue
-        pending = await svc.store.messages(("waiting", "queued", "sending"))
+        pending = await svc.store.messages(OPEN_STATES)
         if not pending and svc.pipeline is not None and not svc.pipeline.backlog:
             return
 

@@ -34,11 +34,20 @@ from daemon.decide.policy import (
     number_range,
     sending_pause,
 )
+from daemon.events import (
+    CallbackCancelled,
+    GuardTripped,
+    SendingPaused,
+    SendingResumed,
+    TextReworded,
+)
 from daemon.logsetup import kv
 from daemon.model import (
     MISSED_OUTCOMES,
     FinishedCall,
     InboundAnswered,
+    MessageKind,
+    MessageState,
     OutboundDialled,
     Reason,
     TrackerEvent,
@@ -54,6 +63,10 @@ MAX_RESULTS = 10_000
 #: Most finished calls recorded in one transaction (bounds how long one commit holds the
 #: database thread and the connection while a burst is written).
 MAX_BATCH = 100
+#: Final states whose `reason` a report shows.
+_WHY_STATES = frozenset(
+    {MessageState.CANCELLED, MessageState.FAILED, MessageState.EXPIRED, MessageState.UNCERTAIN}
+)
 #: First and longest wait before retrying events the database refused.
 RETRY_FIRST = 1.0
 RETRY_MAX = 60.0
@@ -325,8 +338,10 @@ class Pipeline:
     ) -> None:
         """Record one finished call, its decision and its text, inside `tx`.
 
-        Runs on the database thread: logs, counters in memory and guard state go to
-        `after`, which the caller runs once the transaction is committed.
+        Runs on the database thread: what it writes emits its events into `tx` (the store
+        publishes them after the commit); the pipeline's own memory (the results kept for
+        reports, the sending pauses) goes to `after`, which the caller runs once the
+        transaction is committed.
         """
         destination, _ = destination_check(call, cfg)
         missed = call.inbound and call.outcome in MISSED_OUTCOMES
@@ -335,15 +350,14 @@ class Pipeline:
         if missed and destination is not None:
             pending = tx.pending_for(destination)
         if pending is not None:
-            self._outbox.join_in(tx, pending, call_id, now=now, after=after)
+            self._outbox.join_in(tx, pending, call_id, now=now)
             detail = f"merged into message {pending.id}"
-            if call.voicemail_left and self._reword_for_voicemail(
-                tx, call, pending, now, cfg=cfg, after=after
-            ):
+            if call.voicemail_left and self._reword_for_voicemail(tx, call, pending, now, cfg=cfg):
                 reworded = tx.get_message(pending.id)
                 pending = reworded or pending
                 detail += f"; text reworded ({pending.template_kind})"
             tx.record_decision(
+                call,
                 call_id,
                 action="send",
                 reason=Reason.MISSED,
@@ -390,9 +404,11 @@ class Pipeline:
                         parts=decision.parts,
                         encoding=decision.encoding,
                         now=now,
-                        after=after,
+                        kind=MessageKind.MISSED_CALL,
+                        line=call.did,
                     )
             tx.record_decision(
+                call,
                 call_id,
                 action=action,
                 reason=reason,
@@ -419,29 +435,10 @@ class Pipeline:
             elif reason is Reason.CAP_REACHED:
                 pause = sending_pause(sent_to, facts, cfg, now)
                 if pause is not None:
-                    tx.bump(f"guard.{pause.guard}", 1, now)
+                    tx.emit(GuardTripped(guard=pause.guard, at=now))
                     tripped = pause
                     after.append(lambda: self._guard_tripped(tripped, sent_to, now))
-        after.append(lambda: self._finished_log(call, report))
-
-    def _finished_log(self, call: FinishedCall, report: CallReport) -> None:
-        """After the commit: count, remember and log one finished call."""
-        self.counts[f"decision.{report.decision}.{report.reason}"] += 1
-        self._remember(report)
-        log.info(
-            kv(
-                event="call",
-                linkedid=call.linkedid,
-                caller=call.caller,
-                did=call.did,
-                outcome=call.outcome,
-                ring=f"{call.ring_seconds:.1f}s",
-                decision=report.decision,
-                reason=report.reason,
-                message=report.message_id,
-                detail=report.detail or None,
-            )
-        )
+        after.append(lambda: self._remember(report))
 
     def _reword_for_voicemail(
         self,
@@ -451,7 +448,6 @@ class Pipeline:
         now: float,
         *,
         cfg: Config,
-        after: list[Callable[[], None]],
     ) -> bool:
         """The joining call left a voicemail: the pending text thanks for the message."""
         again = decide(call, PolicyFacts(), cfg, now)
@@ -466,8 +462,7 @@ class Pipeline:
             parts=again.parts,
             encoding=again.encoding,
         )
-        mid = pending.id
-        after.append(lambda: log.info(kv(event="message", id=mid, reworded=kind)))
+        tx.emit(TextReworded(message_id=pending.id, template_kind=kind, at=now))
         return True
 
     def _guard_key(self, guard: str, destination: str | None) -> str:
@@ -477,23 +472,13 @@ class Pipeline:
         return guard
 
     def _guard_tripped(self, pause: Pause, destination: str | None, now: float) -> None:
-        """One loud line when a cap or the pumping guard trips, not one per call."""
-        self.counts[f"guard.{pause.guard}"] += 1
+        """One loud pause when a cap or the pumping guard trips, not one per call."""
         key = self._guard_key(pause.guard, destination)
         held = self._tripped.get(key)
-        if held is not None and now < held.until:
-            log.debug(kv(event="sending_paused", guard=key, detail=pause.detail))
-            return
-        self._tripped[key] = pause
-        self.counts["guard_trips"] += 1
-        log.warning(
-            kv(
-                event="sending_paused",
-                guard=key,
-                detail=pause.detail,
-                note="calls are recorded as cap_reached and not texted until it passes",
-            )
-        )
+        first = held is None or now >= held.until
+        if first:
+            self._tripped[key] = pause
+        self._store.bus.emit(SendingPaused(key=key, detail=pause.detail, first=first))
 
     def _guards_clear(self, destination: str) -> None:
         """A text went ahead: no cap holds any more, nor the guard of its number range."""
@@ -501,7 +486,7 @@ class Pipeline:
         for key in list(self._tripped):
             if key == pumping or not key.startswith("pumping:"):
                 del self._tripped[key]
-                log.warning(kv(event="sending_resumed", guard=key))
+                self._store.bus.emit(SendingResumed(key=key))
 
     async def _cancel(self, number: str, reason: Reason, now: float, linkedid: str) -> None:
         home = self._cfg.textback.home_region
@@ -519,14 +504,13 @@ class Pipeline:
             seen.add(judged.e164)
             ids = await self._outbox.cancel(judged.e164, str(reason), now=now)
             if ids:
-                self.counts[f"cancelled.{reason}"] += len(ids)
-                log.info(
-                    kv(
-                        event="cancelled",
+                self._store.bus.emit(
+                    CallbackCancelled(
                         destination=judged.e164,
-                        reason=reason,
+                        reason=str(reason),
                         linkedid=linkedid,
-                        messages=",".join(str(i) for i in ids),
+                        message_ids=tuple(ids),
+                        at=now,
                     )
                 )
 
@@ -551,7 +535,7 @@ class Pipeline:
         # The text as it stands (a joining voicemail may have reworded it).
         if r.merged:
             return replace(r, message="merged", text=m.text)
-        why = m.reason if m.state in ("cancelled", "failed", "expired", "uncertain") else None
+        why = m.reason if m.state in _WHY_STATES else None
         return replace(r, message=m.state, message_reason=why, text=m.text)
 
     async def reports(self) -> list[CallReport]:

@@ -1,6 +1,6 @@
 """The durable outbox: wait, cancel, send, retry, give up, all recorded in SQLite.
 
-A text is written (state `waiting`) before anything is sent. Its life:
+A text is written (state `waiting` or `queued`) before anything is sent. Its life:
 
     waiting --delay--> queued --> sending --> sent
        |                 |  ^        |
@@ -10,8 +10,14 @@ A text is written (state `waiting`) before anything is sent. Its life:
        +-----------------+--> expired   (not sent within max_age)
     sending at a restart --> uncertain  (or back to queued with resend_uncertain)
 
-The outbox owns no modem: it sends through an `SmsSender`, which the gsm driver fulfils.
-One send at a time. Time comes only from the injected clock.
+Only a missed-call text waits, takes repeat calls into itself and is cancelled by a
+callback (`MessageKind.waits`); an opt-out confirmation, a help answer, a staff forward or a
+test is `queued` at once and never merged or cancelled by a call.
+
+The outbox owns no modem: it sends through a `daemon.sending.sender.Sender`. One send at
+a time. Time comes only from the injected clock. Every change of a text is written with
+its event (`TextWritten`, `TextChanged`, `TextMerged`) in one transaction; the store
+publishes the event after the commit, and the sinks word and count it.
 """
 
 from __future__ import annotations
@@ -20,13 +26,23 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol, runtime_checkable
 
 from daemon.clock import Clock
 from daemon.config import Config
+from daemon.decide.policy import Pause, cap_pause
+from daemon.errors import TextbackError
+from daemon.events import Event, ModemStateChanged, TextChanged, TextMerged, TextWritten
 from daemon.logsetup import kv
-from daemon.store.store import PENDING_STATES, Message, Store, StoreError, StoreTx
-from gsm.errors import SendUncertain
+from daemon.model import PENDING_STATES, MessageKind, MessageState
+from daemon.sending.sender import (
+    ERROR_CHARS,
+    Sender,
+    SendRequest,
+    SendResult,
+    SendStatus,
+    result_of_error,
+)
+from daemon.store.store import Message, Store, StoreError, StoreTx
 
 # The journal name operators filter on: kept stable when modules move.
 log = logging.getLogger("daemon.outbox")
@@ -37,51 +53,81 @@ NOT_READY_POLL = 5.0
 STORE_RETRY_FIRST = 1.0
 STORE_RETRY_MAX = 60.0
 
-
-@runtime_checkable
-class SmsSender(Protocol):
-    """What the outbox needs from a modem: send one text, get its message references."""
-
-    async def send_sms(self, number: str, text: str, *, status_report: bool = True) -> list[int]:
-        """Send `text` to `number` (E.164); return the modem's reference of each part."""
-        ...
+_QUEUED = (MessageState.QUEUED,)
+_WAITING = (MessageState.WAITING,)
+_PENDING = tuple(sorted(PENDING_STATES))
 
 
-def is_retryable(exc: BaseException) -> bool:
-    """Is another try worth it? An explicit `retryable` flag wins (gsm.errors has one:
-    SendUncertain is a TimeoutError that must NOT be retried blindly); otherwise timeouts
-    and OS errors are retryable and everything else is permanent."""
-    flag = getattr(exc, "retryable", None)
-    if isinstance(flag, bool):
-        return flag
-    return isinstance(exc, TimeoutError | OSError)
+class CapReached(TextbackError):
+    """A text that no call decided on (a confirmation, an answer, a forward) would go past
+    a cap (max_per_hour, max_per_day, max_per_month): nothing was written."""
+
+    def __init__(self, pause: Pause) -> None:
+        self.pause = pause
+        super().__init__(f"{pause.guard}: {pause.detail}")
 
 
-def is_uncertain(exc: BaseException) -> bool:
-    """The modem may have sent the text although the send failed (gsm SendUncertain)."""
-    return isinstance(exc, SendUncertain)
+def sender_ready(sender: Sender | None) -> bool:
+    """A sender is ready unless absent or it says otherwise."""
+    return sender is not None and bool(sender.ready)
 
 
-def sender_ready(sender: SmsSender | None) -> bool:
-    """A sender is ready unless absent or it says otherwise through a `ready` attribute."""
-    if sender is None:
-        return False
-    ready = getattr(sender, "ready", True)
-    if callable(ready):
-        ready = ready()
-    return bool(ready)
+def _changed(
+    m: Message,
+    state: MessageState,
+    at: float,
+    *,
+    reason: str | None = None,
+    attempt: int | None = None,
+    references: tuple[int, ...] = (),
+    error: str | None = None,
+    retry_in: float | None = None,
+    age: float | None = None,
+    sender: str = "",
+) -> TextChanged:
+    return TextChanged(
+        message_id=m.id,
+        destination=m.destination,
+        kind=m.kind,
+        state=state,
+        at=at,
+        reason=reason,
+        attempt=attempt,
+        references=references,
+        error=error,
+        retry_in=retry_in,
+        age=age,
+        sender=sender,
+    )
+
+
+class _WakeOnNewText:
+    """Wakes the outbox's worker when a new text is committed (by anyone's transaction)
+    and when a sender's modem becomes ready."""
+
+    name = "outbox-wake"
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, TextWritten) or (
+            isinstance(event, ModemStateChanged) and event.state == "ready"
+        ):
+            self._outbox.wake()
 
 
 class Outbox:
     """The queue of texts; `run()` is its worker, `process_due()` one pass of it."""
 
     def __init__(
-        self, cfg: Config, store: Store, clock: Clock, sender: SmsSender | None = None
+        self, cfg: Config, store: Store, clock: Clock, sender: Sender | None = None
     ) -> None:
         self._cfg = cfg
         self._store = store
         self._clock = clock
         self._sender = sender
+        self._stopping = False
         self._send_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._cond = asyncio.Condition()
@@ -92,6 +138,7 @@ class Outbox:
         #: Store errors seen (kept in memory: the database may be what is failing).
         self.store_errors = 0
         self._saved_errors = 0
+        store.bus.add(_WakeOnNewText(self))
 
     # -- wiring ------------------------------------------------------------------------------
 
@@ -100,8 +147,8 @@ class Outbox:
         self._cfg = cfg
         self.wake()
 
-    def set_sender(self, sender: SmsSender | None) -> None:
-        """Attach (or detach, with None) the modem; texts stay queued while there is none."""
+    def set_sender(self, sender: Sender | None) -> None:
+        """Attach (or detach, with None) the sender; texts stay queued while there is none."""
         self._sender = sender
         self.wake()
 
@@ -120,14 +167,25 @@ class Outbox:
         call_ids: Sequence[int],
         parts: int = 0,
         encoding: str = "",
+        kind: MessageKind = MessageKind.MISSED_CALL,
+        line: str = "",
         now: float | None = None,
     ) -> int:
-        """Write a new text: `waiting` until the configured delay, or `queued` at once when
-        the delay is 0 (no wait step to end)."""
+        """Write a new text: a missed-call text is `waiting` until the configured delay
+        (or `queued` at once when the delay is 0); every other kind is `queued` at once.
+
+        A missed-call text was judged by the policy, caps included; a text of another kind
+        is held to the caps here, and raises CapReached (writing nothing) past one.
+        """
         at = self._clock.now() if now is None else now
-        after: list[Callable[[], None]] = []
-        mid = await self._store.batch(
-            lambda tx: self.enqueue_in(
+        cfg = self._cfg
+
+        def unit(tx: StoreTx) -> int:
+            if not kind.waits:
+                pause = cap_pause(tx.policy_facts(None, at, cfg), cfg, at)
+                if pause is not None:
+                    raise CapReached(pause)
+            return self.enqueue_in(
                 tx,
                 destination=destination,
                 text=text,
@@ -135,13 +193,12 @@ class Outbox:
                 call_ids=call_ids,
                 parts=parts,
                 encoding=encoding,
+                kind=kind,
+                line=line,
                 now=at,
-                after=after,
             )
-        )
-        for fn in after:
-            fn()
-        return mid
+
+        return await self._store.batch(unit)
 
     def enqueue_in(
         self,
@@ -154,16 +211,14 @@ class Outbox:
         parts: int,
         encoding: str,
         now: float,
-        after: list[Callable[[], None]],
+        kind: MessageKind = MessageKind.MISSED_CALL,
+        line: str = "",
     ) -> int:
-        """`enqueue` inside the caller's transaction (on the database thread).
-
-        What must wait for the commit (the log line, waking the worker) is appended to
-        `after`, for the caller to run once the transaction is committed.
-        """
-        delay = self._cfg.textback.delay
+        """`enqueue` inside the caller's transaction (on the database thread). The worker
+        is woken when the store publishes the text's event, after the commit."""
+        delay = self._cfg.textback.delay if kind.waits else 0.0
         due = now + delay
-        state = "waiting" if delay > 0 else "queued"
+        state = MessageState.WAITING if delay > 0 else MessageState.QUEUED
         mid = tx.add_message(
             destination=destination,
             text=text,
@@ -174,26 +229,25 @@ class Outbox:
             now=now,
             due_at=due,
             state=state,
+            kind=kind,
+            line=line,
         )
-
-        def done() -> None:
-            log.info(
-                kv(
-                    event="message",
-                    id=mid,
-                    destination=destination,
-                    state=state,
-                    due_in=f"{due - now:g}s",
-                    calls=",".join(str(c) for c in call_ids),
-                )
+        tx.emit(
+            TextWritten(
+                message_id=mid,
+                destination=destination,
+                kind=kind,
+                state=state,
+                due_at=due,
+                call_ids=tuple(call_ids),
+                line=line,
+                at=now,
             )
-            self.wake()
-
-        after.append(done)
+        )
         return mid
 
     async def pending_for(self, destination: str) -> Message | None:
-        """The text still waiting or queued for `destination`, if any."""
+        """The missed-call text still waiting or queued for `destination`, if any."""
         return await self._store.pending_for(destination)
 
     async def join(self, message: Message, call_id: int, *, now: float | None = None) -> None:
@@ -203,21 +257,12 @@ class Outbox:
         gets the full wait step after the last ring (max_age still bounds it).
         """
         at = self._clock.now() if now is None else now
-        after: list[Callable[[], None]] = []
-        await self._store.batch(lambda tx: self.join_in(tx, message, call_id, now=at, after=after))
-        for fn in after:
-            fn()
+        await self._store.batch(lambda tx: self.join_in(tx, message, call_id, now=at))
 
-    def join_in(
-        self,
-        tx: StoreTx,
-        message: Message,
-        call_id: int,
-        *,
-        now: float,
-        after: list[Callable[[], None]],
-    ) -> None:
-        """`join` inside the caller's transaction; the log line goes to `after`."""
+    def join_in(self, tx: StoreTx, message: Message, call_id: int, *, now: float) -> None:
+        """`join` inside the caller's transaction."""
+        if not message.kind.waits:
+            raise ValueError(f"a {message.kind} text never takes a call into it")
         calls = [*message.call_ids, call_id]
         due = max(message.due_at, now + self._cfg.textback.delay)
         # Only a text still in its wait step waits again; one already going out just
@@ -225,45 +270,40 @@ class Outbox:
         if not tx.update_message(
             message.id,
             now=now,
-            expect=("waiting",),
+            expect=_WAITING,
             call_ids=calls,
             due_at=due,
             next_attempt_at=due,
         ):
             tx.update_message(message.id, now=now, call_ids=calls)
-        after.append(
-            lambda: log.info(
-                kv(
-                    event="message",
-                    id=message.id,
-                    destination=message.destination,
-                    state=message.state,
-                    merged_call=call_id,
-                    calls=len(calls),
-                )
+        tx.emit(
+            TextMerged(
+                message_id=message.id,
+                destination=message.destination,
+                state=message.state,
+                call_id=call_id,
+                calls=len(calls),
+                at=now,
             )
         )
 
     async def cancel(self, destination: str, reason: str, *, now: float | None = None) -> list[int]:
-        """Cancel every pending text to `destination`; returns the ids cancelled."""
+        """Cancel every pending missed-call text to `destination` (the office called back,
+        or answered the caller); returns the ids cancelled. Other kinds are left alone."""
         at = self._clock.now() if now is None else now
-        done = []
-        for m in await self._store.messages(PENDING_STATES, destination):
-            if not await self._store.update_message(
-                m.id, now=at, expect=PENDING_STATES, state="cancelled", reason=reason
-            ):
-                continue  # it went to the modem in the meantime: too late to cancel
-            log.info(
-                kv(
-                    event="message",
-                    id=m.id,
-                    destination=destination,
-                    state="cancelled",
-                    reason=reason,
-                )
-            )
-            done.append(m.id)
-        return done
+
+        def unit(tx: StoreTx) -> list[int]:
+            done = []
+            for m in tx.messages(PENDING_STATES, destination, kinds=(MessageKind.MISSED_CALL,)):
+                if not tx.update_message(
+                    m.id, now=at, expect=_PENDING, state=MessageState.CANCELLED, reason=reason
+                ):
+                    continue  # it went to the modem in the meantime: too late to cancel
+                tx.emit(_changed(m, MessageState.CANCELLED, at, reason=reason))
+                done.append(m.id)
+            return done
+
+        return await self._store.batch(unit)
 
     # -- restart -------------------------------------------------------------------------------
 
@@ -273,44 +313,37 @@ class Outbox:
         Returns counts by what was done, for the start-up log line.
         """
         now = self._clock.now()
+        resend = self._cfg.textback.resend_uncertain
+
         counts = {"uncertain": 0, "requeued": 0, "pending": 0}
-        for m in await self._store.messages(["sending"]):
-            if self._cfg.textback.resend_uncertain:
-                await self._store.update_message(
-                    m.id,
-                    now=now,
-                    state="queued",
-                    next_attempt_at=now,
-                    last_error="in flight at a restart; resending (resend_uncertain)",
-                )
-                log.warning(
-                    kv(
-                        event="message",
-                        id=m.id,
-                        destination=m.destination,
-                        state="queued",
-                        reason="resend_uncertain",
+
+        def unit(tx: StoreTx) -> None:
+            for m in tx.messages((MessageState.SENDING,)):
+                if resend:
+                    tx.update_message(
+                        m.id,
+                        now=now,
+                        state=MessageState.QUEUED,
+                        next_attempt_at=now,
+                        last_error="in flight at a restart; resending (resend_uncertain)",
                     )
-                )
-                counts["requeued"] += 1
-            else:
-                await self._store.update_message(
-                    m.id,
-                    now=now,
-                    state="uncertain",
-                    reason="in_flight_at_restart",
-                    last_error="in flight at a restart; not resent (resend_uncertain is off)",
-                )
-                log.warning(
-                    kv(
-                        event="message",
-                        id=m.id,
-                        destination=m.destination,
-                        state="uncertain",
+                    tx.emit(_changed(m, MessageState.QUEUED, now, reason="resend_uncertain"))
+                    counts["requeued"] += 1
+                else:
+                    tx.update_message(
+                        m.id,
+                        now=now,
+                        state=MessageState.UNCERTAIN,
                         reason="in_flight_at_restart",
+                        last_error="in flight at a restart; not resent (resend_uncertain is off)",
                     )
-                )
-                counts["uncertain"] += 1
+                    tx.emit(_changed(m, MessageState.UNCERTAIN, now, reason="in_flight_at_restart"))
+                    counts["uncertain"] += 1
+
+        # Read first: a start with nothing in flight writes nothing (and works while
+        # another process holds the write lock).
+        if await self._store.count_messages((MessageState.SENDING,)):
+            await self._store.batch(unit)
         counts["pending"] = await self._store.count_messages(PENDING_STATES)
         self._recovered = True
         log.info(kv(event="outbox_recovered", **counts))
@@ -329,13 +362,12 @@ class Outbox:
         # Set-based, so a long queue is not re-read row by row on every pass.
         for m in await self._store.too_old(now, tb.max_age):
             await self._expire(m, now)
-        for mid, destination in await self._store.release_due(now):
-            log.info(kv(event="message", id=mid, destination=destination, state="queued"))
+        await self._store.batch(lambda tx: self._release_due_in(tx, now))
         attempts = 0
-        if not sender_ready(self._sender):
+        if not self._can_send():
             return attempts
         for mid, next_attempt_at in await self._store.queued():
-            if not sender_ready(self._sender):
+            if not self._can_send():
                 break
             if next_attempt_at is not None and next_attempt_at > self._clock.now():
                 continue
@@ -343,148 +375,145 @@ class Outbox:
                 attempts += 1
         return attempts
 
-    async def _expire(self, m: Message, now: float) -> None:
-        if not await self._store.update_message(
-            m.id,
-            now=now,
-            expect=PENDING_STATES,
-            state="expired",
-            reason=f"not sent within max_age {self._cfg.textback.max_age:g}s",
-        ):
-            return
-        log.warning(
-            kv(
-                event="message",
-                id=m.id,
-                destination=m.destination,
-                state="expired",
-                reason="max_age",
-                age=f"{now - m.created_at:.0f}s",
-                last_error=m.last_error,
+    def _can_send(self) -> bool:
+        return not self._stopping and sender_ready(self._sender)
+
+    @staticmethod
+    def _release_due_in(tx: StoreTx, now: float) -> None:
+        for mid, destination, kind in tx.release_due(now):
+            tx.emit(
+                TextChanged(
+                    message_id=mid,
+                    destination=destination,
+                    kind=kind,
+                    state=MessageState.QUEUED,
+                    at=now,
+                )
             )
-        )
+
+    async def _expire(self, m: Message, now: float) -> None:
+        why = f"not sent within max_age {self._cfg.textback.max_age:g}s"
+
+        def unit(tx: StoreTx) -> None:
+            if tx.update_message(
+                m.id, now=now, expect=_PENDING, state=MessageState.EXPIRED, reason=why
+            ):
+                tx.emit(
+                    _changed(
+                        m,
+                        MessageState.EXPIRED,
+                        now,
+                        reason="max_age",
+                        age=now - m.created_at,
+                        error=m.last_error,
+                    )
+                )
+
+        await self._store.batch(unit)
 
     async def _send_one(self, message_id: int) -> bool:
-        """Send one queued text; True when the modem was asked to send it."""
+        """Send one queued text; True when the sender was asked to send it."""
         async with self._send_lock:
             m = await self._store.get_message(message_id)
             sender = self._sender
-            if m is None or m.state != "queued" or sender is None:
+            if m is None or m.state != MessageState.QUEUED or sender is None or self._stopping:
                 return False  # cancelled or sent while an earlier send ran
             now = self._clock.now()
-            tb = self._cfg.textback
-            if now - m.created_at > tb.max_age:
+            if now - m.created_at > self._cfg.textback.max_age:
                 await self._expire(m, now)
                 return False
             attempt = m.attempts + 1
-            # Durable before the modem hears of it: a crash from here on means `uncertain`.
-            if not await self._store.update_message(
-                m.id, now=now, expect=("queued",), state="sending", attempts=attempt
-            ):
-                return False  # cancelled while we looked at it
-            log.info(
-                kv(
-                    event="message",
-                    id=m.id,
-                    destination=m.destination,
-                    state="sending",
-                    attempt=attempt,
-                )
+
+            def start(tx: StoreTx) -> bool:
+                # Durable before the sender hears of it: a crash from here on is `uncertain`.
+                if not tx.update_message(
+                    m.id, now=now, expect=_QUEUED, state=MessageState.SENDING, attempts=attempt
+                ):
+                    return False  # cancelled while we looked at it
+                tx.emit(_changed(m, MessageState.SENDING, now, attempt=attempt))
+                return True
+
+            if not await self._store.batch(start):
+                return False
+            request = SendRequest(
+                destination=m.destination,
+                text=m.text,
+                line=m.line,
+                kind=m.kind,
+                message_id=m.id,
+                status_report=self._cfg.modem.status_reports,
             )
             try:
-                refs = await sender.send_sms(
-                    m.destination, m.text, status_report=self._cfg.modem.status_reports
-                )
+                result = await sender.send(request)
             except asyncio.CancelledError:
                 # Shutting down mid-send: the row stays `sending`, so the next start
                 # marks it uncertain rather than guessing.
                 raise
-            except Exception as exc:
-                await self._after_error(m, attempt, exc)
-                return True
-            await self._durably(self._record_sent, m, refs)
+            except Exception as exc:  # a sender's bug: judged like the error it raised
+                result = result_of_error(exc, sender=getattr(sender, "name", ""))
+            await self._durably(self._record_result, m, attempt, result)
             return True
 
-    async def _record_sent(self, m: Message, refs: list[int]) -> None:
-        now = self._clock.now()
-        await self._store.mark_sent(m.id, refs, now)
-        log.info(
-            kv(
-                event="message",
-                id=m.id,
-                destination=m.destination,
-                state="sent",
-                refs=",".join(str(r) for r in refs),
-            )
-        )
-
-    async def _after_error(self, m: Message, attempt: int, exc: Exception) -> None:
+    def _record_result_in(
+        self, tx: StoreTx, m: Message, attempt: int, result: SendResult, now: float
+    ) -> None:
+        """Write what became of a send (sent, retry, uncertain or failed) with its event."""
         tb = self._cfg.textback
-        err = f"{type(exc).__name__}: {exc}"[:500]
-        now = self._clock.now()
-        uncertain = is_uncertain(exc)
+        if result.status is SendStatus.SENT:
+            tx.mark_sent(m.id, result.references, now, sender=result.sender)
+            tx.emit(
+                _changed(
+                    m,
+                    MessageState.SENT,
+                    now,
+                    references=result.references,
+                    sender=result.sender,
+                    attempt=attempt,
+                )
+            )
+            return
+        err = result.error[:ERROR_CHARS]
+        uncertain = result.status is SendStatus.UNCERTAIN
         if uncertain and not (tb.resend_uncertain and attempt < tb.max_attempts):
             # The body reached the modem; a resend could text the caller twice.
-            await self._durably(
-                self._store.update_message,
+            tx.update_message(
                 m.id,
                 now=now,
-                state="uncertain",
+                state=MessageState.UNCERTAIN,
                 last_error=err,
                 reason="send_uncertain",
+                sender=result.sender or None,
             )
-            log.warning(
-                kv(
-                    event="message",
-                    id=m.id,
-                    destination=m.destination,
-                    state="uncertain",
-                    reason="send_uncertain",
+            tx.emit(_changed(m, MessageState.UNCERTAIN, now, reason="send_uncertain", error=err))
+            return
+        if (uncertain or result.retryable) and attempt < tb.max_attempts:
+            wait = tb.retry_backoff * 2 ** (attempt - 1)
+            tx.update_message(
+                m.id,
+                now=now,
+                state=MessageState.QUEUED,
+                last_error=err,
+                next_attempt_at=now + wait,
+            )
+            tx.emit(
+                _changed(
+                    m,
+                    MessageState.QUEUED,
+                    now,
+                    reason="retry",
+                    attempt=attempt,
+                    retry_in=wait,
                     error=err,
                 )
             )
             return
-        if (uncertain or is_retryable(exc)) and attempt < tb.max_attempts:
-            wait = tb.retry_backoff * 2 ** (attempt - 1)
-            await self._durably(
-                self._store.update_message,
-                m.id,
-                now=now,
-                state="queued",
-                last_error=err,
-                next_attempt_at=now + wait,
-            )
-            # First retry at WARNING, repeats at DEBUG (STYLE.md: logs).
-            level = logging.WARNING if attempt == 1 else logging.DEBUG
-            log.log(
-                level,
-                kv(
-                    event="message",
-                    id=m.id,
-                    destination=m.destination,
-                    state="queued",
-                    reason="retry",
-                    attempt=attempt,
-                    retry_in=f"{wait:g}s",
-                    error=err,
-                ),
-            )
-            return
-        why = "permanent_error" if not is_retryable(exc) else "max_attempts"
-        await self._durably(
-            self._store.update_message, m.id, now=now, state="failed", last_error=err, reason=why
-        )
-        log.error(
-            kv(
-                event="message",
-                id=m.id,
-                destination=m.destination,
-                state="failed",
-                reason=why,
-                attempts=attempt,
-                error=err,
-            )
-        )
+        why = "max_attempts" if result.retryable else "permanent_error"
+        tx.update_message(m.id, now=now, state=MessageState.FAILED, last_error=err, reason=why)
+        tx.emit(_changed(m, MessageState.FAILED, now, reason=why, attempt=attempt, error=err))
+
+    async def _record_result(self, m: Message, attempt: int, result: SendResult) -> None:
+        now = self._clock.now()
+        await self._store.batch(lambda tx: self._record_result_in(tx, m, attempt, result, now))
 
     async def _durably(
         self, fn: Callable[..., Awaitable[object]], *args: object, **kwargs: object
@@ -522,7 +551,7 @@ class Outbox:
         if waiting_due is not None:
             times.append(waiting_due)
         if n_queued:
-            if sender_ready(self._sender):
+            if self._can_send():
                 assert queued_next is not None
                 times.append(queued_next)
             else:
@@ -588,13 +617,17 @@ class Outbox:
                 with contextlib.suppress(asyncio.CancelledError):
                     await w
 
+    def stop_sending(self) -> None:
+        """Shutdown, first step: start no new send from now on (texts stay queued)."""
+        self._stopping = True
+
     async def quiesce(self) -> None:
         """Shutdown: start no new send, and return once the send in flight has finished.
 
         The text being sent when SIGTERM arrives finishes (and is recorded as sent or
         failed) rather than being cut off mid AT+CMGS and left `uncertain`.
         """
-        self._sender = None
+        self.stop_sending()
         async with self._send_lock:
             pass
 

@@ -1,0 +1,216 @@
+"""The modem as a sender: `ModemSender` wraps a started gsm.Modem; `ModemSupervisor`
+owns one modem's life (start with backoff, probe, hand inbound texts and delivery reports
+to the store) and is itself the `Sender` the outbox holds, ready only while its modem is.
+
+A modem that comes up, goes away or stops for good is a `ModemStateChanged` event: the
+log sink words it, the outbox wakes on `ready`. What the modem receives is written
+through the store, whose events (`ReplyReceived`, `DeliveryReported`) follow the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from daemon.clock import Clock
+from daemon.config import ModemConfig
+from daemon.events import ModemStateChanged
+from daemon.logsetup import kv
+from daemon.sending.sender import (
+    SendRequest,
+    SendResult,
+    SendStatus,
+    result_of_error,
+)
+from daemon.sinks.bus import EventBus
+from daemon.store.store import Store, StoreError
+from gsm.errors import GsmError, PinError
+from gsm.modem import Modem, ModemInfo, Timeouts
+from gsm.pdu import Deliver, StatusReport
+
+# The journal name operators filter on: kept stable when modules move.
+log = logging.getLogger("daemon.service")
+
+#: Modem start-up retries: first wait, doubling up to the longest.
+MODEM_RETRY_FIRST = 2.0
+MODEM_RETRY_MAX = 60.0
+#: The name of the one modem of a `[modem]` section.
+DEFAULT_NAME = "modem"
+
+
+class ModemSender:
+    """A started gsm.Modem as a `Sender`."""
+
+    def __init__(self, modem: Modem, name: str = DEFAULT_NAME) -> None:
+        self._modem = modem
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        """The modem's name."""
+        return self._name
+
+    @property
+    def ready(self) -> bool:
+        """True while the modem can take a send."""
+        return self._modem.ready
+
+    async def send(self, request: SendRequest) -> SendResult:
+        """AT+CMGS the text; every gsm error becomes its result (see gsm.modem.send_sms)."""
+        try:
+            refs = await self._modem.send_sms(
+                request.destination, request.text, status_report=request.status_report
+            )
+        except (GsmError, OSError, TimeoutError) as exc:
+            return result_of_error(exc, sender=self._name)
+        return SendResult.sent(refs, sender=self._name)
+
+
+class ModemSupervisor:
+    """Starts the modem of one `[modem]` section and keeps it; a `Sender` all along."""
+
+    def __init__(
+        self,
+        cfg: ModemConfig,
+        *,
+        store: Store,
+        bus: EventBus,
+        clock: Clock,
+        timeouts: Timeouts | None = None,
+        name: str = DEFAULT_NAME,
+    ) -> None:
+        self._cfg = cfg
+        self._store = store
+        self._bus = bus
+        self._clock = clock
+        self._timeouts = timeouts
+        self._name = name
+        #: The modem once started (None before, or after a setting made it give up).
+        self.modem: Modem | None = None
+        #: Why there is no usable modem ("" when there is one).
+        self.problem = "starting"
+
+    @property
+    def name(self) -> str:
+        """The modem's name."""
+        return self._name
+
+    @property
+    def ready(self) -> bool:
+        """True while the modem can take a send."""
+        return self.modem is not None and self.modem.ready
+
+    async def send(self, request: SendRequest) -> SendResult:
+        """Send through the modem (a retryable failure while there is none)."""
+        if self.modem is None:
+            return SendResult(SendStatus.FAILED, error=f"no modem: {self.problem}", retryable=True)
+        return await ModemSender(self.modem, self._name).send(request)
+
+    def _state(
+        self,
+        state: str,
+        *,
+        error: str | None = None,
+        retry_in: float | None = None,
+        first_failure: bool = True,
+        info: ModemInfo | None = None,
+    ) -> None:
+        self._bus.emit(
+            ModemStateChanged(
+                name=self._name,
+                device=self._cfg.device,
+                state=state,
+                error=error,
+                retry_in=retry_in,
+                first_failure=first_failure,
+                maker=None if info is None else info.maker,
+                model=None if info is None else info.model,
+                operator=None if info is None else info.operator,
+                signal=None if info is None else info.rssi,
+                registration=None if info is None else info.registration_text,
+                mode=None if info is None else info.mode,
+            )
+        )
+
+    async def run(self) -> None:
+        """Start the modem, retrying with backoff; then hand on what it receives."""
+        m = self._cfg
+        delay = MODEM_RETRY_FIRST
+        first_failure = True
+        while True:
+            try:
+                modem = Modem(
+                    m.device,
+                    baudrate=m.baudrate,
+                    pin=m.pin or None,
+                    smsc=m.smsc.replace(" ", "") or None,
+                    mode=m.mode,
+                    # [modem] send_timeout: the longest wait for +CMGS after the message body
+                    timeouts=self._timeouts or Timeouts(send=m.send_timeout),
+                )
+            except ValueError as exc:
+                # a setting the driver refuses (PIN or SMSC shape): no retry can fix it
+                self.problem = f"config: {exc}"
+                self._state("failed", error=str(exc))
+                return
+            try:
+                await modem.start()
+            except PinError as exc:
+                # a wrong PIN retried three times locks the SIM: stop, loudly, for good
+                self.problem = f"SIM: {exc}"
+                self._state("failed", error=str(exc))
+                await modem.close()
+                return
+            except (GsmError, OSError) as exc:
+                # SIM not inserted or busy, no answer, device missing: worth another try
+                self.problem = str(exc)
+                self._state(
+                    "unavailable", error=str(exc), retry_in=delay, first_failure=first_failure
+                )
+                first_failure = False
+                await modem.close()
+                await self._clock.sleep(delay)
+                delay = min(delay * 2, MODEM_RETRY_MAX)
+                continue
+            self.modem = modem
+            self.problem = ""
+            try:
+                info = await modem.probe()
+            except (GsmError, OSError) as exc:
+                # usable all the same: ready, with the reason we know nothing about it
+                self._state("ready", error=str(exc))
+            else:
+                self._state("ready", info=info)
+            await self._inbound(modem)
+            return
+
+    async def _inbound(self, modem: Modem) -> None:
+        """Delivery reports and inbound texts, into the store (replies: a later issue)."""
+        async for item in modem.incoming():
+            now = self._clock.now()
+            try:
+                if isinstance(item, StatusReport):
+                    status = (
+                        "delivered" if item.delivered else ("failed" if item.final else "pending")
+                    )
+                    await self._store.record_delivery(item.message_ref, status, now)
+                elif isinstance(item, Deliver):
+                    await self._store.add_reply(item.sender, item.text, now)
+            except StoreError as exc:
+                log.error(kv(event="store_error", during="inbound", error=exc))
+
+    def status_text(self) -> str:
+        """The modem's part of the STATUS line."""
+        if self.modem is not None and self.modem.ready:
+            rssi = self.modem.rssi
+            return "modem ready" + (f", signal {rssi}/31" if rssi not in (None, 99) else "")
+        if self.modem is not None:
+            text = f"modem {self.modem.state.value}"
+            if self.modem.fatal is not None:
+                text += f" ({self.modem.fatal})"
+            return text
+        return f"modem not ready ({self.problem})" if self.problem else "modem"
+
+    async def close(self) -> None:
+        """Close the modem's port (the caller bounds how long it may take)."""
+        if self.modem is not None:
+            await self.modem.close()

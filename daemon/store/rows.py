@@ -1,0 +1,552 @@
+"""The rows: every statement that writes or reads calls, decisions, texts, replies,
+opt-outs and gaps, run synchronously on the database thread inside one transaction.
+
+`Store.batch(fn)` hands a `StoreTx` to `fn`; a unit of work (a burst of finished calls, a
+send's outcome) costs one hop to the database thread and one commit. A statement that
+makes something true also emits its event with `StoreTx.emit`: the event's day counters
+are bumped in the same transaction, and the store publishes the event once it commits.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from daemon.config import Config
+from daemon.decide.policy import PolicyFacts
+from daemon.events import (
+    AmiGap,
+    CallDecided,
+    CallRecorded,
+    DeliveryReported,
+    Event,
+    OptOutChanged,
+    ReplyReceived,
+)
+from daemon.model import (
+    LIVE_STATES,
+    PENDING_STATES,
+    FinishedCall,
+    MessageKind,
+    MessageState,
+    Outcome,
+)
+from daemon.sinks.counters import durable_counts
+
+if TYPE_CHECKING:
+    from daemon.store.store import Store
+
+#: Seconds in an hour, for the hourly cap's count.
+HOUR = 3600.0
+
+_LIVE = tuple(sorted(LIVE_STATES))
+_PENDING = tuple(sorted(PENDING_STATES))
+
+
+@dataclass(slots=True)
+class Message:
+    """One row of the outbox."""
+
+    id: int
+    destination: str
+    text: str
+    state: MessageState
+    template_kind: str | None
+    call_ids: list[int]
+    parts: int
+    encoding: str
+    created_at: float
+    due_at: float
+    updated_at: float
+    attempts: int
+    last_error: str | None
+    next_attempt_at: float | None
+    sent_at: float | None
+    reason: str | None
+    kind: MessageKind = MessageKind.MISSED_CALL
+    line: str = ""
+    sender: str = ""
+
+
+def _row_message(row: sqlite3.Row) -> Message:
+    return Message(
+        id=row["id"],
+        destination=row["destination"],
+        text=row["text"],
+        state=MessageState(row["state"]),
+        template_kind=row["template_kind"],
+        call_ids=list(json.loads(row["call_ids"])),
+        parts=row["parts"],
+        encoding=row["encoding"],
+        created_at=row["created_at"],
+        due_at=row["due_at"],
+        updated_at=row["updated_at"],
+        attempts=row["attempts"],
+        last_error=row["last_error"],
+        next_attempt_at=row["next_attempt_at"],
+        sent_at=row["sent_at"],
+        reason=row["reason"],
+        kind=MessageKind(row["kind"]),
+        line=row["line"],
+        sender=row["sender"],
+    )
+
+
+def placeholders(items: Sequence[object]) -> str:
+    """`?,?,?` for an IN list of `items`."""
+    return ",".join("?" for _ in items)
+
+
+class StoreTx:
+    """The store's statements inside one transaction on the database thread.
+
+    Never keep one beyond the function it was handed to, and never touch asyncio objects
+    from it: it runs off the event loop.
+    """
+
+    def __init__(self, store: Store, conn: sqlite3.Connection, events: list[Event]) -> None:
+        self._store = store
+        self._conn = conn
+        self._events = events
+
+    def _scalar(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        row = self._conn.execute(sql, tuple(params)).fetchone()
+        return None if row is None else row[0]
+
+    def emit(self, event: Event) -> None:
+        """Count `event` in its day counters now, and publish it once this commits."""
+        for name, when in durable_counts(event):
+            self.bump(name, 1, when)
+        self._events.append(event)
+
+    def bump(self, name: str, n: int, now: float) -> None:
+        """Add `n` to the counter `name` of the day of `now`."""
+        self._conn.execute(
+            "INSERT INTO counters (name, day, value) VALUES (?,?,?)"
+            " ON CONFLICT (name, day) DO UPDATE SET value = value + excluded.value",
+            (name, self._store.day_of(now), n),
+        )
+
+    # -- calls and decisions ---------------------------------------------------------------
+
+    def record_call(self, call: FinishedCall, *, destination: str | None, now: float) -> int:
+        """Keep a finished call; returns its id."""
+        cur = self._conn.execute(
+            "INSERT INTO calls (linkedid, caller, caller_name, did, inbound, outcome,"
+            " started_at, ended_at, ring_seconds, voicemail_left, withheld, dialled,"
+            " answered_by, channel, destination, recorded_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                call.linkedid,
+                call.caller,
+                call.caller_name,
+                call.did,
+                int(call.inbound),
+                str(call.outcome),
+                call.started_at,
+                call.ended_at,
+                call.ring_seconds,
+                None if call.voicemail_left is None else int(call.voicemail_left),
+                int(call.withheld),
+                call.dialled,
+                call.answered_by,
+                call.channel,
+                destination,
+                now,
+            ),
+        )
+        assert cur.lastrowid is not None
+        self.emit(CallRecorded(call=call, call_id=cur.lastrowid, destination=destination))
+        return cur.lastrowid
+
+    def get_call(self, call_id: int) -> FinishedCall | None:
+        """A recorded call, as the tracker finished it."""
+        r = self._conn.execute("SELECT * FROM calls WHERE id = ?", (call_id,)).fetchone()
+        if r is None:
+            return None
+        vm = r["voicemail_left"]
+        return FinishedCall(
+            linkedid=r["linkedid"],
+            caller=r["caller"],
+            caller_name=r["caller_name"],
+            did=r["did"],
+            inbound=bool(r["inbound"]),
+            outcome=Outcome(r["outcome"]),
+            started_at=r["started_at"],
+            ended_at=r["ended_at"],
+            ring_seconds=r["ring_seconds"],
+            voicemail_left=None if vm is None else bool(vm),
+            withheld=bool(r["withheld"]),
+            dialled=r["dialled"],
+            answered_by=r["answered_by"],
+            channel=r["channel"],
+        )
+
+    def record_decision(
+        self,
+        call: FinishedCall,
+        call_id: int,
+        *,
+        action: str,
+        reason: str,
+        destination: str | None,
+        template_kind: str | None,
+        text: str | None,
+        detail: str,
+        now: float,
+        message_id: int | None = None,
+        merged: bool = False,
+    ) -> int:
+        """Keep the decision taken for a call; returns its id."""
+        cur = self._conn.execute(
+            "INSERT INTO decisions (call_id, action, reason, destination, template_kind,"
+            " text, detail, decided_at, message_id, merged)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                call_id,
+                action,
+                str(reason),
+                destination,
+                template_kind,
+                text,
+                detail,
+                now,
+                message_id,
+                int(merged),
+            ),
+        )
+        assert cur.lastrowid is not None
+        self.emit(
+            CallDecided(
+                call=call,
+                call_id=call_id,
+                action=action,
+                reason=str(reason),
+                detail=detail,
+                text=text,
+                message_id=message_id,
+                merged=merged,
+                at=now,
+            )
+        )
+        return cur.lastrowid
+
+    def policy_facts(self, destination: str | None, now: float, cfg: Config) -> PolicyFacts:
+        """What the policy needs to know about a destination and about recent sending.
+
+        A count serves only its cap, and the range count only the pumping guard: with
+        every cap off (0) the counts are not taken and read 0, and with the guard off the
+        range is not scanned and reads 0. Texts of every kind count for the caps.
+        """
+        tb = cfg.textback
+        hour = today = month = 0
+        live = placeholders(_LIVE)
+        if tb.max_per_hour or tb.max_per_day or tb.max_per_month:
+            # One pass over this month's live texts answers all three caps.
+            h, d, m = now - HOUR, self._store.day_start(now), self._store.month_start(now)
+            row = self._conn.execute(
+                "SELECT COALESCE(SUM(created_at >= ?), 0), COALESCE(SUM(created_at >= ?), 0),"
+                f" COALESCE(SUM(created_at >= ?), 0) FROM messages WHERE state IN ({live})"
+                " AND created_at >= ?",
+                (h, d, m, *_LIVE, min(h, d, m)),
+            ).fetchone()
+            hour, today, month = int(row[0]), int(row[1]), int(row[2])
+        if destination is None:
+            return PolicyFacts(sent_last_hour=hour, sent_today=today, sent_this_month=month)
+        opted = self._scalar("SELECT 1 FROM optouts WHERE number = ?", (destination,))
+        # A text counts for the cooldown from when it went (or may have gone) out.
+        last = self._scalar(
+            f"SELECT MAX(COALESCE(sent_at, updated_at)) FROM messages"
+            f" WHERE destination = ? AND state IN ({live})",
+            (destination, *_LIVE),
+        )
+        in_range = 0
+        if tb.pumping_max_per_range:
+            prefix = destination[: 1 + tb.pumping_prefix_digits]
+            in_range = int(
+                self._scalar(
+                    "SELECT COUNT(DISTINCT destination) FROM messages"
+                    " WHERE substr(destination, 1, ?) = ? AND created_at >= ?"
+                    " AND destination != ?",
+                    (len(prefix), prefix, now - tb.pumping_window, destination),
+                )
+            )
+        return PolicyFacts(
+            opted_out=opted is not None,
+            last_text_at=None if last is None else float(last),
+            sent_last_hour=hour,
+            sent_today=today,
+            sent_this_month=month,
+            range_destinations=in_range,
+        )
+
+    # -- the outbox's rows -----------------------------------------------------------------
+
+    def add_message(
+        self,
+        *,
+        destination: str,
+        text: str,
+        template_kind: str | None,
+        call_ids: Sequence[int],
+        parts: int,
+        encoding: str,
+        now: float,
+        due_at: float,
+        state: MessageState = MessageState.WAITING,
+        kind: MessageKind = MessageKind.MISSED_CALL,
+        line: str = "",
+    ) -> int:
+        """Write a new text to the outbox (before anything is sent); returns its id."""
+        cur = self._conn.execute(
+            "INSERT INTO messages (destination, text, state, template_kind, call_ids,"
+            " parts, encoding, created_at, due_at, updated_at, next_attempt_at, kind, line)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                destination,
+                text,
+                str(state),
+                template_kind,
+                json.dumps(list(call_ids)),
+                parts,
+                encoding,
+                now,
+                due_at,
+                now,
+                due_at,
+                str(kind),
+                line,
+            ),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def get_message(self, message_id: int) -> Message | None:
+        """One outbox row by id."""
+        row = self._conn.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
+        return None if row is None else _row_message(row)
+
+    def messages(
+        self,
+        states: Collection[MessageState] | None = None,
+        destination: str | None = None,
+        *,
+        kinds: Collection[MessageKind] | None = None,
+    ) -> list[Message]:
+        """Outbox rows, oldest first, optionally filtered by state, destination and kind."""
+        sql = "SELECT * FROM messages WHERE 1=1"
+        params: list[Any] = []
+        if states is not None:
+            sql += f" AND state IN ({placeholders(list(states))})"
+            params += [str(s) for s in states]
+        if destination is not None:
+            sql += " AND destination = ?"
+            params.append(destination)
+        if kinds is not None:
+            sql += f" AND kind IN ({placeholders(list(kinds))})"
+            params += [str(k) for k in kinds]
+        rows = self._conn.execute(sql + " ORDER BY id", params).fetchall()
+        return [_row_message(r) for r in rows]
+
+    def pending_for(self, destination: str) -> Message | None:
+        """The newest missed-call text still waiting or queued for a destination, if any
+        (the one a repeat call joins; texts of other kinds are never joined)."""
+        row = self._conn.execute(
+            f"SELECT * FROM messages WHERE kind = ? AND state IN ({placeholders(_PENDING)})"
+            " AND destination = ? ORDER BY id DESC LIMIT 1",
+            (str(MessageKind.MISSED_CALL), *_PENDING, destination),
+        ).fetchone()
+        return None if row is None else _row_message(row)
+
+    def update_message(
+        self,
+        message_id: int,
+        *,
+        now: float,
+        expect: Collection[MessageState] | None = None,
+        state: MessageState | None = None,
+        reason: str | None = None,
+        last_error: str | None = None,
+        clear_error: bool = False,
+        attempts: int | None = None,
+        call_ids: Sequence[int] | None = None,
+        due_at: float | None = None,
+        next_attempt_at: float | None = None,
+        sent_at: float | None = None,
+        text: str | None = None,
+        template_kind: str | None = None,
+        parts: int | None = None,
+        encoding: str | None = None,
+        sender: str | None = None,
+    ) -> bool:
+        """Change columns of an outbox row; a None argument leaves its column alone
+        (`clear_error` empties last_error). Counts nothing and emits nothing: the outbox
+        emits the event of each change, with its why.
+
+        With `expect`, only while the row is in one of those states (compare-and-set, so a
+        cancel and a send racing each other cannot both win); returns whether it changed.
+        """
+        cols: dict[str, Any] = {
+            "state": None if state is None else str(state),
+            "reason": reason,
+            "last_error": last_error,
+            "attempts": attempts,
+            "call_ids": None if call_ids is None else json.dumps(list(call_ids)),
+            "due_at": due_at,
+            "next_attempt_at": next_attempt_at,
+            "sent_at": sent_at,
+            "text": text,
+            "template_kind": template_kind,
+            "parts": parts,
+            "encoding": encoding,
+            "sender": sender,
+        }
+        sets = {k: v for k, v in cols.items() if v is not None}
+        if clear_error:
+            sets["last_error"] = None
+        assign = "".join(f"{k} = ?, " for k in sets)
+        sql = f"UPDATE messages SET {assign}updated_at = ? WHERE id = ?"
+        params: list[Any] = [*sets.values(), now, message_id]
+        if expect is not None:
+            sql += f" AND state IN ({placeholders(list(expect))})"
+            params += [str(s) for s in expect]
+        return self._conn.execute(sql, params).rowcount > 0
+
+    def add_parts(self, message_id: int, references: Sequence[int], now: float) -> None:
+        """Keep the modem's message reference of each part of a sent text."""
+        self._conn.executemany(
+            "INSERT INTO message_parts (message_id, part, reference, created_at) VALUES (?,?,?,?)",
+            [(message_id, i + 1, ref, now) for i, ref in enumerate(references)],
+        )
+
+    def count_messages(self, states: Collection[MessageState]) -> int:
+        """How many outbox rows are in one of `states`."""
+        values = [str(s) for s in states]
+        return int(
+            self._scalar(
+                f"SELECT COUNT(*) FROM messages WHERE state IN ({placeholders(values)})",
+                values,
+            )
+        )
+
+    def too_old(self, now: float, max_age: float) -> list[Message]:
+        """Pending texts older than `max_age` at `now` (to expire), oldest first."""
+        rows = self._conn.execute(
+            f"SELECT * FROM messages WHERE state IN ({placeholders(_PENDING)})"
+            " AND ? - created_at > ? ORDER BY id",
+            (*_PENDING, now, max_age),
+        ).fetchall()
+        return [_row_message(r) for r in rows]
+
+    def release_due(self, now: float) -> list[tuple[int, str, MessageKind]]:
+        """End the wait step of every text due by `now`: `waiting` -> `queued`, one
+        statement. Returns (id, destination, kind) of each, in id order."""
+        rows = self._conn.execute(
+            "UPDATE messages SET state = 'queued', next_attempt_at = ?, updated_at = ?"
+            " WHERE state = 'waiting' AND due_at <= ? RETURNING id, destination, kind",
+            (now, now, now),
+        ).fetchall()
+        return sorted((int(r[0]), str(r[1]), MessageKind(r[2])) for r in rows)
+
+    def queued(self) -> list[tuple[int, float | None]]:
+        """(id, next_attempt_at) of every queued text, oldest first."""
+        rows = self._conn.execute(
+            "SELECT id, next_attempt_at FROM messages WHERE state = 'queued' ORDER BY id"
+        ).fetchall()
+        return [(int(r[0]), r[1]) for r in rows]
+
+    def outbox_times(self) -> tuple[float | None, float | None, float | None, int]:
+        """For the outbox's next wake-up, over the pending texts: the oldest created_at,
+        the earliest due_at of a waiting text, the earliest next attempt of a queued one
+        (its due_at when it has none), and how many are queued."""
+        row = self._conn.execute(
+            "SELECT MIN(created_at),"
+            " MIN(CASE WHEN state = 'waiting' THEN due_at END),"
+            " MIN(CASE WHEN state = 'queued' THEN COALESCE(next_attempt_at, due_at) END),"
+            " COALESCE(SUM(state = 'queued'), 0)"
+            f" FROM messages WHERE state IN ({placeholders(_PENDING)})",
+            _PENDING,
+        ).fetchone()
+        return row[0], row[1], row[2], int(row[3])
+
+    def mark_sent(
+        self, message_id: int, references: Sequence[int], now: float, *, sender: str = ""
+    ) -> None:
+        """A text went out: `sent`, with the reference of each part and who sent it."""
+        self.update_message(
+            message_id,
+            now=now,
+            state=MessageState.SENT,
+            sent_at=now,
+            clear_error=True,
+            sender=sender or None,
+        )
+        self.add_parts(message_id, references, now)
+
+    # -- what the modem hears ---------------------------------------------------------------
+
+    def record_delivery(self, reference: int, status: str, now: float) -> int | None:
+        """A delivery report for a modem reference; returns the message id it belongs to.
+
+        References wrap at 256, so the most recent part with that reference is meant.
+        """
+        row = self._conn.execute(
+            "SELECT id, message_id FROM message_parts WHERE reference = ? ORDER BY id DESC LIMIT 1",
+            (reference,),
+        ).fetchone()
+        mid = None if row is None else int(row["message_id"])
+        if row is not None:
+            self._conn.execute(
+                "UPDATE message_parts SET status = ?, status_at = ? WHERE id = ?",
+                (status, now, row["id"]),
+            )
+        self.emit(DeliveryReported(reference=reference, message_id=mid, status=status, at=now))
+        return mid
+
+    def add_reply(self, sender: str, text: str, now: float, *, optout: bool = False) -> int:
+        """Keep an inbound SMS; returns its id."""
+        cur = self._conn.execute(
+            "INSERT INTO replies (sender, text, received_at, optout) VALUES (?,?,?,?)",
+            (sender, text, now, int(optout)),
+        )
+        assert cur.lastrowid is not None
+        self.emit(
+            ReplyReceived(reply_id=cur.lastrowid, sender=sender, text=text, at=now, optout=optout)
+        )
+        return cur.lastrowid
+
+    # -- the do-not-text list and AMI gaps --------------------------------------------------
+
+    def optout_add(self, number: str, now: float, *, source: str = "cli") -> bool:
+        """Put a number (E.164) on the do-not-text list; False if it already was."""
+        cur = self._conn.execute(
+            "INSERT OR IGNORE INTO optouts (number, added_at, source) VALUES (?,?,?)",
+            (number, now, source),
+        )
+        if cur.rowcount <= 0:
+            return False
+        self.emit(OptOutChanged(number=number, opted_out=True, source=source, at=now))
+        return True
+
+    def optout_remove(self, number: str, now: float, *, source: str = "cli") -> bool:
+        """Take a number off the list; False if it was not on it."""
+        cur = self._conn.execute("DELETE FROM optouts WHERE number = ?", (number,))
+        if cur.rowcount <= 0:
+            return False
+        self.emit(OptOutChanged(number=number, opted_out=False, source=source, at=now))
+        return True
+
+    def add_gap(self, started_at: float, ended_at: float | None, detail: str = "") -> int:
+        """Keep a time span in which the AMI link was down (calls may be missing)."""
+        cur = self._conn.execute(
+            "INSERT INTO ami_gaps (started_at, ended_at, detail) VALUES (?,?,?)",
+            (started_at, ended_at, detail),
+        )
+        assert cur.lastrowid is not None
+        self.emit(
+            AmiGap(gap_id=cur.lastrowid, started_at=started_at, ended_at=ended_at, detail=detail)
+        )
+        return cur.lastrowid

@@ -1,0 +1,116 @@
+"""The database's schema: every migration, in order, never edited once released.
+
+`PRAGMA user_version` says how many of them a file has had; `Store.open` runs the rest,
+each in one transaction with its version bump.
+"""
+
+from __future__ import annotations
+
+# Each entry moves the schema from version i to i+1; never edit a released one, add more.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE calls (
+        id INTEGER PRIMARY KEY,
+        linkedid TEXT NOT NULL,
+        caller TEXT NOT NULL,
+        caller_name TEXT NOT NULL,
+        did TEXT NOT NULL,
+        inbound INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        ended_at REAL NOT NULL,
+        ring_seconds REAL NOT NULL,
+        voicemail_left INTEGER,
+        withheld INTEGER NOT NULL,
+        dialled TEXT NOT NULL DEFAULT '',
+        answered_by TEXT NOT NULL DEFAULT '',
+        channel TEXT NOT NULL DEFAULT '',
+        destination TEXT,
+        recorded_at REAL NOT NULL
+    );
+    CREATE INDEX calls_ended ON calls(ended_at);
+    CREATE INDEX calls_linkedid ON calls(linkedid);
+    CREATE INDEX calls_caller ON calls(caller);
+    CREATE INDEX calls_destination ON calls(destination);
+    CREATE TABLE decisions (
+        id INTEGER PRIMARY KEY,
+        call_id INTEGER NOT NULL REFERENCES calls(id),
+        action TEXT NOT NULL CHECK (action IN ('send', 'suppress')),
+        reason TEXT NOT NULL,
+        destination TEXT,
+        template_kind TEXT,
+        text TEXT,
+        detail TEXT NOT NULL DEFAULT '',
+        decided_at REAL NOT NULL,
+        message_id INTEGER REFERENCES messages(id),
+        merged INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX decisions_call ON decisions(call_id);
+    CREATE INDEX decisions_time ON decisions(decided_at);
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        destination TEXT NOT NULL,
+        text TEXT NOT NULL,
+        state TEXT NOT NULL,
+        template_kind TEXT,
+        call_ids TEXT NOT NULL DEFAULT '[]',
+        parts INTEGER NOT NULL DEFAULT 0,
+        encoding TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        due_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        next_attempt_at REAL,
+        sent_at REAL,
+        reason TEXT
+    );
+    CREATE INDEX messages_dest ON messages(destination, state);
+    CREATE INDEX messages_state ON messages(state, created_at);
+    CREATE INDEX messages_created ON messages(created_at);
+    CREATE TABLE message_parts (
+        id INTEGER PRIMARY KEY,
+        message_id INTEGER NOT NULL REFERENCES messages(id),
+        part INTEGER NOT NULL,
+        reference INTEGER NOT NULL,
+        status TEXT NOT NULL DEFAULT 'submitted',
+        status_at REAL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX parts_ref ON message_parts(reference);
+    CREATE TABLE replies (
+        id INTEGER PRIMARY KEY,
+        sender TEXT NOT NULL,
+        text TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        optout INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX replies_time ON replies(received_at);
+    CREATE TABLE optouts (
+        number TEXT PRIMARY KEY,
+        added_at REAL NOT NULL,
+        source TEXT NOT NULL DEFAULT 'cli'
+    );
+    CREATE TABLE ami_gaps (
+        id INTEGER PRIMARY KEY,
+        started_at REAL NOT NULL,
+        ended_at REAL,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE counters (
+        name TEXT NOT NULL,
+        day TEXT NOT NULL,
+        value INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (name, day)
+    );
+    """,
+    # 2: message kinds (only missed-call texts wait, merge and get cancelled), the line
+    # (DID) a text answers for, and the sender that sent it.
+    """
+    ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'missed_call';
+    ALTER TABLE messages ADD COLUMN line TEXT NOT NULL DEFAULT '';
+    ALTER TABLE messages ADD COLUMN sender TEXT NOT NULL DEFAULT '';
+    CREATE INDEX messages_kind_dest ON messages(kind, destination, state);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
