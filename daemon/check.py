@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import logging
 import os
 import re
 import zoneinfo
@@ -47,6 +48,7 @@ from daemon.decide.templates import (
     render_preview,
 )
 from daemon.decide.templates import TEMPLATE_KEYS as KIND_KEYS
+from daemon.logsetup import kv
 from gsm.commands import check_number
 from gsm.gsm7 import septet_cost
 from gsm.pdu import SmsInfo
@@ -769,3 +771,12 @@ __all__ = [
     "report",
     "validate",
 ]
+
+
+def log_warnings(problems: Iterable[Problem]) -> None:
+    """What `textback check` would warn about reaches the journal too (not only errors),
+    as lines of daemon.service, where an operator looks for the daemon's start."""
+    log = logging.getLogger("daemon.service")
+    for p in problems:
+        if p.severity is Severity.WARNING:
+            log.warning(kv(event="config_warning", key=p.key, problem=p.message, hint=p.hint))

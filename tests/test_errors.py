@@ -9,11 +9,24 @@ from daemon.config import ConfigError
 from daemon.decide.templates import TemplateError
 from daemon.errors import TextbackError
 from daemon.intake.client import AmiConnectionLost, AmiError, AmiLoginError, AmiTimeout
+from daemon.outbox.outbox import CapReached
+from daemon.store.store import StoreError, StoreLockedError
 from gsm.errors import GsmError
 
 
 @pytest.mark.parametrize(
-    "cls", [ConfigError, AmiError, AmiLoginError, AmiConnectionLost, AmiTimeout, TemplateError]
+    "cls",
+    [
+        ConfigError,
+        AmiError,
+        AmiLoginError,
+        AmiConnectionLost,
+        AmiTimeout,
+        TemplateError,
+        StoreError,
+        StoreLockedError,
+        CapReached,
+    ],
 )
 def test_the_daemons_errors_share_one_root(cls: type[Exception]) -> None:
     assert issubclass(cls, TextbackError)

@@ -135,6 +135,34 @@ async def test_a_missed_call_never_merges_into_a_text_of_another_kind(store: Sto
     assert pending.id == r.message_id
 
 
+async def test_only_a_missed_call_text_starts_the_cooldown(store: Store) -> None:
+    """An answer to HELP is no reason to stay silent about the caller's next missed call;
+    a missed-call text is."""
+    clock = ManualClock(T0)
+    config = cfg(delay="0s", cooldown="24h")
+    sender = FakeSender(clock=clock)
+    outbox = Outbox(config, store, clock, sender)
+    pipeline = Pipeline(config, store, outbox, clock)
+    await _put(outbox, MessageKind.HELP, NUMBERS[0], "Reply STOP to opt out")
+    await outbox.process_due()
+    assert sender.sent == [(NUMBERS[0], "Reply STOP to opt out")]
+
+    clock.advance(60)
+    first = call(NUMBERS[0], at=clock.now())
+    await pipeline.handle(first)
+    r = await pipeline.report(first.linkedid)
+    assert r is not None
+    assert (r.decision, r.reason) == ("send", "missed")
+    await outbox.process_due()
+
+    clock.advance(60)
+    again = call(NUMBERS[0], at=clock.now())
+    await pipeline.handle(again)
+    r = await pipeline.report(again.linkedid)
+    assert r is not None
+    assert (r.decision, r.reason) == ("suppress", "cooldown")
+
+
 # -- caps hold for every kind ---------------------------------------------------------------------
 
 

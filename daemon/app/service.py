@@ -22,7 +22,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from daemon.check import Problem, Severity, check_config
+from daemon.check import Severity, check_config, log_warnings
 from daemon.clock import Clock, SystemClock
 from daemon.config import Config
 from daemon.decide.pipeline import MAX_BATCH, Pipeline
@@ -406,7 +406,7 @@ class Service:
             for p in errors:
                 log.error(kv(event="config_problem", key=p.key, problem=p.message, hint=p.hint))
             return False
-        _log_warnings(problems)
+        log_warnings(problems)
         for section, keys in RESTART_KEYS.items():
             old_part, new_part = getattr(self.cfg, section), getattr(new, section)
             names = keys if keys is not None else tuple(type(old_part).model_fields)
@@ -466,10 +466,3 @@ def _split_target(target: str) -> tuple[str, str, str]:
     while len(parts) < 3:
         parts.append("1")
     return parts[0], parts[1], parts[2]
-
-
-def _log_warnings(problems: list[Problem]) -> None:
-    """What `textback check` would warn about reaches the journal too (not only errors)."""
-    for p in problems:
-        if p.severity is Severity.WARNING:
-            log.warning(kv(event="config_warning", key=p.key, problem=p.message, hint=p.hint))

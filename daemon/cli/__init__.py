@@ -3,6 +3,8 @@
 Each command lives in its own module with a `main(args) -> int` function, imported only
 when that command runs, so `textback replay` never loads serial code and so on.
 Exit codes: 0 ok, 1 a user error explained in one clear line, 2 usage.
+
+May import: anything (the top of the layout); nothing imports cli but its own modules.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from daemon.cli.common import UserError, command_config, db_path, local_time, ru
 from daemon.clock import Clock, SystemClock
 from daemon.config import Config, parse_duration
 from daemon.decide.numbers import CallerKind, classify_caller
+from daemon.model import MessageState
 from daemon.store.store import HistoryRow, Store
 
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2})?)?$")
@@ -56,6 +57,12 @@ def _caller_spellings(raw: str, cfg: Config) -> list[str]:
     return names
 
 
+#: Texts that ended without going out (or maybe did): history says why.
+_WHY_STATES = frozenset(
+    {MessageState.CANCELLED, MessageState.FAILED, MessageState.EXPIRED, MessageState.UNCERTAIN}
+)
+
+
 def _why(r: HistoryRow) -> str:
     if r.decision is None:
         return "no decision recorded"
@@ -63,7 +70,7 @@ def _why(r: HistoryRow) -> str:
         return r.detail or r.reason or ""
     if r.message == "merged":
         return f"joined message {r.message_id}"
-    if r.message in ("cancelled", "failed", "expired", "uncertain"):
+    if r.message in _WHY_STATES:
         return r.message_reason or r.message
     return ""
 

@@ -31,7 +31,7 @@ from daemon.decide.pipeline import CallReport
 from daemon.decide.policy import PolicyFacts, decide
 from daemon.intake.stream import AmiStream
 from daemon.intake.tracker import WANTED_EVENTS, WANTED_VARS, CallTracker
-from daemon.model import FinishedCall, TrackerEvent
+from daemon.model import OPEN_STATES, FinishedCall, TrackerEvent
 
 
 def call_record(
@@ -71,7 +71,7 @@ def _message_state(report: CallReport | None) -> str | None:
     """`sent` (would be sent), `cancelled`, `merged`, or None when nothing is sent."""
     if report is None or report.message is None:
         return None
-    if report.message in ("waiting", "queued", "sending"):
+    if report.message in OPEN_STATES:
         return "sent"  # a replay ends before the daemon would have sent it; it would go
     return report.message
 

@@ -8,18 +8,14 @@ then a pointer to `textback check`, exit 1. Warnings reach the journal, then the
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from argparse import Namespace
 from pathlib import Path
 
 from daemon.app.service import Service
-from daemon.check import Problem, Severity, check_config
+from daemon.check import Severity, check_config, log_warnings
 from daemon.config import DEFAULT_CONFIG_PATH
-from daemon.logsetup import kv, setup_logging
-
-# The service's logger: config warnings have always been journal lines of daemon.service.
-log = logging.getLogger("daemon.service")
+from daemon.logsetup import setup_logging
 
 
 def main(args: Namespace) -> int:
@@ -35,10 +31,3 @@ def main(args: Namespace) -> int:
     setup_logging(cfg.log.level)
     log_warnings(problems)
     return asyncio.run(Service(cfg, path).run())
-
-
-def log_warnings(problems: list[Problem]) -> None:
-    """What `textback check` would warn about reaches the journal too (not only errors)."""
-    for p in problems:
-        if p.severity is Severity.WARNING:
-            log.warning(kv(event="config_warning", key=p.key, problem=p.message, hint=p.hint))

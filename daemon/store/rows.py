@@ -239,7 +239,9 @@ class StoreTx:
 
         A count serves only its cap, and the range count only the pumping guard: with
         every cap off (0) the counts are not taken and read 0, and with the guard off the
-        range is not scanned and reads 0. Texts of every kind count for the caps.
+        range is not scanned and reads 0. Texts of every kind count for the caps and the
+        pumping guard (an auto-reply is a pumping target too); only missed-call texts for
+        the cooldown.
         """
         tb = cfg.textback
         hour = today = month = 0
@@ -257,11 +259,13 @@ class StoreTx:
         if destination is None:
             return PolicyFacts(sent_last_hour=hour, sent_today=today, sent_this_month=month)
         opted = self._scalar("SELECT 1 FROM optouts WHERE number = ?", (destination,))
-        # A text counts for the cooldown from when it went (or may have gone) out.
+        # A missed-call text counts for the cooldown from when it went (or may have gone)
+        # out; an answer to HELP or a confirmation is not a reason to stay silent about
+        # the caller's next missed call.
         last = self._scalar(
             f"SELECT MAX(COALESCE(sent_at, updated_at)) FROM messages"
-            f" WHERE destination = ? AND state IN ({live})",
-            (destination, *_LIVE),
+            f" WHERE destination = ? AND state IN ({live}) AND kind = ?",
+            (destination, *_LIVE, str(MessageKind.MISSED_CALL)),
         )
         in_range = 0
         if tb.pumping_max_per_range:

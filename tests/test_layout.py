@@ -1,0 +1,86 @@
+"""The layout follows the data flow: each package imports only the leaves and the packages
+below it (daemon/__init__.py), and gsm/ never imports daemon/."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Modules every package may import.
+LEAVES = {"model", "events", "errors", "clock", "config", "logsetup"}
+#: What each package may import besides the leaves and itself.
+ALLOWED: dict[str, set[str]] = {
+    "intake": set(),
+    "decide": {"gsm"},
+    "sinks": set(),
+    "store": {"decide", "sinks"},
+    "sending": {"store", "sinks", "gsm"},
+    "outbox": {"decide", "sending", "store", "sinks"},
+    "app": {
+        "intake",
+        "decide",
+        "store",
+        "outbox",
+        "sending",
+        "sinks",
+        "check",
+        "sdnotify",
+        "gsm",
+    },
+}
+
+
+def _imports(path: Path) -> set[str]:
+    """The daemon packages (or "gsm") a module imports."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "daemon" and len(parts) > 1:
+                out.add(parts[1])
+            elif parts[0] == "gsm":
+                out.add("gsm")
+    return out
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_a_package_imports_only_what_it_may(package: str) -> None:
+    allowed = LEAVES | ALLOWED[package] | {package}
+    wrong = {
+        f"{path.relative_to(ROOT)} imports {sorted(_imports(path) - allowed)}"
+        for path in (ROOT / "daemon" / package).rglob("*.py")
+        if _imports(path) - allowed
+    }
+    assert not wrong
+
+
+def test_the_leaves_import_only_leaves() -> None:
+    for leaf in LEAVES - {"config"}:
+        assert _imports(ROOT / "daemon" / f"{leaf}.py") <= LEAVES, leaf
+    # the config may name the daemon's root error, nothing else
+    assert _imports(ROOT / "daemon" / "config.py") <= {"errors"}
+
+
+def test_gsm_never_imports_daemon() -> None:
+    for path in (ROOT / "gsm").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith("daemon"), path
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("daemon") for a in node.names), path
+
+
+def test_every_package_says_what_it_owns_and_may_import() -> None:
+    for init in (ROOT / "daemon").glob("*/__init__.py"):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        assert "May import" in doc, init
