@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from daemon.app.pipeline import Pipeline
 from daemon.clock import ManualClock
-from daemon.decide.pipeline import Pipeline
 from daemon.events import (
     Event,
     OptOutChanged,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from daemon.app.pipeline import Pipeline
 from daemon.clock import ManualClock
-from daemon.decide.pipeline import Pipeline
 from daemon.model import MessageKind, MessageState
 from daemon.outbox.outbox import CapReached, Outbox
 from daemon.sending.recording import RecordingSender

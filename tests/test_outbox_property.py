@@ -25,8 +25,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from daemon.app.pipeline import Pipeline
 from daemon.clock import ManualClock
-from daemon.decide.pipeline import Pipeline
 from daemon.model import MISSED_OUTCOMES, InboundAnswered, OutboundDialled, Outcome
 from daemon.outbox.outbox import Outbox
 from daemon.store.store import MESSAGE_STATES, Store

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from daemon.app.pipeline import Pipeline
 from daemon.clock import ManualClock
 from daemon.config import Config
-from daemon.decide.pipeline import Pipeline
 from daemon.model import InboundAnswered, OutboundDialled, Outcome
 from daemon.outbox.outbox import Outbox
 from daemon.sinks.counters import CounterSink
@@ -336,7 +336,7 @@ async def test_a_joining_voicemail_rewords_the_pending_text(store: Store) -> Non
 async def test_a_bug_on_one_event_is_loud_and_the_next_call_still_works(
     store: Store, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import daemon.decide.pipeline as pipeline_mod
+    import daemon.app.pipeline as pipeline_mod
 
     rig = Rig(store, cfg(delay="0s"))
     real = pipeline_mod.decide
@@ -406,7 +406,7 @@ async def test_a_burst_in_one_transaction_decides_each_call_as_one_at_a_time(
 async def test_a_bug_in_a_burst_costs_only_that_call(
     store: Store, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import daemon.decide.pipeline as pipeline_mod
+    import daemon.app.pipeline as pipeline_mod
 
     rig = Rig(store, cfg(delay="0s"), drive=False)
     real = pipeline_mod.decide

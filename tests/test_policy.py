@@ -605,7 +605,7 @@ CFG_PROPERTY = Config(
 
 
 async def test_real_pipeline_uses_this_policy(tmp_path: Path) -> None:
-    from daemon.decide.pipeline import Pipeline
+    from daemon.app.pipeline import Pipeline
     from daemon.outbox.outbox import Outbox
     from daemon.store.store import Store
 

@@ -12,9 +12,9 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from daemon.app.pipeline import CallReport, Pipeline
 from daemon.clock import ManualClock
 from daemon.config import Config
-from daemon.decide.pipeline import CallReport, Pipeline
 from daemon.model import FinishedCall, TrackerEvent
 from daemon.outbox.outbox import Outbox
 from daemon.sending.recording import RecordingSender

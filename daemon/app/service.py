@@ -22,10 +22,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from daemon.app.pipeline import MAX_BATCH, Pipeline
 from daemon.check import Severity, check_config, log_warnings
 from daemon.clock import Clock, SystemClock
 from daemon.config import Config
-from daemon.decide.pipeline import MAX_BATCH, Pipeline
 from daemon.intake.client import AmiClient, AmiError
 from daemon.intake.frames import Message
 from daemon.intake.tracker import WANTED_EVENTS, WANTED_VARS, CallTracker

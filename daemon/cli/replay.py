@@ -19,6 +19,7 @@ from typing import Any
 import phonenumbers
 
 from daemon.app.dryrun import dry_run
+from daemon.app.pipeline import CallReport
 from daemon.clock import SystemClock
 from daemon.config import (
     DEFAULT_CONFIG_PATH,
@@ -27,7 +28,6 @@ from daemon.config import (
     load_config,
     parse_duration,
 )
-from daemon.decide.pipeline import CallReport
 from daemon.decide.policy import PolicyFacts, decide
 from daemon.intake.stream import AmiStream
 from daemon.intake.tracker import WANTED_EVENTS, WANTED_VARS, CallTracker
