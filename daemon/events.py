@@ -131,6 +131,15 @@ class SendingPaused:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyError:
+    """The policy said send but gave no text or destination: a bug, made visible; the call
+    is recorded as suppressed."""
+
+    linkedid: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class SendingResumed:
     """A text went ahead: the pause of this guard is over."""
 
@@ -212,6 +221,7 @@ Event = (
     | GuardTripped
     | SendingPaused
     | SendingResumed
+    | PolicyError
     | DeliveryReported
     | ReplyReceived
     | OptOutChanged

@@ -532,3 +532,85 @@ async def test_the_outbox_events_give_the_journal_lines_of_a_troubled_send(
             f'{c} state=failed reason=permanent_error attempts=1 error="Permanent: rejected"',
         ),
     ]
+
+
+# -- what review found: a broken sink, a cancelled unit, the order of pause lines ---------------
+
+
+class NamelessBoom:
+    """A sink with no name whose error cannot even be shown."""
+
+    def handle(self, event: object) -> None:
+        raise BadRepr
+
+
+class BadRepr(Exception):
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr either")
+
+
+async def test_a_sink_that_fails_badly_never_undoes_or_repeats_a_commit(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "tb.db", bus=EventBus([NamelessBoom()]))  # type: ignore[list-item]
+    try:
+        clock = ManualClock(T0)
+        config = cfg(delay="0s")
+        sender = FakeSender(clock=clock)
+        outbox = Outbox(config, store, clock, sender)
+        pipeline = Pipeline(config, store, outbox, clock)
+        await pipeline.handle(call(NUMBERS[0], at=T0))
+        await outbox.process_due()
+        assert len(sender.sent) == 1
+        (m,) = await store.messages()
+        assert m.state == MessageState.SENT
+        assert len(await store.history()) == 1  # recorded once, not again as a "failure"
+        assert await store.counter("calls.no_answer") == 1
+        assert store.bus.errors  # counted all the same
+    finally:
+        await store.close()
+
+
+async def test_a_cancelled_unit_never_lends_its_events_to_the_next(store: Store) -> None:
+    import threading
+
+    rec = Recorder()
+    store.bus.add(rec)
+    entered, gate = threading.Event(), threading.Event()
+
+    def slow(tx: StoreTx) -> int:
+        entered.set()
+        gate.wait(10)
+        return tx.add_reply(NUMBERS[0], "from A", T0)
+
+    def failing(tx: StoreTx) -> None:
+        raise ValueError("B fails")
+
+    a = asyncio.create_task(store.batch(slow))
+    assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 10)
+    a.cancel()
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await a
+    with pytest.raises(ValueError, match="B fails"):
+        await store.batch(failing)
+    await store.add_reply(NUMBERS[2], "from C", T0 + 2)
+    heard = [e.sender for e in rec.events if isinstance(e, ReplyReceived)]
+    assert heard == [NUMBERS[2]]  # A's event is not published with another unit's
+
+
+async def test_a_pause_line_stands_before_its_calls_line(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = ManualClock(T0)
+    config = cfg(delay="0s", max_per_hour=1, pumping_max_per_range=0)
+    outbox = Outbox(config, store, clock, FakeSender(clock=clock))
+    pipeline = Pipeline(config, store, outbox, clock)
+    with caplog.at_level(logging.INFO, logger="daemon.pipeline"):
+        await pipeline.handle(call(NUMBERS[0], at=T0))
+        clock.advance(60)
+        second = call(NUMBERS[1], at=clock.now())
+        await pipeline.handle(second)
+    lines = [r.getMessage() for r in caplog.records if r.name == "daemon.pipeline"]
+    paused = next(i for i, x in enumerate(lines) if x.startswith("event=sending_paused "))
+    decided = next(i for i, x in enumerate(lines) if f"linkedid={second.linkedid} " in x)
+    assert paused == decided - 1
+    assert "reason=cap_reached" in lines[decided]

@@ -37,6 +37,7 @@ from daemon.decide.policy import (
 from daemon.events import (
     CallbackCancelled,
     GuardTripped,
+    PolicyError,
     SendingPaused,
     SendingResumed,
     TextReworded,
@@ -94,6 +95,42 @@ def _template_kind(value: Any) -> str | None:
     if value is None:
         return None
     return str(getattr(value, "value", value))
+
+
+class _Pauses:
+    """The sending pauses as one unit of work sees them: the pipeline's, as they were when
+    the unit was submitted, plus its own changes. The unit emits its pause events into its
+    transaction (so each line stands before its call's line, as the events happened); the
+    changes reach the pipeline only once the unit has committed (`apply`)."""
+
+    def __init__(self, held: dict[str, Pause]) -> None:
+        self._held = dict(held)
+        self._changes: list[tuple[str, Pause | None]] = []
+
+    def trip(self, key: str, pause: Pause, now: float) -> bool:
+        """Note a pause; True when it is a new one (not one still holding)."""
+        held = self._held.get(key)
+        if held is not None and now < held.until:
+            return False
+        self._held[key] = pause
+        self._changes.append((key, pause))
+        return True
+
+    def clear(self, pumping_key: str) -> list[str]:
+        """A text went ahead: every cap's pause ends, and the guard of its number range."""
+        gone = [k for k in self._held if k == pumping_key or not k.startswith("pumping:")]
+        for key in gone:
+            del self._held[key]
+            self._changes.append((key, None))
+        return gone
+
+    def apply(self, target: dict[str, Pause]) -> None:
+        """Make the unit's changes the pipeline's (after its commit)."""
+        for key, pause in self._changes:
+            if pause is None:
+                target.pop(key, None)
+            else:
+                target[key] = pause
 
 
 class Pipeline:
@@ -203,10 +240,11 @@ class Pipeline:
     async def _finish_run(self, calls: list[FinishedCall], now: float) -> None:
         cfg = self._cfg
         after: list[Callable[[], None]] = []
+        pauses = _Pauses(self._tripped)
 
         def unit(tx: StoreTx) -> None:
             for call in calls:
-                self._finish_in(tx, call, now, cfg, after)
+                self._finish_in(tx, call, now, cfg, after=after, pauses=pauses)
 
         try:
             await self._store.batch(unit)
@@ -223,6 +261,7 @@ class Pipeline:
                 else:
                     await self._apply_one(call, now)
             return
+        pauses.apply(self._tripped)
         for fn in after:
             fn()
 
@@ -324,7 +363,11 @@ class Pipeline:
     async def _finished(self, call: FinishedCall, now: float) -> None:
         cfg = self._cfg
         after: list[Callable[[], None]] = []
-        await self._store.batch(lambda tx: self._finish_in(tx, call, now, cfg, after))
+        pauses = _Pauses(self._tripped)
+        await self._store.batch(
+            lambda tx: self._finish_in(tx, call, now, cfg, after=after, pauses=pauses)
+        )
+        pauses.apply(self._tripped)
         for fn in after:
             fn()
 
@@ -334,14 +377,16 @@ class Pipeline:
         call: FinishedCall,
         now: float,
         cfg: Config,
+        *,
         after: list[Callable[[], None]],
+        pauses: _Pauses,
     ) -> None:
         """Record one finished call, its decision and its text, inside `tx`.
 
-        Runs on the database thread: what it writes emits its events into `tx` (the store
-        publishes them after the commit); the pipeline's own memory (the results kept for
-        reports, the sending pauses) goes to `after`, which the caller runs once the
-        transaction is committed.
+        Runs on the database thread: what it does emits its events into `tx` (the store
+        publishes them after the commit), in the order the journal has always told them;
+        the pipeline's own memory (the results kept for reports, the sending pauses) is
+        changed once the transaction is committed (`after`, `pauses`).
         """
         destination, _ = destination_check(call, cfg)
         missed = call.inbound and call.outcome in MISSED_OUTCOMES
@@ -387,12 +432,7 @@ class Pipeline:
             if action == "send":
                 if decision.destination is None or not decision.text:
                     # A policy bug must not become a text to nowhere; keep it visible.
-                    bad = detail
-                    after.append(
-                        lambda: log.error(
-                            kv(event="policy_error", linkedid=call.linkedid, detail=bad)
-                        )
-                    )
+                    tx.emit(PolicyError(linkedid=call.linkedid, detail=detail))
                     action, detail = "suppress", f"policy said send without text: {detail}"
                 else:
                     mid = self._outbox.enqueue_in(
@@ -407,6 +447,17 @@ class Pipeline:
                         kind=MessageKind.MISSED_CALL,
                         line=call.did,
                     )
+            sent_to = decision.destination
+            if action == "send" and sent_to is not None:
+                for key in pauses.clear(self._guard_key("pumping", sent_to, cfg)):
+                    tx.emit(SendingResumed(key=key))
+            elif reason is Reason.CAP_REACHED:
+                pause = sending_pause(sent_to, facts, cfg, now)
+                if pause is not None:
+                    tx.emit(GuardTripped(guard=pause.guard, at=now))
+                    key = self._guard_key(pause.guard, sent_to, cfg)
+                    first = pauses.trip(key, pause, now)
+                    tx.emit(SendingPaused(key=key, detail=pause.detail, first=first))
             tx.record_decision(
                 call,
                 call_id,
@@ -429,15 +480,6 @@ class Pipeline:
                 mid,
                 merged=False,
             )
-            sent_to = decision.destination
-            if action == "send" and sent_to is not None:
-                after.append(lambda: self._guards_clear(sent_to))
-            elif reason is Reason.CAP_REACHED:
-                pause = sending_pause(sent_to, facts, cfg, now)
-                if pause is not None:
-                    tx.emit(GuardTripped(guard=pause.guard, at=now))
-                    tripped = pause
-                    after.append(lambda: self._guard_tripped(tripped, sent_to, now))
         after.append(lambda: self._remember(report))
 
     def _reword_for_voicemail(
@@ -465,28 +507,12 @@ class Pipeline:
         tx.emit(TextReworded(message_id=pending.id, template_kind=kind, at=now))
         return True
 
-    def _guard_key(self, guard: str, destination: str | None) -> str:
+    @staticmethod
+    def _guard_key(guard: str, destination: str | None, cfg: Config) -> str:
         # The pumping guard pauses one number range; a cap pauses everything.
         if guard == "pumping" and destination is not None:
-            return f"pumping:{number_range(destination, self._cfg.textback.pumping_prefix_digits)}"
+            return f"pumping:{number_range(destination, cfg.textback.pumping_prefix_digits)}"
         return guard
-
-    def _guard_tripped(self, pause: Pause, destination: str | None, now: float) -> None:
-        """One loud pause when a cap or the pumping guard trips, not one per call."""
-        key = self._guard_key(pause.guard, destination)
-        held = self._tripped.get(key)
-        first = held is None or now >= held.until
-        if first:
-            self._tripped[key] = pause
-        self._store.bus.emit(SendingPaused(key=key, detail=pause.detail, first=first))
-
-    def _guards_clear(self, destination: str) -> None:
-        """A text went ahead: no cap holds any more, nor the guard of its number range."""
-        pumping = self._guard_key("pumping", destination)
-        for key in list(self._tripped):
-            if key == pumping or not key.startswith("pumping:"):
-                del self._tripped[key]
-                self._store.bus.emit(SendingResumed(key=key))
 
     async def _cancel(self, number: str, reason: Reason, now: float, linkedid: str) -> None:
         home = self._cfg.textback.home_region

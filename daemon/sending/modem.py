@@ -88,6 +88,9 @@ class ModemSupervisor:
         self.modem: Modem | None = None
         #: Why there is no usable modem ("" when there is one).
         self.problem = "starting"
+        # Sends wait until the modem is probed and announced ready, as they always have:
+        # a send must not queue behind the probe's commands.
+        self._attached = False
 
     @property
     def name(self) -> str:
@@ -97,7 +100,7 @@ class ModemSupervisor:
     @property
     def ready(self) -> bool:
         """True while the modem can take a send."""
-        return self.modem is not None and self.modem.ready
+        return self._attached and self.modem is not None and self.modem.ready
 
     async def send(self, request: SendRequest) -> SendResult:
         """Send through the modem (a retryable failure while there is none)."""
@@ -177,8 +180,10 @@ class ModemSupervisor:
                 info = await modem.probe()
             except (GsmError, OSError) as exc:
                 # usable all the same: ready, with the reason we know nothing about it
+                self._attached = True
                 self._state("ready", error=str(exc))
             else:
+                self._attached = True
                 self._state("ready", info=info)
             await self._inbound(modem)
             return

@@ -74,15 +74,21 @@ class EventBus:
             self.emit(event)
 
     def _sink_failed(self, sink: Sink, event: Event, exc: Exception) -> None:
-        self.errors[sink.name] += 1
-        key = (sink.name, type(exc).__name__)
-        level = logging.DEBUG if key in self._said else logging.ERROR
-        self._said.add(key)
-        log.log(
-            level,
-            kv(event="sink_error", sink=sink.name, on=type(event).__name__, error=repr(exc)),
-            exc_info=level == logging.ERROR,
-        )
+        # Saying a sink failed must not fail in turn (a sink without a name, an exception
+        # whose repr raises): the emitter is past a commit and must never see it.
+        try:
+            name = str(getattr(sink, "name", type(sink).__name__))
+            self.errors[name] += 1
+            key = (name, type(exc).__name__)
+            level = logging.DEBUG if key in self._said else logging.ERROR
+            self._said.add(key)
+            log.log(
+                level,
+                kv(event="sink_error", sink=name, on=type(event).__name__, error=repr(exc)),
+                exc_info=level == logging.ERROR,
+            )
+        except Exception:
+            self.errors["?"] += 1
 
 
 class QueueSink:

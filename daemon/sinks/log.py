@@ -18,6 +18,7 @@ from daemon.events import (
     Event,
     ModemStateChanged,
     OptOutChanged,
+    PolicyError,
     ReplyReceived,
     SendingPaused,
     SendingResumed,
@@ -110,6 +111,8 @@ class LogSink:
                 _calls.debug(kv(event="sending_paused", guard=event.key, detail=event.detail))
             case SendingResumed():
                 _calls.warning(kv(event="sending_resumed", guard=event.key))
+            case PolicyError():
+                _calls.error(kv(event="policy_error", linkedid=event.linkedid, detail=event.detail))
             case DeliveryReported():
                 _device.info(
                     kv(
@@ -123,25 +126,10 @@ class LogSink:
                 _device.info(kv(event="reply", sender=event.sender, chars=len(event.text)))
             case ModemStateChanged():
                 self._modem(event)
-            case OptOutChanged():
-                _calls.debug(
-                    kv(
-                        event="optout",
-                        number=event.number,
-                        opted_out=event.opted_out,
-                        source=event.source,
-                    )
-                )
-            case AmiGap():
-                # The AMI client words the gap when it reconnects; this is the stored record.
-                _device.debug(
-                    kv(
-                        event="ami_gap",
-                        id=event.gap_id,
-                        detail=event.detail,
-                        since=event.started_at,
-                    )
-                )
+            case OptOutChanged() | AmiGap():
+                # No line: the CLI says what it did to the list, the AMI client words the
+                # gap when it reconnects; these events are for the other sinks.
+                pass
 
     @staticmethod
     def _text_changed(ev: TextChanged) -> None:

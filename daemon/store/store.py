@@ -115,9 +115,11 @@ class Store:
         self._db = db
         #: Where committed events go (the log and the counters unless told otherwise).
         self.bus = bus if bus is not None else EventBus.standard()
-        # Events of the transaction in progress: published at its commit, dropped at a
-        # rollback. One list is enough: the mutex lets one task's unit run at a time.
-        self._pending: list[Event] = []
+        # The events of the open `transaction()`, bound when it begins: published at its
+        # commit, dropped at a rollback. A unit outside one gets a list of its own, bound
+        # when it is submitted, so a unit cancelled mid-hop never lends its events to the
+        # next one.
+        self._tx_events: list[Event] | None = None
         self._busy_ms = busy_timeout_ms
         self._durable = True
         self.path = path
@@ -297,7 +299,8 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"database {self.path}: {exc}") from exc
         self._in_tx = True
-        self._pending.clear()
+        events: list[Event] = []
+        self._tx_events = events
         try:
             yield
         except sqlite3.Error as exc:
@@ -312,10 +315,10 @@ class Store:
             except sqlite3.Error as exc:
                 await self._rollback()
                 raise StoreError(f"database {self.path}: {exc}") from exc
-            self._publish()
+            self._publish(events)
         finally:
             self._in_tx = False
-            self._pending.clear()
+            self._tx_events = None
 
     async def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -347,13 +350,15 @@ class Store:
         db = self._db
         return cast(T, await db._execute(fn, db._conn))  # type: ignore[no-untyped-call]
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, fn: Callable[[StoreTx], T]) -> T:
         """Run `fn` atomically: inside this task's open transaction, or as its own
         transaction (BEGIN, fn, COMMIT in one hop to the database thread)."""
         task = asyncio.current_task()
         if self._owner is not None and self._owner is task:
-            if self._in_tx:
-                return await self._run(fn)  # the open transaction handles errors
+            events = self._tx_events
+            if self._in_tx and events is not None:
+                # the open transaction handles errors and publishes at its commit
+                return await self._run(lambda conn: fn(StoreTx(self, conn, events)))
             return await self._atomic_hop(fn)
         async with self._mutex:
             self._owner = task
@@ -362,25 +367,26 @@ class Store:
             finally:
                 self._owner = None
 
-    async def _atomic_hop(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _atomic_hop(self, fn: Callable[[StoreTx], T]) -> T:
         if self.readonly:
             raise StoreError(f"database {self.path} is open read-only")
-        self._pending.clear()
+        events: list[Event] = []
         try:
-            out = await self._run(lambda conn: _atomic(conn, fn))
+            out = await self._run(
+                lambda conn: _atomic(conn, lambda c: fn(StoreTx(self, c, events)))
+            )
         except sqlite3.Error as exc:
-            self._pending.clear()
             raise StoreError(f"database {self.path}: {exc}") from exc
-        except BaseException:
-            self._pending.clear()
-            raise
-        self._publish()
+        self._publish(events)
         return out
 
-    def _publish(self) -> None:
-        """Hand the committed transaction's events to the bus, in the order emitted."""
-        events, self._pending = self._pending, []
-        self.bus.emit_all(events)
+    def _publish(self, events: list[Event]) -> None:
+        """Hand a committed transaction's events to the bus, in the order emitted. The
+        data is already committed: nothing a sink does may undo that or reach the writer."""
+        try:
+            self.bus.emit_all(events)
+        except Exception:  # the bus guards each sink; this guards the bus itself
+            log.exception(kv(event="sink_error", during="publish", events=len(events)))
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         async with self._reading():
@@ -394,14 +400,12 @@ class Store:
         `fn` runs off the event loop: it must not touch asyncio objects, and should leave
         logging and other side effects to its caller, after the commit.
         """
-        return await self._write(lambda conn: fn(self._tx(conn)))
-
-    def _tx(self, conn: sqlite3.Connection) -> StoreTx:
-        return StoreTx(self, conn, self._pending)
+        return await self._write(fn)
 
     async def read(self, fn: Callable[[StoreTx], T]) -> T:
         """Run `fn(tx)` for reading only, in one hop to the database thread."""
-        return await self._read(lambda conn: fn(self._tx(conn)))
+        # a read emits nothing; the list only satisfies StoreTx
+        return await self._read(lambda conn: fn(StoreTx(self, conn, [])))
 
     async def _scalar(self, sql: str, params: Iterable[Any] = ()) -> Any:
         async with self._db.execute(sql, tuple(params)) as cur:
@@ -433,9 +437,7 @@ class Store:
 
     async def record_call(self, call: FinishedCall, *, destination: str | None, now: float) -> int:
         """Keep a finished call; returns its id."""
-        return await self._write(
-            lambda c: self._tx(c).record_call(call, destination=destination, now=now)
-        )
+        return await self._write(lambda tx: tx.record_call(call, destination=destination, now=now))
 
     async def record_decision(
         self,
@@ -476,13 +478,13 @@ class Store:
     async def policy_facts(self, destination: str | None, now: float, cfg: Config) -> PolicyFacts:
         """What the policy needs to know about a destination and about recent sending
         (see `StoreTx.policy_facts`)."""
-        return await self._read(lambda c: self._tx(c).policy_facts(destination, now, cfg))
+        return await self.read(lambda tx: tx.policy_facts(destination, now, cfg))
 
     # -- the outbox's rows -----------------------------------------------------------------
 
     async def get_message(self, message_id: int) -> Message | None:
         """One outbox row by id."""
-        return await self._read(lambda c: self._tx(c).get_message(message_id))
+        return await self.read(lambda tx: tx.get_message(message_id))
 
     async def messages(
         self,
@@ -492,27 +494,27 @@ class Store:
         kinds: Collection[MessageKind] | None = None,
     ) -> list[Message]:
         """Outbox rows, oldest first, optionally filtered by state, destination and kind."""
-        return await self._read(lambda c: self._tx(c).messages(states, destination, kinds=kinds))
+        return await self.read(lambda tx: tx.messages(states, destination, kinds=kinds))
 
     async def pending_for(self, destination: str) -> Message | None:
         """The missed-call text still waiting or queued for a destination, if any."""
-        return await self._read(lambda c: self._tx(c).pending_for(destination))
+        return await self.read(lambda tx: tx.pending_for(destination))
 
     async def count_messages(self, states: Collection[MessageState]) -> int:
         """How many outbox rows are in one of `states` (one COUNT, no rows loaded)."""
-        return await self._read(lambda c: self._tx(c).count_messages(states))
+        return await self.read(lambda tx: tx.count_messages(states))
 
     async def too_old(self, now: float, max_age: float) -> list[Message]:
         """Pending texts older than `max_age` at `now`, oldest first."""
-        return await self._read(lambda c: self._tx(c).too_old(now, max_age))
+        return await self.read(lambda tx: tx.too_old(now, max_age))
 
     async def queued(self) -> list[tuple[int, float | None]]:
         """(id, next_attempt_at) of every queued text, oldest first."""
-        return await self._read(lambda c: self._tx(c).queued())
+        return await self.read(lambda tx: tx.queued())
 
     async def outbox_times(self) -> tuple[float | None, float | None, float | None, int]:
         """See `StoreTx.outbox_times`."""
-        return await self._read(lambda c: self._tx(c).outbox_times())
+        return await self.read(lambda tx: tx.outbox_times())
 
     async def update_message(
         self,
@@ -527,10 +529,10 @@ class Store:
         sent_at: float | None = None,
     ) -> bool:
         """Change an outbox row, compare-and-set on `expect` (see `StoreTx.update_message`,
-        which the outbox uses inside its own units). Emits nothing: for tests and tools
-        that set a row up."""
+        which the outbox uses inside its own units). Emits no event and so counts nothing
+        (the outbox's transitions do both): for tests and tools that set a row up."""
         return await self._write(
-            lambda c: self._tx(c).update_message(
+            lambda tx: tx.update_message(
                 message_id,
                 now=now,
                 expect=expect,
@@ -560,7 +562,7 @@ class Store:
         """Write an outbox row as it is (no event; the outbox's `enqueue` is the way in
         for a text to send): for tests and tools that set a row up."""
         return await self._write(
-            lambda c: self._tx(c).add_message(
+            lambda tx: tx.add_message(
                 destination=destination,
                 text=text,
                 template_kind=template_kind,
@@ -577,7 +579,7 @@ class Store:
 
     async def add_parts(self, message_id: int, references: Sequence[int], now: float) -> None:
         """Keep the modem's message reference of each part of a sent text."""
-        await self._write(lambda c: self._tx(c).add_parts(message_id, references, now))
+        await self._write(lambda tx: tx.add_parts(message_id, references, now))
 
     async def message_parts(self, message_id: int) -> list[dict[str, Any]]:
         """The parts of a text with their references and delivery status."""
@@ -593,19 +595,19 @@ class Store:
 
     async def record_delivery(self, reference: int, status: str, now: float) -> int | None:
         """A delivery report for a modem reference; returns the message id it belongs to."""
-        return await self._write(lambda c: self._tx(c).record_delivery(reference, status, now))
+        return await self._write(lambda tx: tx.record_delivery(reference, status, now))
 
     async def add_reply(self, sender: str, text: str, now: float, *, optout: bool = False) -> int:
         """Keep an inbound SMS."""
-        return await self._write(lambda c: self._tx(c).add_reply(sender, text, now, optout=optout))
+        return await self._write(lambda tx: tx.add_reply(sender, text, now, optout=optout))
 
     async def optout_add(self, number: str, now: float, *, source: str = "cli") -> bool:
         """Put a number (E.164) on the do-not-text list; False if it already was."""
-        return await self._write(lambda c: self._tx(c).optout_add(number, now, source=source))
+        return await self._write(lambda tx: tx.optout_add(number, now, source=source))
 
     async def optout_remove(self, number: str, now: float, *, source: str = "cli") -> bool:
         """Take a number off the list; False if it was not on it."""
-        return await self._write(lambda c: self._tx(c).optout_remove(number, now, source=source))
+        return await self._write(lambda tx: tx.optout_remove(number, now, source=source))
 
     async def optout_list(self) -> list[tuple[str, float, str]]:
         """Every opted-out number with when and how it was added."""
@@ -622,7 +624,7 @@ class Store:
 
     async def add_gap(self, started_at: float, ended_at: float | None, detail: str = "") -> int:
         """Keep a time span in which the AMI link was down (calls may be missing)."""
-        return await self._write(lambda c: self._tx(c).add_gap(started_at, ended_at, detail))
+        return await self._write(lambda tx: tx.add_gap(started_at, ended_at, detail))
 
     async def gaps(self) -> list[tuple[float, float | None, str]]:
         """Every AMI gap, oldest first."""
@@ -633,7 +635,7 @@ class Store:
     async def bump(self, name: str, n: int = 1, *, now: float) -> None:
         """Add `n` to the counter `name` of the day of `now` (counts no event stands for,
         such as the database's own refusals once it takes writes again)."""
-        await self._write(lambda c: self._tx(c).bump(name, n, now))
+        await self._write(lambda tx: tx.bump(name, n, now))
 
     async def counter(self, name: str, *, since_day: str = "0000-00-00") -> int:
         """The sum of a counter over the days from `since_day` on."""
