@@ -278,21 +278,14 @@ async def _run_panoramisk(port: int) -> tuple[float, float]:
 
 
 def _tracker() -> tuple[Any, frozenset[str] | None, frozenset[str], str]:
-    """The real CallTracker if it is there; else a no-op sink (said in the report)."""
-    try:
-        from daemon import tracker as tracker_mod
-        from daemon.clock import SystemClock
-        from daemon.config import Config
+    """The real CallTracker (no silent stand-in: a bench that cannot import it must fail,
+    not measure something else)."""
+    from daemon.clock import SystemClock
+    from daemon.config import Config
+    from daemon.intake import tracker as tracker_mod
 
-        trk = tracker_mod.CallTracker(Config(), SystemClock())
-        return trk, tracker_mod.WANTED_EVENTS, tracker_mod.WANTED_VARS, "CallTracker"
-    except ImportError:
-
-        class _Noop:
-            def feed(self, msg: dict[str, str]) -> list[Any]:
-                return []
-
-        return _Noop(), None, frozenset(), "no-op sink (tracker missing)"
+    trk = tracker_mod.CallTracker(Config(), SystemClock())
+    return trk, tracker_mod.WANTED_EVENTS, tracker_mod.WANTED_VARS, "CallTracker"
 
 
 async def _run_intake(
