@@ -10,6 +10,8 @@ The packages follow the data flow (DESIGN.md):
               publishes each transaction's events after it commits
     outbox/   the durable queue of texts: wait, merge, cancel, send, retry, give up
     sending/  the one Sender interface and its senders (the modem supervisor, a recorder)
+    replies/  what callers text back: keywords (STOP, START, HELP), the inbox that keeps,
+              links and obeys each reply
     sinks/    the event bus and what listens to it: the log, the counters
     app/      the assembly: the pipeline (tracker events to decisions and texts), the
               service (`textback run`), the dry run behind `textback replay`

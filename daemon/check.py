@@ -101,6 +101,7 @@ def validate(cfg: Config) -> list[Problem]:
     """Every problem of a loaded config that the schema cannot see, errors and warnings."""
     out: list[Problem] = []
     out += _check_ami(cfg)
+    out += _check_replies(cfg)
     out += _check_calls(cfg)
     out += _check_modem(cfg)
     out += _check_textback(cfg)
@@ -404,6 +405,24 @@ def _parses(raw: str, region: str) -> bool:
         return phonenumbers.is_valid_number(phonenumbers.parse(raw, region))
     except phonenumbers.NumberParseException:
         return False
+
+
+def _check_replies(cfg: Config) -> list[Problem]:
+    rc, out = cfg.replies, []
+    for name in ("confirm_opt_out", "confirm_opt_in", "help_text"):
+        text = getattr(rc, name)
+        if not text.strip():
+            out.append(_err(f"replies.{name}", "empty", "an opt-out must be confirmed in words"))
+        out += check_template_fields(text, f"replies.{name}")
+    if not [w for w in rc.opt_out_words if w.strip()]:
+        out.append(
+            _err(
+                "replies.opt_out_words",
+                "empty: nobody could opt out",
+                'keep at least "STOP" (the law expects it)',
+            )
+        )
+    return out
 
 
 def check_template_fields(template: str, key: str) -> list[Problem]:

@@ -230,6 +230,61 @@ class LineConfig(_Section):
     enabled: bool = Field(True, description="off: never text callers of this line")
 
 
+#: DESIGN.md's keyword lists (matched after folding case, width, accents and the
+#: punctuation, emoji and spaces around them).
+OPT_OUT_WORDS = (
+    "STOP",
+    "STOPALL",
+    "STOP ALL",
+    "UNSUBSCRIBE",
+    "CANCEL",
+    "END",
+    "QUIT",
+    "REVOKE",
+    "OPTOUT",
+    "OPT OUT",
+    "OPT-OUT",
+)
+OPT_IN_WORDS = ("START", "UNSTOP")
+HELP_WORDS = ("HELP", "INFO")
+
+
+class RepliesConfig(_Section):
+    """[replies]: what callers text back (STOP, START, HELP and the rest)."""
+
+    opt_out_words: list[str] = Field(
+        default_factory=lambda: list(OPT_OUT_WORDS),
+        description="a reply that is one of these (any case, accents, punctuation) opts out",
+    )
+    opt_in_words: list[str] = Field(
+        default_factory=lambda: list(OPT_IN_WORDS),
+        description="opts back in (YES too, while the number is opted out)",
+    )
+    help_words: list[str] = Field(
+        default_factory=lambda: list(HELP_WORDS), description="answered with help_text"
+    )
+    fuzzy_opt_out: Literal["opt_out", "flag"] = Field(
+        "opt_out",
+        description='"please stop texting me": opt_out opts out; flag only marks the reply',
+    )
+    confirm_opt_out: str = Field(
+        "{business_name}: you will get no more texts from us. Reply START to undo.",
+        description="the one confirmation of an opt-out (no marketing)",
+    )
+    confirm_opt_in: str = Field(
+        "{business_name}: texts are back on. Reply STOP to opt out.",
+        description="the one confirmation of an opt-in",
+    )
+    help_text: str = Field(
+        "{business_name}: we text back the calls we miss. Call us at {callback_number}."
+        " Reply STOP to opt out.",
+        description="the answer to HELP (business name, callback number, how to stop)",
+    )
+    reply_window: Duration = Field(
+        1_209_600.0, description="a reply answers the latest text to its sender this recent"
+    )
+
+
 class DatabaseConfig(_Section):
     """[database]: where everything is kept."""
 
@@ -264,6 +319,7 @@ class Config(BaseSettings):
     textback: TextbackConfig = Field(default_factory=TextbackConfig)  # type: ignore[arg-type]
     hours: HoursConfig = Field(default_factory=HoursConfig)  # type: ignore[arg-type]
     lines: list[LineConfig] = Field(default_factory=list)
+    replies: RepliesConfig = Field(default_factory=RepliesConfig)  # type: ignore[arg-type]
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)  # type: ignore[arg-type]
     log: LogConfig = Field(default_factory=LogConfig)  # type: ignore[arg-type]
 

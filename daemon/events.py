@@ -165,6 +165,11 @@ class ReplyReceived:
     text: str
     at: float
     optout: bool = False
+    kind: str = "message"  # opt_out, opt_in, help, possible_opt_out, message
+    sender_kind: str = "number"  # number, short_code, alphanumeric, invalid
+    message_id: int | None = None  # the text it answers, when linked
+    call_id: int | None = None  # the missed call of that text
+    incomplete: bool = False  # a part never came
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,8 +20,10 @@ ALLOWED: dict[str, set[str]] = {
     "store": {"decide", "sinks"},
     "sending": {"store", "sinks", "gsm"},
     "outbox": {"decide", "sending", "store", "sinks"},
+    "replies": {"decide", "outbox", "store", "sinks", "gsm"},
     "app": {
         "intake",
+        "replies",
         "decide",
         "store",
         "outbox",

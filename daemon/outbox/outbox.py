@@ -101,6 +101,51 @@ def _changed(
     )
 
 
+def _write_text(
+    tx: StoreTx,
+    *,
+    destination: str,
+    text: str,
+    template_kind: str | None,
+    call_ids: Sequence[int],
+    parts: int,
+    encoding: str,
+    now: float,
+    kind: MessageKind,
+    line: str,
+    delay: float,
+) -> int:
+    """Write a new text and its TextWritten event: `waiting` for `delay`, or `queued`."""
+    due = now + delay
+    state = MessageState.WAITING if delay > 0 else MessageState.QUEUED
+    mid = tx.add_message(
+        destination=destination,
+        text=text,
+        template_kind=template_kind,
+        call_ids=call_ids,
+        parts=parts,
+        encoding=encoding,
+        now=now,
+        due_at=due,
+        state=state,
+        kind=kind,
+        line=line,
+    )
+    tx.emit(
+        TextWritten(
+            message_id=mid,
+            destination=destination,
+            kind=kind,
+            state=state,
+            due_at=due,
+            call_ids=tuple(call_ids),
+            line=line,
+            at=now,
+        )
+    )
+    return mid
+
+
 class _WakeOnNewText:
     """Wakes the outbox's worker when a new text is committed (by anyone's transaction)
     and when a sender's modem becomes ready."""
@@ -217,9 +262,8 @@ class Outbox:
         """`enqueue` inside the caller's transaction (on the database thread). The worker
         is woken when the store publishes the text's event, after the commit."""
         delay = self._cfg.textback.delay if kind.waits else 0.0
-        due = now + delay
-        state = MessageState.WAITING if delay > 0 else MessageState.QUEUED
-        mid = tx.add_message(
+        return _write_text(
+            tx,
             destination=destination,
             text=text,
             template_kind=template_kind,
@@ -227,24 +271,40 @@ class Outbox:
             parts=parts,
             encoding=encoding,
             now=now,
-            due_at=due,
-            state=state,
             kind=kind,
             line=line,
+            delay=delay,
         )
-        tx.emit(
-            TextWritten(
-                message_id=mid,
-                destination=destination,
-                kind=kind,
-                state=state,
-                due_at=due,
-                call_ids=tuple(call_ids),
-                line=line,
-                at=now,
-            )
+
+    @staticmethod
+    def enqueue_answer_in(
+        tx: StoreTx,
+        *,
+        destination: str,
+        text: str,
+        kind: MessageKind,
+        parts: int,
+        encoding: str,
+        line: str,
+        now: float,
+    ) -> int:
+        """Write an automatic answer (a confirmation, the help text) inside the caller's
+        transaction: `queued` at once. The caller has checked the caps and the rules."""
+        if kind.waits:
+            raise ValueError("a missed-call text is written by the pipeline, not as an answer")
+        return _write_text(
+            tx,
+            destination=destination,
+            text=text,
+            template_kind=None,
+            call_ids=(),
+            parts=parts,
+            encoding=encoding,
+            now=now,
+            kind=kind,
+            line=line,
+            delay=0.0,
         )
-        return mid
 
     async def pending_for(self, destination: str) -> Message | None:
         """The missed-call text still waiting or queued for `destination`, if any."""
@@ -291,19 +351,20 @@ class Outbox:
         """Cancel every pending missed-call text to `destination` (the office called back,
         or answered the caller); returns the ids cancelled. Other kinds are left alone."""
         at = self._clock.now() if now is None else now
+        return await self._store.batch(lambda tx: self.cancel_in(tx, destination, reason, now=at))
 
-        def unit(tx: StoreTx) -> list[int]:
-            done = []
-            for m in tx.messages(PENDING_STATES, destination, kinds=(MessageKind.MISSED_CALL,)):
-                if not tx.update_message(
-                    m.id, now=at, expect=_PENDING, state=MessageState.CANCELLED, reason=reason
-                ):
-                    continue  # it went to the modem in the meantime: too late to cancel
-                tx.emit(_changed(m, MessageState.CANCELLED, at, reason=reason))
-                done.append(m.id)
-            return done
-
-        return await self._store.batch(unit)
+    @staticmethod
+    def cancel_in(tx: StoreTx, destination: str, reason: str, *, now: float) -> list[int]:
+        """`cancel` inside the caller's transaction (an opt-out cancels with its record)."""
+        done = []
+        for m in tx.messages(PENDING_STATES, destination, kinds=(MessageKind.MISSED_CALL,)):
+            if not tx.update_message(
+                m.id, now=now, expect=_PENDING, state=MessageState.CANCELLED, reason=reason
+            ):
+                continue  # it went to the modem in the meantime: too late to cancel
+            tx.emit(_changed(m, MessageState.CANCELLED, now, reason=reason))
+            done.append(m.id)
+        return done
 
     # -- restart -------------------------------------------------------------------------------
 

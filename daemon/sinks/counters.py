@@ -44,8 +44,8 @@ def durable_counts(event: Event) -> list[tuple[str, float]]:
             return out
         case DeliveryReported(message_id=mid, status=status, at=at) if mid is not None:
             return [(f"delivery.{status}", at)]
-        case ReplyReceived(at=at):
-            return [("replies", at)]
+        case ReplyReceived(kind=kind, at=at):
+            return [("replies", at), (f"replies.{kind}", at)]
         case OptOutChanged(opted_out=True, at=at):
             return [("optouts.added", at)]
         case OptOutChanged(opted_out=False, at=at):

@@ -510,38 +510,147 @@ class StoreTx:
         self.emit(DeliveryReported(reference=reference, message_id=mid, status=status, at=now))
         return mid
 
-    def add_reply(self, sender: str, text: str, now: float, *, optout: bool = False) -> int:
-        """Keep an inbound SMS; returns its id."""
+    def add_reply(
+        self,
+        sender: str,
+        text: str,
+        now: float,
+        *,
+        optout: bool = False,
+        kind: str = "message",
+        sender_kind: str = "number",
+        number: str | None = None,
+        message_id: int | None = None,
+        call_id: int | None = None,
+        incomplete: bool = False,
+        modem: str = "",
+        sms_key: str | None = None,
+    ) -> int | None:
+        """Keep an inbound SMS; returns its id, or None when `sms_key` says this very SMS
+        is kept already (read twice from the SIM)."""
         cur = self._conn.execute(
-            "INSERT INTO replies (sender, text, received_at, optout) VALUES (?,?,?,?)",
-            (sender, text, now, int(optout)),
+            "INSERT OR IGNORE INTO replies (sender, text, received_at, optout, kind,"
+            " sender_kind, number, message_id, call_id, incomplete, modem, sms_key)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                sender,
+                text,
+                now,
+                int(optout),
+                kind,
+                sender_kind,
+                number,
+                message_id,
+                call_id,
+                int(incomplete),
+                modem,
+                sms_key,
+            ),
         )
+        if cur.rowcount <= 0:
+            return None
         assert cur.lastrowid is not None
         self.emit(
-            ReplyReceived(reply_id=cur.lastrowid, sender=sender, text=text, at=now, optout=optout)
+            ReplyReceived(
+                reply_id=cur.lastrowid,
+                sender=sender,
+                text=text,
+                at=now,
+                optout=optout,
+                kind=kind,
+                sender_kind=sender_kind,
+                message_id=message_id,
+                call_id=call_id,
+                incomplete=incomplete,
+            )
         )
         return cur.lastrowid
 
+    def set_reply_answer(self, reply_id: int, message_id: int) -> None:
+        """Note the automatic answer (a confirmation, the help text) a reply got."""
+        self._conn.execute("UPDATE replies SET answer_id = ? WHERE id = ?", (message_id, reply_id))
+
+    def latest_text_to(self, destination: str, since: float) -> Message | None:
+        """The latest missed-call text that went (or may have gone) to `destination` since
+        `since`: what a reply from that number answers."""
+        row = self._conn.execute(
+            "SELECT * FROM messages WHERE destination = ? AND kind = ?"
+            " AND state IN ('sent', 'uncertain') AND COALESCE(sent_at, updated_at) >= ?"
+            " ORDER BY COALESCE(sent_at, updated_at) DESC, id DESC LIMIT 1",
+            (destination, str(MessageKind.MISSED_CALL), since),
+        ).fetchone()
+        return None if row is None else _row_message(row)
+
+    def is_opted_out(self, number: str) -> bool:
+        """Is the number on the do-not-text list?"""
+        return self._scalar("SELECT 1 FROM optouts WHERE number = ?", (number,)) is not None
+
+    def answered_since(self, destination: str, kind: MessageKind, since: float) -> bool:
+        """Was a text of `kind` written to `destination` since `since` (any state)?"""
+        return (
+            self._scalar(
+                "SELECT 1 FROM messages WHERE destination = ? AND kind = ? AND created_at >= ?"
+                " LIMIT 1",
+                (destination, str(kind), since),
+            )
+            is not None
+        )
+
     # -- the do-not-text list and AMI gaps --------------------------------------------------
 
-    def optout_add(self, number: str, now: float, *, source: str = "cli") -> bool:
-        """Put a number (E.164) on the do-not-text list; False if it already was."""
+    def optout_add(
+        self,
+        number: str,
+        now: float,
+        *,
+        source: str = "cli",
+        text: str = "",
+        reply_id: int | None = None,
+    ) -> bool:
+        """Put a number (E.164) on the do-not-text list, with how (source) and the exact
+        words; audited. False if it already was."""
         cur = self._conn.execute(
-            "INSERT OR IGNORE INTO optouts (number, added_at, source) VALUES (?,?,?)",
-            (number, now, source),
+            "INSERT OR IGNORE INTO optouts (number, added_at, source, text) VALUES (?,?,?,?)",
+            (number, now, source, text),
         )
         if cur.rowcount <= 0:
             return False
+        self._audit(number, True, source=source, text=text, reply_id=reply_id, now=now)
         self.emit(OptOutChanged(number=number, opted_out=True, source=source, at=now))
         return True
 
-    def optout_remove(self, number: str, now: float, *, source: str = "cli") -> bool:
-        """Take a number off the list; False if it was not on it."""
+    def optout_remove(
+        self,
+        number: str,
+        now: float,
+        *,
+        source: str = "cli",
+        text: str = "",
+        reply_id: int | None = None,
+    ) -> bool:
+        """Take a number off the list (audited); False if it was not on it."""
         cur = self._conn.execute("DELETE FROM optouts WHERE number = ?", (number,))
         if cur.rowcount <= 0:
             return False
+        self._audit(number, False, source=source, text=text, reply_id=reply_id, now=now)
         self.emit(OptOutChanged(number=number, opted_out=False, source=source, at=now))
         return True
+
+    def _audit(
+        self,
+        number: str,
+        opted_out: bool,
+        *,
+        source: str,
+        text: str,
+        reply_id: int | None,
+        now: float,
+    ) -> None:
+        self._conn.execute(
+            "INSERT INTO optout_log (number, opted_out, source, text, reply_id, at)"
+            " VALUES (?,?,?,?,?,?)",
+            (number, int(opted_out), source, text, reply_id, now),
+        )
 
     def add_gap(self, started_at: float, ended_at: float | None, detail: str = "") -> int:
         """Keep a time span in which the AMI link was down (calls may be missing)."""

@@ -112,5 +112,34 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE messages ADD COLUMN sender TEXT NOT NULL DEFAULT '';
     CREATE INDEX messages_kind_dest ON messages(kind, destination, state);
     """,
+    # 3: replies know what they are (a keyword, a message), whom they come from (a number,
+    # a short code, a name), what they answer (the text and its call), whether parts were
+    # missing, which modem took them, and the automatic answer they got; one key per SMS
+    # so a text read twice from the SIM is kept once. Opt-outs keep the exact words, and
+    # every change of the list is audited.
+    """
+    ALTER TABLE replies ADD COLUMN kind TEXT NOT NULL DEFAULT 'message';
+    ALTER TABLE replies ADD COLUMN sender_kind TEXT NOT NULL DEFAULT 'number';
+    ALTER TABLE replies ADD COLUMN number TEXT;
+    ALTER TABLE replies ADD COLUMN message_id INTEGER REFERENCES messages(id);
+    ALTER TABLE replies ADD COLUMN call_id INTEGER REFERENCES calls(id);
+    ALTER TABLE replies ADD COLUMN incomplete INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE replies ADD COLUMN modem TEXT NOT NULL DEFAULT '';
+    ALTER TABLE replies ADD COLUMN answer_id INTEGER REFERENCES messages(id);
+    ALTER TABLE replies ADD COLUMN sms_key TEXT;
+    CREATE UNIQUE INDEX replies_sms_key ON replies(sms_key) WHERE sms_key IS NOT NULL;
+    CREATE INDEX replies_number ON replies(number, received_at);
+    ALTER TABLE optouts ADD COLUMN text TEXT NOT NULL DEFAULT '';
+    CREATE TABLE optout_log (
+        id INTEGER PRIMARY KEY,
+        number TEXT NOT NULL,
+        opted_out INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        text TEXT NOT NULL DEFAULT '',
+        reply_id INTEGER REFERENCES replies(id),
+        at REAL NOT NULL
+    );
+    CREATE INDEX optout_log_number ON optout_log(number, at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -597,8 +597,11 @@ class Store:
         """A delivery report for a modem reference; returns the message id it belongs to."""
         return await self._write(lambda tx: tx.record_delivery(reference, status, now))
 
-    async def add_reply(self, sender: str, text: str, now: float, *, optout: bool = False) -> int:
-        """Keep an inbound SMS."""
+    async def add_reply(
+        self, sender: str, text: str, now: float, *, optout: bool = False
+    ) -> int | None:
+        """Keep an inbound SMS as it is (the reply handler, daemon.replies, links and
+        judges it first)."""
         return await self._write(lambda tx: tx.add_reply(sender, text, now, optout=optout))
 
     async def optout_add(self, number: str, now: float, *, source: str = "cli") -> bool:

@@ -1,0 +1,313 @@
+"""Replies: keywords, and the inbox that keeps, links and obeys them (real SQLite, the
+real pipeline and outbox, a recording sender, a ManualClock)."""
+
+from __future__ import annotations
+
+import sqlite3
+import unicodedata
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from daemon.app.pipeline import Pipeline
+from daemon.clock import ManualClock
+from daemon.config import Config, RepliesConfig
+from daemon.model import MessageKind, MessageState
+from daemon.outbox.outbox import Outbox
+from daemon.replies.inbox import Inbox
+from daemon.replies.keywords import Keywords, ReplyKind, asks_to_stop, fold
+from daemon.store.store import Store
+from tests.outbox_fakes import NUMBERS, FakeSender, call
+
+T0 = 1_795_300_000.0
+KEYWORDS = Keywords.from_config(RepliesConfig())
+
+
+# -- keywords ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("STOP", ReplyKind.OPT_OUT),
+        ("Stop.", ReplyKind.OPT_OUT),
+        ("  stop  ", ReplyKind.OPT_OUT),
+        ("STOP 🛑", ReplyKind.OPT_OUT),
+        ("\uff33\uff34\uff2f\uff30", ReplyKind.OPT_OUT),  # full-width STOP
+        ("stop   all", ReplyKind.OPT_OUT),
+        ("Opt-Out!", ReplyKind.OPT_OUT),
+        ("unsubscribe", ReplyKind.OPT_OUT),
+        ("Cancel", ReplyKind.OPT_OUT),
+        ("please stop texting me", ReplyKind.OPT_OUT),
+        ("STOP please", ReplyKind.OPT_OUT),
+        ("how do I unsubscribe from this?", ReplyKind.OPT_OUT),
+        ("start", ReplyKind.OPT_IN),
+        ("UNSTOP", ReplyKind.OPT_IN),
+        ("help?", ReplyKind.HELP),
+        ("Info", ReplyKind.HELP),
+        ("stopped", ReplyKind.MESSAGE),
+        ("can I stop by at 3?", ReplyKind.MESSAGE),
+        ("cancel my appointment", ReplyKind.MESSAGE),
+        ("the end", ReplyKind.MESSAGE),
+        ("yes", ReplyKind.MESSAGE),  # YES opts in only while opted out
+        ("can you call me at 3?", ReplyKind.MESSAGE),
+        ("", ReplyKind.MESSAGE),
+        ("🛑", ReplyKind.MESSAGE),
+    ],
+)
+def test_keywords(text: str, kind: ReplyKind) -> None:
+    assert KEYWORDS.classify(text, opted_out=False) is kind
+
+
+def test_yes_opts_in_only_while_opted_out() -> None:
+    assert KEYWORDS.classify("Yes!", opted_out=True) is ReplyKind.OPT_IN
+    assert KEYWORDS.classify("Yes!", opted_out=False) is ReplyKind.MESSAGE
+
+
+def test_an_office_adds_its_own_words_and_may_only_flag_fuzzy_ones() -> None:
+    words = Keywords.from_config(
+        RepliesConfig(opt_out_words=["STOP", "ARRET", "ALTO", "PARAR"], fuzzy_opt_out="flag")
+    )
+    assert words.classify("Arrêt", opted_out=False) is ReplyKind.OPT_OUT
+    assert words.classify("alto!", opted_out=False) is ReplyKind.OPT_OUT
+    assert words.classify("please stop texting me", opted_out=False) is (ReplyKind.POSSIBLE_OPT_OUT)
+    assert words.classify("cancel", opted_out=False) is ReplyKind.MESSAGE  # not on its list
+
+
+@given(st.text())
+def test_fold_never_raises_and_is_stable(text: str) -> None:
+    once = fold(text)
+    assert fold(once) == once
+    assert once == once.strip()
+    KEYWORDS.classify(text, opted_out=True)
+    asks_to_stop(text)
+
+
+#: Punctuation, symbols (emoji) and spaces that stay such under NFKC (a few symbols, such
+#: as the parenthesised letters, fold to letters and are words then, not punctuation).
+_AROUND = st.text(
+    alphabet=st.characters(categories=["P", "S", "Z"]).filter(
+        lambda c: not any(ch.isalnum() for ch in unicodedata.normalize("NFKC", c))
+    )
+)
+
+
+@given(_AROUND, _AROUND)
+def test_punctuation_emoji_and_spaces_around_stop_never_matter(pre: str, post: str) -> None:
+    assert KEYWORDS.classify(f"{pre}StOp{post}", opted_out=False) is ReplyKind.OPT_OUT
+
+
+# -- the inbox -----------------------------------------------------------------------------------
+
+
+class Office:
+    """A store, the pipeline and outbox, the inbox, a recording sender, one clock."""
+
+    def __init__(self, store: Store, **replies: Any) -> None:
+        self.clock = ManualClock(T0)
+        self.cfg = Config(
+            textback={"delay": "30s", "cooldown": "0s", "business_name": "Main Street Dental"},
+            lines=[{"did": "2025550100", "callback_number": "+1 202-555-0100"}],
+            replies=replies,
+        )
+        self.store = store
+        self.sender = FakeSender(clock=self.clock)
+        self.outbox = Outbox(self.cfg, store, self.clock, self.sender)
+        self.pipeline = Pipeline(self.cfg, store, self.outbox, self.clock)
+        self.inbox = Inbox(self.cfg, store, self.clock)
+
+    async def missed_call(self, number: str = NUMBERS[0]) -> Any:
+        c = call(number, at=self.clock.now())
+        await self.pipeline.handle(c)
+        return await self.pipeline.report(c.linkedid)
+
+    async def send_due(self, after: float = 0.0) -> None:
+        self.clock.advance(after)
+        await self.outbox.process_due()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await Store.open(tmp_path / "tb.db")
+    yield s
+    await s.close()
+
+
+def _rows(store: Store, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    con = sqlite3.connect(store.path)
+    try:
+        return list(con.execute(sql, params).fetchall())
+    finally:
+        con.close()
+
+
+async def test_stop_opts_out_cancels_confirms_once_and_silences_the_next_call(
+    store: Store,
+) -> None:
+    office = Office(store)
+    first = await office.missed_call()
+    await office.send_due(after=30)  # the missed-call text goes
+    assert len(office.sender.sent) == 1
+    office.clock.advance(60)
+    waiting = await office.missed_call()  # a second call: its text waits (cooldown 0)
+    assert waiting.message == "waiting"
+
+    got = await office.inbox.receive(NUMBERS[0], "Stop.")
+    assert got.kind is ReplyKind.OPT_OUT
+    assert got.message_id == first.message_id  # linked to the text it answers
+    assert got.answer_id is not None
+    assert await store.is_opted_out(NUMBERS[0])
+    cancelled = await store.get_message(waiting.message_id)
+    assert cancelled is not None
+    assert (cancelled.state, cancelled.reason) == (MessageState.CANCELLED, "opted_out")
+    confirm = await store.get_message(got.answer_id)
+    assert confirm is not None
+    assert (confirm.kind, confirm.state) == (MessageKind.OPT_OUT_CONFIRMATION, "queued")
+    await office.send_due()  # at once: no wait step for a confirmation
+    assert office.sender.sent[-1] == (
+        NUMBERS[0],
+        "Main Street Dental: you will get no more texts from us. Reply START to undo.",
+    )
+
+    again = await office.inbox.receive(NUMBERS[0], "STOP")  # a second STOP: no second text
+    assert again.answer_id is None
+    office.clock.advance(3600)
+    r = await office.missed_call()
+    assert (r.decision, r.reason) == ("suppress", "opted_out")
+    await office.send_due(after=3600)
+    assert len(office.sender.sent) == 2  # the text and the confirmation, nothing more
+    assert _rows(store, "SELECT number, source, text FROM optouts") == [
+        (NUMBERS[0], "keyword", "Stop.")
+    ]
+    assert _rows(store, "SELECT opted_out, source, text FROM optout_log") == [
+        (1, "keyword", "Stop.")
+    ]
+
+
+async def test_start_opts_back_in_with_one_confirmation(store: Store) -> None:
+    office = Office(store)
+    await office.inbox.receive(NUMBERS[0], "STOP")
+    got = await office.inbox.receive(NUMBERS[0], "yes")
+    assert got.kind is ReplyKind.OPT_IN
+    assert got.answer_id is not None
+    assert not await store.is_opted_out(NUMBERS[0])
+    await office.send_due()
+    assert [t for _, t in office.sender.sent][-1] == (
+        "Main Street Dental: texts are back on. Reply STOP to opt out."
+    )
+    nothing = await office.inbox.receive(NUMBERS[0], "START")  # not opted out: no answer
+    assert nothing.answer_id is None
+    r = await office.missed_call()
+    assert (r.decision, r.reason) == ("send", "missed")
+    assert _rows(store, "SELECT opted_out FROM optout_log ORDER BY id") == [(1,), (0,)]
+
+
+async def test_help_is_answered_once_a_day_with_the_callback_number(store: Store) -> None:
+    office = Office(store)
+    first = await office.inbox.receive(NUMBERS[1], "HELP")
+    second = await office.inbox.receive(NUMBERS[1], "help")
+    assert first.answer_id is not None
+    assert (second.answer_id, second.why_no_answer) == (None, "answered_today")
+    await office.send_due()
+    assert office.sender.sent == [
+        (
+            NUMBERS[1],
+            "Main Street Dental: we text back the calls we miss. Call us at +1 202-555-0100."
+            " Reply STOP to opt out.",
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sender", "kind"),
+    [("12345", "short_code"), ("T-Mobile", "alphanumeric"), ("+1202", "invalid")],
+)
+async def test_short_codes_and_names_are_kept_but_never_answered(
+    store: Store, sender: str, kind: str
+) -> None:
+    office = Office(store)
+    got = await office.inbox.receive(sender, "STOP")
+    assert got.reply_id is not None
+    assert (got.sender_kind, got.number, got.answer_id) == (kind, None, None)
+    assert await store.optout_count() == 0
+    assert _rows(store, "SELECT sender, text, sender_kind FROM replies") == [(sender, "STOP", kind)]
+
+
+async def test_no_answer_to_a_premium_number_or_past_a_cap_but_the_opt_out_holds(
+    store: Store,
+) -> None:
+    office = Office(store)
+    premium = await office.inbox.receive("+19005550123", "HELP")
+    assert (premium.answer_id, premium.why_no_answer) == (None, "destination_not_allowed")
+
+    capped = Office(store, confirm_opt_out="{business_name}: stopped.")
+    capped.cfg = capped.cfg.model_copy(
+        update={"textback": capped.cfg.textback.model_copy(update={"max_per_hour": 1})}
+    )
+    capped.inbox.reconfigure(capped.cfg)
+    await capped.outbox.enqueue(
+        destination=NUMBERS[2],
+        text="hi",
+        template_kind=None,
+        call_ids=[],
+        parts=1,
+        kind=MessageKind.TEST,
+    )
+    got = await capped.inbox.receive(NUMBERS[3], "STOP")
+    assert (got.answer_id, got.why_no_answer) == (None, "cap_reached")
+    assert await store.is_opted_out(NUMBERS[3])  # recorded all the same
+
+
+async def test_a_fuzzy_opt_out_may_only_be_flagged(store: Store) -> None:
+    office = Office(store, fuzzy_opt_out="flag")
+    got = await office.inbox.receive(NUMBERS[0], "please stop texting me")
+    assert (got.kind, got.answer_id) == (ReplyKind.POSSIBLE_OPT_OUT, None)
+    assert not await store.is_opted_out(NUMBERS[0])
+    assert _rows(store, "SELECT kind FROM replies") == [("possible_opt_out",)]
+
+
+async def test_a_reply_links_to_the_latest_text_within_the_window(store: Store) -> None:
+    office = Office(store, reply_window="1h")
+    r = await office.missed_call()
+    await office.send_due(after=30)
+    linked = await office.inbox.receive(NUMBERS[0], "can you call me at 3?")
+    assert (linked.kind, linked.message_id) == (ReplyKind.MESSAGE, r.message_id)
+    assert linked.call_id == r.call_id
+    office.clock.advance(2 * 3600)
+    late = await office.inbox.receive(NUMBERS[0], "hello?")
+    assert (late.message_id, late.call_id) == (None, None)  # kept, unlinked
+    stranger = await office.inbox.receive(NUMBERS[4], "who is this")
+    assert stranger.message_id is None
+
+
+async def test_the_same_sms_read_twice_is_kept_once(store: Store) -> None:
+    office = Office(store)
+    first = await office.inbox.receive(NUMBERS[0], "STOP", sms_key="k1")
+    again = await office.inbox.receive(NUMBERS[0], "STOP", sms_key="k1")
+    assert first.reply_id is not None
+    assert again.reply_id is None
+    assert _rows(store, "SELECT COUNT(*) FROM replies") == [(1,)]
+    assert await store.counter("replies") == 1
+    assert await store.counter("replies.opt_out") == 1
+
+
+async def test_a_confirmation_survives_a_restart_and_goes_once(tmp_path: Path) -> None:
+    path = tmp_path / "tb.db"
+    store = await Store.open(path)
+    office = Office(store)
+    await office.inbox.receive(NUMBERS[0], "STOP")  # the daemon dies before sending it
+    await store.close()
+
+    store = await Store.open(path)
+    try:
+        again = Office(store)
+        await again.outbox.recover()
+        await again.send_due()
+        await again.send_due(after=600)
+        assert [n for n, _ in again.sender.sent] == [NUMBERS[0]]
+    finally:
+        await store.close()
