@@ -767,6 +767,38 @@ async def test_delivery_report_and_reply_reach_the_database(tmp_path: Path) -> N
             assert await stop(d) == 0
 
 
+async def test_stop_from_the_phone_is_obeyed_and_confirmed_once(tmp_path: Path) -> None:
+    # missed call -> text -> the caller answers STOP -> one confirmation at once, the
+    # number on the do-not-text list with the exact words, the reply linked to the text
+    name = "02-abandoned-while-ringing"
+    caller = load_sidecar(name)["calls"][0]["caller_e164"]
+    async with rig(tmp_path, body_of(name)) as r:
+        r.write()
+        async with running_daemon(r.config, tmp_path) as d:
+            await ready(d)
+            await settled(d, 1)
+            [first] = r.sim.sent
+            r.sim.inject_text(caller, "Stop!")
+            await d.wait_log("event=reply")
+            await wait_until(d, lambda: len(r.sim.sent) == 2)
+            confirm = r.sim.sent[1]
+            assert confirm.number == caller
+            assert "Reply START" in confirm.text
+            r.sim.inject_text(caller, "STOP")  # again: kept, not answered again
+            await wait_until(d, lambda: len(db_rows(r.db, "SELECT id FROM replies")) == 2)
+            optouts = db_rows(r.db, "SELECT number, source, text FROM optouts")
+            assert [tuple(x) for x in optouts] == [(caller, "keyword", "Stop!")]
+            replies = db_rows(r.db, "SELECT kind, message_id, answer_id FROM replies ORDER BY id")
+            [row] = messages(r.db)[:1]
+            assert replies[0]["kind"] == "opt_out"
+            assert replies[0]["message_id"] == row["id"]
+            assert replies[0]["answer_id"] is not None
+            assert replies[1]["answer_id"] is None
+            assert await stop(d) == 0
+            assert len(r.sim.sent) == 2
+            assert first.text != confirm.text
+
+
 async def test_kill_9_while_calls_ring_then_restart_adopts_them(tmp_path: Path) -> None:
     # The burst replayed at speed 2, the daemon killed while about half its calls are still
     # ringing. The new process logs in, lists the channels in progress and adopts those

@@ -32,8 +32,9 @@ from daemon.intake.tracker import WANTED_EVENTS, WANTED_VARS, CallTracker
 from daemon.logsetup import kv
 from daemon.model import OPEN_STATES, FinishedCall, TrackerEvent
 from daemon.outbox.outbox import Outbox
+from daemon.replies.inbox import Inbox
 from daemon.sdnotify import Notifier
-from daemon.sending.modem import ModemSupervisor
+from daemon.sending.modem import InboundSms, ModemSupervisor
 from daemon.sinks.bus import EventBus
 from daemon.store.store import Store, StoreError, StoreLockedError
 from gsm.modem import Modem, Timeouts
@@ -97,6 +98,7 @@ class Service:
         self.pipeline: Pipeline | None = None
         self.ami: AmiClient | None = None
         self.sender: ModemSupervisor | None = None
+        self.inbox: Inbox | None = None
         self._waiting = 0
         self._redirected: set[str] = set()
         self._bg: set[asyncio.Task[None]] = set()
@@ -154,12 +156,14 @@ class Service:
         """Build the parts this config asks for: AMI intake only when enabled."""
         assert self.store is not None
         cfg = self.cfg
+        self.inbox = Inbox(cfg, self.store, self.clock)
         self.sender = ModemSupervisor(
             cfg.modem,
             store=self.store,
             bus=self.bus,
             clock=self.clock,
             timeouts=self._modem_timeouts,
+            keep_text=self._keep_text,
         )
         self.outbox = Outbox(cfg, self.store, self.clock, sender=self.sender)
         self.pipeline = Pipeline(cfg, self.store, self.outbox, self.clock)
@@ -172,6 +176,18 @@ class Service:
                 wanted=WANTED_EVENTS,
                 wanted_vars=WANTED_VARS,
             )
+
+    async def _keep_text(self, sms: InboundSms) -> None:
+        """A modem's inbound text, to the inbox (StoreError: not kept)."""
+        assert self.inbox is not None
+        await self.inbox.receive(
+            sms.sender,
+            sms.text,
+            at=sms.at,
+            incomplete=sms.incomplete,
+            modem=sms.modem,
+            sms_key=sms.sms_key,
+        )
 
     async def _serve(self) -> int:
         self._assemble()
@@ -418,6 +434,8 @@ class Service:
         self.tracker.reconfigure(new)
         if self.pipeline is not None:
             self.pipeline.reconfigure(new)
+        if self.inbox is not None:
+            self.inbox.reconfigure(new)
         log.info(kv(event="reloaded", config=self.config_path))
         return True
 

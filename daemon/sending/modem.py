@@ -9,7 +9,10 @@ through the store, whose events (`ReplyReceived`, `DeliveryReported`) follow the
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from daemon.clock import Clock
 from daemon.config import ModemConfig
@@ -35,6 +38,30 @@ MODEM_RETRY_FIRST = 2.0
 MODEM_RETRY_MAX = 60.0
 #: The name of the one modem of a `[modem]` section.
 DEFAULT_NAME = "modem"
+
+
+@dataclass(frozen=True, slots=True)
+class InboundSms:
+    """An inbound text as one modem received it, for the keeper."""
+
+    sender: str
+    text: str
+    at: float
+    modem: str
+    incomplete: bool
+    sms_key: str  # the same SMS read twice has the same key
+
+
+#: What takes an inbound text (the reply inbox, daemon.replies): it must have kept it
+#: when it returns, and raise StoreError when it could not.
+TextKeeper = Callable[[InboundSms], Awaitable[object]]
+
+
+def sms_key(item: Deliver) -> str:
+    """A key naming one SMS (sender, the network's time stamp, the text), so one read
+    twice from the SIM is kept once."""
+    raw = f"{item.sender}\x1f{item.timestamp.isoformat()}\x1f{item.text}".encode()
+    return hashlib.sha256(raw).hexdigest()[:32]
 
 
 class ModemSender:
@@ -77,6 +104,7 @@ class ModemSupervisor:
         clock: Clock,
         timeouts: Timeouts | None = None,
         name: str = DEFAULT_NAME,
+        keep_text: TextKeeper | None = None,
     ) -> None:
         self._cfg = cfg
         self._store = store
@@ -84,6 +112,7 @@ class ModemSupervisor:
         self._clock = clock
         self._timeouts = timeouts
         self._name = name
+        self._keep_text = keep_text
         #: The modem once started (None before, or after a setting made it give up).
         self.modem: Modem | None = None
         #: Why there is no usable modem ("" when there is one).
@@ -199,9 +228,25 @@ class ModemSupervisor:
                     )
                     await self._store.record_delivery(item.message_ref, status, now)
                 elif isinstance(item, Deliver):
-                    await self._store.add_reply(item.sender, item.text, now)
+                    await self._text(item, now)
             except StoreError as exc:
                 log.error(kv(event="store_error", during="inbound", error=exc))
+
+    async def _text(self, item: Deliver, now: float) -> None:
+        """Hand one inbound text to the keeper (the inbox), or keep it as it is."""
+        if self._keep_text is None:
+            await self._store.add_reply(item.sender, item.text, now)
+            return
+        await self._keep_text(
+            InboundSms(
+                sender=item.sender,
+                text=item.text,
+                at=now,
+                modem=self._name,
+                incomplete=bool(getattr(item, "incomplete", False)),
+                sms_key=sms_key(item),
+            )
+        )
 
     def status_text(self) -> str:
         """The modem's part of the STATUS line."""
