@@ -87,6 +87,38 @@ URC_PREFIXES: tuple[str, ...] = (
 # URCs followed by a second line that belongs to them (TS 27.005 3.4.1: +CMT and, in PDU
 # mode, +CDS: <length> then the PDU).
 _TWO_LINE_URCS = ("+CMT:", "+CDS:")
+# Text mode +CMT with AT+CSDH=1 has ten fields, the last the length of the text.
+_CMT_TEXT_FIELDS = 10
+
+
+def split_fields(value: str) -> list[str]:
+    """The comma-separated fields of an answer or URC value; commas inside double quotes
+    (a time stamp "26/11/22,08:00:00+04") do not split. Fields keep their quotes."""
+    fields: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for ch in value:
+        if ch == '"':
+            quoted = not quoted
+        if ch == "," and not quoted:
+            fields.append("".join(current).strip())
+            current = []
+        else:
+            current.append(ch)
+    fields.append("".join(current).strip())
+    return fields
+
+
+def cmt_text_length(value: str) -> int | None:
+    """For a text-mode +CMT value (`<oa>,[<alpha>],<scts>[,...,<length>]`): the length
+    of the text when the header shows it (AT+CSDH=1), else None. Raises ValueError for a
+    PDU-mode value (`[<alpha>],<length>`: two fields)."""
+    fields = split_fields(value)
+    if len(fields) < 3:
+        raise ValueError("not a text-mode +CMT")
+    if len(fields) == _CMT_TEXT_FIELDS and fields[-1].isdigit():
+        return int(fields[-1])
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +170,8 @@ class Response:
 @dataclass(frozen=True, slots=True)
 class Urc:
     """An unsolicited result code: `name` ("+CMTI", "RING", "^RSSI"), `value` after the
-    colon, and for two-line URCs (+CMT, +CDS in PDU mode) the second line in `data`."""
+    colon, and for two-line URCs (+CMT, +CDS in PDU mode) the second line in `data`:
+    the PDU, or for a text-mode +CMT its text line as received (latin-1)."""
 
     name: str
     value: str
@@ -249,6 +282,7 @@ class AtParser:
         self._urc_prefixes = urc_prefixes
         self._pending: Expect | None = None
         self._urc_head: tuple[str, str, str] | None = None
+        self._text_head: tuple[str, str, str] | None = None
 
     @property
     def pending(self) -> Expect | None:
@@ -273,6 +307,7 @@ class AtParser:
         self._buf.clear()
         self._pending = None
         self._urc_head = None
+        self._text_head = None
 
     def feed(self, data: bytes) -> list[Event]:
         """Consume bytes; return the events they complete, in order."""
@@ -299,6 +334,14 @@ class AtParser:
         return events
 
     def _line(self, raw: bytes, events: list[Event]) -> None:
+        if self._text_head is not None:
+            # The text of a text-mode +CMT: the modem writes the header and the text as
+            # one, so this line is the text, whatever it looks like ("OK", "RING me",
+            # bytes of another character set), kept as it came.
+            head_name, head_value, head = self._text_head
+            self._text_head = None
+            events.append(Urc(head_name, head_value, head, raw.decode("latin-1")))
+            return
         text = _strip(raw.decode("latin-1"))
         if not text:
             return
@@ -345,7 +388,18 @@ class AtParser:
         name = urc_name(text, self._urc_prefixes)
         if name is not None:
             value = text.split(":", 1)[1].strip() if ":" in text else ""
-            if text.startswith(_TWO_LINE_URCS) and (text.startswith("+CMT:") or value.isdigit()):
+            if text.startswith("+CMT:"):
+                try:
+                    length = cmt_text_length(value)
+                except ValueError:  # PDU mode: the PDU line follows
+                    self._urc_head = (name, value, text)
+                    return
+                if length == 0:  # an empty text: no text line follows
+                    events.append(Urc(name, value, text, ""))
+                else:
+                    self._text_head = (name, value, text)
+                return
+            if text.startswith(_TWO_LINE_URCS) and value.isdigit():
                 self._urc_head = (name, value, text)
                 return
             events.append(Urc(name, value, text))

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
 
+from gsm import gsm7
+from gsm.at import split_fields
 from gsm.errors import ProtocolError
+from gsm.pdu import DataCoding, Deliver, PduError, StatusReport, data_coding
 
 DEFAULT_TIMEOUT = 2.0
 
@@ -44,6 +48,7 @@ CNMI = Command("AT+CNMI", "+CNMI:", DEFAULT_TIMEOUT, "new message indications (2
 CFUN = Command("AT+CFUN", "+CFUN:", 10.0, "phone functionality: 1 full, 0/4 radio off (27.007 8.2)")
 CEREG = Command("AT+CEREG", "+CEREG:", DEFAULT_TIMEOUT, "EPS (LTE) registration (27.007 10.1.22)")
 CSCS = Command("AT+CSCS", None, DEFAULT_TIMEOUT, "TE character set (27.007 5.5)")
+CSDH = Command("AT+CSDH", None, DEFAULT_TIMEOUT, "show text mode parameters (27.005 3.3.3)")
 CPMS = Command("AT+CPMS", "+CPMS:", 5.0, "message storage to read and delete in (27.005 3.2.2)")
 CGMI = Command("AT+CGMI", None, DEFAULT_TIMEOUT, "manufacturer (27.007 5.1)")
 CGMM = Command("AT+CGMM", None, DEFAULT_TIMEOUT, "model (27.007 5.2)")
@@ -229,6 +234,308 @@ def parse_crsm_iccid(value: str) -> str | None:
     raw = m.group(1)
     digits = "".join(raw[i + 1] + raw[i] for i in range(0, len(raw) - 1, 2))
     return digits.rstrip("Ff") or None
+
+
+# ---------------------------------------------------------------- text mode (CMGF=1)
+#
+# TS 27.005 3.4.1 (+CMT, +CDS), 3.4.2 (+CMGL), 3.4.3 (+CMGR) in text mode. Fields in
+# brackets are shown only with AT+CSDH=1; we ask for it, because <length> tells whether
+# a text line follows (a text "OK" must not pass for the final code) and <dcs> how its
+# characters are written. With AT+CSCS="UCS2" the text (and often <oa>) comes as UCS-2
+# hex: four hex digits per UTF-16 unit; data coded 8-bit or UCS-2 always comes as hex.
+#
+#   +CMGR: <stat>,<oa>,[<alpha>],<scts>[,<tooa>,<fo>,<pid>,<dcs>,<sca>,<tosca>,<length>]
+#   +CMGR: <stat>,<fo>,<mr>,[<ra>],[<tora>],<scts>,<dt>,<st>          (status report)
+#   +CMGL: <index>,<stat>,<oa/da>,[<alpha>],[<scts>][,<tooa/toda>,<length>]
+#   +CMGL: <index>,<stat>,<fo>,<mr>,[<ra>],[<tora>],<scts>,<dt>,<st>  (status report)
+#   +CMT: <oa>,[<alpha>],<scts>[,<tooa>,<fo>,<pid>,<dcs>,<sca>,<tosca>,<length>]
+#   +CDS: <fo>,<mr>,[<ra>],[<tora>],<scts>,<dt>,<st>
+# A text answer is followed by its text line(s); a status report has none.
+
+TEXT_STATS = ("REC UNREAD", "REC READ", "STO UNSENT", "STO SENT")
+"""Text-mode <stat> of a stored message, by its PDU-mode number (27.005 3.1)."""
+_TOA_INTERNATIONAL = "145"
+_SCTS_RE = re.compile(
+    r"^(\d{2})/(\d{1,2})/(\d{1,2}),(\d{1,2}):(\d{2}):(\d{2})(?:([+-])(\d{1,2}))?$"
+)
+_UCS2_HEX_RE = re.compile(r"^(?:[0-9A-Fa-f]{4})+$")
+
+
+@dataclass(frozen=True, slots=True)
+class TextRead:
+    """One message as text mode shows it (AT+CMGR, AT+CMGL, +CMT, +CDS)."""
+
+    message: Deliver | StatusReport | None
+    """None for a stored outgoing message (STO UNSENT/STO SENT), or when `error` is set."""
+    index: int | None = None
+    """Its index on the SIM (AT+CMGL); None for the other answers."""
+    status: str = ""
+    """REC UNREAD, REC READ, STO UNSENT, STO SENT ("" for +CMT and +CDS)."""
+    warnings: tuple[str, ...] = ()
+    """What was repaired on the way: a lone surrogate replaced, a text kept as it came."""
+    error: str | None = None
+    """An AT+CMGL entry that could not be read (the others still are)."""
+
+
+def decode_ucs2_hex(data: str) -> tuple[str, bool]:
+    """Text from UCS-2 (UTF-16-BE) hex; True when something had to be replaced (a lone
+    surrogate, an odd trailing byte becomes U+FFFD). ProtocolError if it is not hex."""
+    try:
+        raw = bytes.fromhex(data)
+    except ValueError:
+        raise ProtocolError(f"not UCS-2 hex: {data[:40]!r}") from None
+    try:
+        return raw.decode("utf-16-be"), False
+    except UnicodeDecodeError:
+        return raw.decode("utf-16-be", errors="replace"), True
+
+
+def _unquote(field: str) -> str:
+    field = field.strip()
+    if len(field) >= 2 and field[0] == field[-1] == '"':
+        return field[1:-1]
+    return field
+
+
+def _string(field: str, ucs2: bool) -> str:
+    """A quoted string field; under UCS2 modems may write it in UCS-2 hex too, which is
+    taken only when it reads as printable ASCII (an address, a time stamp)."""
+    value = _unquote(field)
+    if ucs2 and _UCS2_HEX_RE.match(value):
+        decoded = bytes.fromhex(value).decode("utf-16-be", errors="replace")
+        if all(" " <= ch <= "~" for ch in decoded):
+            return decoded
+    return value
+
+
+def _address(field: str, toa: str | None, ucs2: bool) -> str:
+    value = _string(field, ucs2).strip()
+    if toa is not None and toa.strip() == _TOA_INTERNATIONAL and value.isdigit():
+        value = "+" + value  # type of address 145: international, "+" omitted by some
+    return value
+
+
+def _int(field: str, what: str) -> int:
+    value = _unquote(field).strip()
+    if not value.isdigit():
+        raise ProtocolError(f"{what}: not a number: {field!r}")
+    return int(value)
+
+
+def parse_text_scts(field: str, *, ucs2: bool = False) -> datetime:
+    """A text-mode time stamp `"yy/MM/dd,hh:mm:ss+zz"` (zz in quarter hours); without a
+    zone (some modems) it is read as UTC."""
+    value = _string(field, ucs2)
+    m = _SCTS_RE.match(value)
+    if not m:
+        raise ProtocolError(f"cannot read the time stamp {field!r}")
+    yy, mo, dd, hh, mi, ss = (int(m.group(i)) for i in range(1, 7))
+    zone = UTC
+    if m.group(7):
+        quarters = int(m.group(8)) * (-1 if m.group(7) == "-" else 1)
+        if not -79 <= quarters <= 79:  # 23.040 9.2.3.11: at most 19:45 hours
+            raise ProtocolError(f"time zone out of range in {field!r}")
+        zone = timezone(timedelta(minutes=15 * quarters))
+    # Two year digits, read as the PDU decoder does: 90-99 are 1990s, 00-89 2000-2089.
+    year = 1900 + yy if yy >= 90 else 2000 + yy
+    try:
+        return datetime(year, mo, dd, hh, mi, ss, tzinfo=zone)
+    except ValueError as exc:
+        raise ProtocolError(f"time stamp {field!r}: {exc}") from None
+
+
+def _coding(field: str | None) -> DataCoding | None:
+    if field is None or not _unquote(field).strip():
+        return None
+    try:
+        return data_coding(_int(field, "<dcs>"))
+    except PduError as exc:
+        raise ProtocolError(f"<dcs> {field!r}: {exc}") from None
+
+
+def _body(
+    lines: list[str], *, ucs2: bool, coding: DataCoding | None
+) -> tuple[str, DataCoding, tuple[str, ...]]:
+    """The text of a message from its text line(s): (text, encoding, warnings)."""
+    plain = "\n".join(lines)  # a text with line breaks comes as several lines
+    packed = "".join(line.strip() for line in lines)
+    warnings: list[str] = []
+    if coding == "8bit":
+        try:
+            return bytes.fromhex(packed).decode("latin-1"), "8bit", ()
+        except ValueError:
+            return plain, "8bit", ("8-bit data not in hex; kept as it came",)
+    if ucs2 or coding == "ucs2":
+        if _UCS2_HEX_RE.match(packed) or not packed:
+            text, replaced = decode_ucs2_hex(packed)
+        elif re.fullmatch(r"(?:[0-9A-Fa-f]{2})+", packed):
+            text, replaced = decode_ucs2_hex(packed)  # an odd byte: U+FFFD at the end
+            replaced = True
+        else:
+            text, replaced = plain, False
+            warnings.append("text not in UCS-2 hex; kept as it came")
+        if replaced:
+            warnings.append("invalid UCS-2 (a lone surrogate or odd byte) replaced by U+FFFD")
+    else:
+        text = plain
+    if coding is None:
+        coding = "gsm7" if gsm7.is_gsm7(text) else "ucs2"
+    return text, coding, tuple(warnings)
+
+
+def _deliver(
+    *,
+    oa: str,
+    scts: str,
+    tooa: str | None,
+    dcs: str | None,
+    sca: str | None,
+    length: str | None,
+    lines: list[str],
+    ucs2: bool,
+) -> tuple[Deliver, tuple[str, ...]]:
+    announced = _unquote(length or "").strip()
+    if announced.isdigit() and int(announced) > 0 and not lines:
+        # The text line was taken for something else (a text "OK" for the final code):
+        # an error, so that the message is not deleted as if it were empty.
+        raise ProtocolError(f"<length> {announced} but no text line")
+    text, coding, warnings = _body(lines, ucs2=ucs2, coding=_coding(dcs))
+    smsc = _address(sca, "145", ucs2) if sca is not None and _unquote(sca) else None
+    return (
+        Deliver(
+            sender=_address(oa, tooa, ucs2),
+            text=text,
+            timestamp=parse_text_scts(scts, ucs2=ucs2),
+            concat=None,  # text mode shows no User Data Header: each part on its own
+            encoding=coding,
+            smsc=smsc,
+        ),
+        warnings,
+    )
+
+
+def _status_report(fields: list[str], ucs2: bool) -> StatusReport:
+    """`<fo>,<mr>,[<ra>],[<tora>],<scts>,<dt>,<st>` (TS 27.005 3.4.1 +CDS)."""
+    if len(fields) < 7:
+        raise ProtocolError(f"status report: expected 7 fields, got {len(fields)}")
+    mr = _int(fields[1], "<mr>")
+    status = _int(fields[6], "<st>")
+    if mr > 255 or status > 255:
+        raise ProtocolError(f"status report: <mr> or <st> out of range: {fields!r}")
+    return StatusReport(
+        message_ref=mr,
+        recipient=_address(fields[2], fields[3], ucs2),
+        status=status,
+        delivered=status < 0x20,
+        final=not 0x20 <= status < 0x40,
+        scts=parse_text_scts(fields[4], ucs2=ucs2),
+        discharge=parse_text_scts(fields[5], ucs2=ucs2),
+    )
+
+
+def _stat(field: str) -> str:
+    value = _unquote(field).strip().upper()
+    if value.isdigit() and int(value) < len(TEXT_STATS):
+        return TEXT_STATS[int(value)]  # a few modems give the number in text mode too
+    if value not in TEXT_STATS:
+        raise ProtocolError(f"unknown message status {field!r}")
+    return value
+
+
+def _is_status_report(fields: list[str]) -> bool:
+    # A text's first field is its quoted address; a report's is <fo>, a bare number.
+    return bool(fields) and fields[0].strip().isdigit()
+
+
+def _read_one(
+    stat: str, rest: list[str], lines: list[str], *, ucs2: bool, listing: bool
+) -> tuple[Deliver | StatusReport | None, tuple[str, ...]]:
+    if stat.startswith("STO"):
+        return None, ()
+    if _is_status_report(rest):
+        return _status_report(rest, ucs2), ()
+    if len(rest) < 3:
+        raise ProtocolError(f"expected <oa>,[<alpha>],<scts>, got {rest!r}")
+    if listing:  # +CMGL: <oa>,[<alpha>],[<scts>][,<tooa>,<length>]
+        tooa, dcs, sca = (rest[3] if len(rest) >= 5 else None), None, None
+        length = rest[4] if len(rest) >= 5 else None
+    else:  # +CMGR: <oa>,[<alpha>],<scts>[,<tooa>,<fo>,<pid>,<dcs>,<sca>,<tosca>,<length>]
+        full = len(rest) >= 10
+        tooa = rest[3] if full else None
+        dcs = rest[6] if full else None
+        sca = rest[7] if full else None
+        length = rest[9] if full else None
+    return _deliver(
+        oa=rest[0],
+        scts=rest[2],
+        tooa=tooa,
+        dcs=dcs,
+        sca=sca,
+        length=length,
+        lines=lines,
+        ucs2=ucs2,
+    )
+
+
+def parse_cmgr_text(lines: tuple[str, ...], *, ucs2: bool = False) -> TextRead:
+    """A text-mode AT+CMGR answer: the header line, then the text line(s), if any.
+    `ucs2`: AT+CSCS="UCS2" was in effect. ProtocolError when it cannot be read."""
+    for i, line in enumerate(lines):
+        if line.upper().startswith("+CMGR:"):
+            fields = split_fields(line[6:].strip())
+            stat = _stat(fields[0])
+            message, warnings = _read_one(
+                stat, fields[1:], list(lines[i + 1 :]), ucs2=ucs2, listing=False
+            )
+            return TextRead(message, None, stat, warnings)
+    raise ProtocolError("AT+CMGR: answer has no +CMGR line")
+
+
+def parse_cmgl_text(lines: tuple[str, ...], *, ucs2: bool = False) -> list[TextRead]:
+    """Every message of a text-mode AT+CMGL answer. An entry that cannot be read comes
+    back with its `error` (so one bad message does not hide the others); a header whose
+    index cannot be read makes the whole answer a ProtocolError."""
+    out: list[TextRead] = []
+    heads = [i for i, line in enumerate(lines) if line.upper().startswith("+CMGL:")]
+    for n, i in enumerate(heads):
+        fields = split_fields(lines[i][6:].strip())
+        index = _int(fields[0], "AT+CMGL <index>")
+        body = list(lines[i + 1 : heads[n + 1] if n + 1 < len(heads) else len(lines)])
+        stat = ""
+        try:
+            if len(fields) < 2:
+                raise ProtocolError("no <stat>")
+            stat = _stat(fields[1])
+            message, warnings = _read_one(stat, fields[2:], body, ucs2=ucs2, listing=True)
+        except ProtocolError as exc:
+            out.append(TextRead(None, index, stat, error=str(exc)))
+            continue
+        out.append(TextRead(message, index, stat, warnings))
+    return out
+
+
+def parse_cmt_text(value: str, text: str, *, ucs2: bool = False) -> TextRead:
+    """A text-mode +CMT (`value` after the colon) and its text line."""
+    fields = split_fields(value)
+    if len(fields) < 3:
+        raise ProtocolError(f"+CMT: cannot read {value!r}")
+    full = len(fields) >= 10
+    message, warnings = _deliver(
+        oa=fields[0],
+        scts=fields[2],
+        tooa=fields[3] if full else None,
+        dcs=fields[6] if full else None,
+        sca=fields[7] if full else None,
+        length=None,  # the parser already knows: an empty text comes as ""
+        lines=[text] if text else [],
+        ucs2=ucs2,
+    )
+    return TextRead(message, None, "", warnings)
+
+
+def parse_cds_text(value: str, *, ucs2: bool = False) -> StatusReport:
+    """A text-mode +CDS: `<fo>,<mr>,[<ra>],[<tora>],<scts>,<dt>,<st>`."""
+    return _status_report(split_fields(value), ucs2)
 
 
 _IDENTITY_PREFIXES = ("+CGMI:", "+CGMM:", "+CGMR:", "+CGSN:", "+GMI:", "+GMM:", "+GMR:", "+GSN:")

@@ -52,6 +52,7 @@ __all__ = [
     "StatusReport",
     "Submit",
     "SubmitPart",
+    "data_coding",
     "decode_deliver",
     "decode_incoming",
     "decode_status_report",
@@ -59,6 +60,7 @@ __all__ = [
     "encode_deliver",
     "encode_status_report",
     "encode_submit",
+    "join_parts",
     "sms_info",
     "split_text",
     "tpdu_length",
@@ -175,6 +177,10 @@ class Deliver:
     concat: Concat | None
     encoding: DataCoding
     smsc: str | None = None
+    incomplete: bool = False
+    """Some parts of a concatenated text never came: `text` holds the parts that did, in
+    order, and `missing` numbers the others (1-based)."""
+    missing: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -604,6 +610,14 @@ def _read_timestamp(reader: _Reader, what: str) -> datetime:
         raise PduError(f"{what}: {exc}") from exc
 
 
+def data_coding(dcs: int) -> DataCoding:
+    """The alphabet of a TP-DCS octet (TS 23.038 4); PduError for compressed data.
+
+    Text mode shows the TP-DCS too (AT+CSDH=1), so the text-mode parsers use this.
+    """
+    return _coding(dcs)
+
+
 def _coding(dcs: int) -> DataCoding:
     """The alphabet of a TP-DCS octet (TS 23.038 4)."""
     group = dcs >> 4
@@ -803,6 +817,29 @@ def tpdu_length(pdu_hex: str) -> int:
 # --------------------------------------------------------------------- reassembly
 
 
+def join_parts(parts: list[Deliver], total: int | None = None) -> Deliver:
+    """One text from its parts (in order): their texts joined, the first part's sender,
+    time stamp and SMSC, ``concat`` None. With ``total`` (the parts the text announced)
+    any part number not among ``parts`` makes it ``incomplete``, listed in ``missing``.
+    """
+    if not parts:
+        raise ValueError("no parts to join")
+    head = parts[0]
+    encoding: DataCoding = "ucs2" if any(p.encoding == "ucs2" for p in parts) else head.encoding
+    have = {p.concat.seq for p in parts if p.concat is not None}
+    missing = tuple(n for n in range(1, total + 1) if n not in have) if total else ()
+    return Deliver(
+        sender=head.sender,
+        text="".join(p.text for p in parts),
+        timestamp=head.timestamp,
+        concat=None,
+        encoding=encoding,
+        smsc=head.smsc,
+        incomplete=bool(missing),
+        missing=missing,
+    )
+
+
 @dataclass(slots=True)
 class _Group:
     key: tuple[str, int, int]
@@ -875,17 +912,7 @@ class Reassembler:
         if len(group.parts) < msg.concat.total:
             return None
         self._pending.remove(group)
-        parts = [group.parts[n] for n in sorted(group.parts)]
-        head = parts[0]
-        encoding: DataCoding = "ucs2" if any(p.encoding == "ucs2" for p in parts) else head.encoding
-        return Deliver(
-            sender=head.sender,
-            text="".join(p.text for p in parts),
-            timestamp=head.timestamp,
-            concat=None,
-            encoding=encoding,
-            smsc=head.smsc,
-        )
+        return join_parts([group.parts[n] for n in sorted(group.parts)])
 
     def pop_stale(self, now: float) -> list[list[Deliver]]:
         """Incomplete messages given up on (timed out or evicted): each one's parts in order."""

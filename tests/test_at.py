@@ -303,6 +303,9 @@ def _check(case: dict[str, Any], resp: Response | None, urcs: list[Urc]) -> None
     if check == "cmti":
         C.parse_cmti(urcs[0].value)
         return
+    if check == "cds-text":
+        C.parse_cds_text(urcs[0].value)
+        return
     assert resp is not None
     if check == "final":
         resp.raise_for_error()
@@ -316,6 +319,10 @@ def _check(case: dict[str, Any], resp: Response | None, urcs: list[Urc]) -> None
         C.parse_cmgr_pdu(resp.lines)
     elif check == "cmgl":
         C.parse_cmgl_pdu(resp.lines)
+    elif check == "cmgr-text":
+        C.parse_cmgr_text(resp.lines)
+    elif check == "cmgl-text":
+        C.parse_cmgl_text(resp.lines)
     elif check == "cmgr-decode":
         decode_incoming(C.parse_cmgr_pdu(resp.lines))
     elif check == "cops":
