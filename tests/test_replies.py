@@ -3,6 +3,8 @@ real pipeline and outbox, a recording sender, a ManualClock)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sqlite3
 import unicodedata
 from collections.abc import AsyncIterator
@@ -311,3 +313,59 @@ async def test_a_confirmation_survives_a_restart_and_goes_once(tmp_path: Path) -
         assert [n for n, _ in again.sender.sent] == [NUMBERS[0]]
     finally:
         await store.close()
+
+
+# -- `textback replies` and `stats` --------------------------------------------------------------
+
+
+def _cli(argv: list[str], now: float) -> int:
+    from daemon.cli import build_parser
+    from daemon.cli import replies as replies_cmd
+    from daemon.cli import stats as stats_cmd
+
+    args = build_parser().parse_args(argv)
+    command = {"replies": replies_cmd.main, "stats": stats_cmd.main}[args.command]
+    return command(args, ManualClock(now))
+
+
+async def _fill(db: Path) -> tuple[Any, float]:
+    store = await Store.open(db, tz="America/Chicago")
+    try:
+        office = Office(store)
+        r = await office.missed_call()
+        await office.send_due(after=30)
+        await office.inbox.receive(NUMBERS[0], 'call me at 3 "please"\x1b[2J')
+        await office.inbox.receive(NUMBERS[0], "STOP")
+        await office.inbox.receive("12345", "Your bill is ready")
+        return r, office.clock.now()
+    finally:
+        await store.close()
+
+
+def test_replies_lists_each_with_its_call_and_stats_counts_them_by_kind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "textback.toml"
+    cfg.write_text(
+        f'[database]\npath = "{tmp_path / "tb.db"}"\n[hours]\ntimezone = "America/Chicago"\n'
+    )
+    r, now = asyncio.run(_fill(tmp_path / "tb.db"))
+
+    assert _cli(["replies", "--config", str(cfg), "--json"], now) == 0
+    docs = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [d["kind"] for d in docs] == ["message", "opt_out", "message"]
+    assert docs[1]["call_linkedid"] == r.linkedid
+    assert docs[1]["answer_state"] == "queued"
+    assert docs[0]["sender_kind"] == "short_code"
+    assert docs[0]["call_id"] is None
+
+    assert _cli(["replies", "--config", str(cfg), "--caller", "(202) 555-0101"], now) == 0
+    out = capsys.readouterr().out
+    assert "opt_out" in out
+    assert "no_answer call at" in out
+    assert "\x1b" not in out  # the caller's control bytes are shown escaped
+    assert "Your bill" not in out
+
+    assert _cli(["stats", "--config", str(cfg), "--json"], now) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["periods"]["today"]["replies_by_kind"] == {"message": 2, "opt_out": 1}

@@ -25,6 +25,7 @@ _COMMANDS = {
     "stats": "daemon.cli.stats:main",
     "history": "daemon.cli.history:main",
     "optout": "daemon.cli.optout:main",
+    "replies": "daemon.cli.replies:main",
 }
 
 
@@ -82,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caller", metavar="N", help="only this caller")
     p.add_argument("--since", metavar="T", help="e.g. 2h, 7d, or 2026-11-22")
     p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N calls")
+    p.add_argument("--json", action="store_true", help="JSON output")
+
+    p = sub.add_parser("replies", help="texts people sent back, with the call they answer")
+    _add_config(p)
+    p.add_argument("--caller", metavar="N", help="only this number")
+    p.add_argument("--since", metavar="T", help="e.g. 2h, 7d, or 2026-11-22")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N replies")
     p.add_argument("--json", action="store_true", help="JSON output")
 
     p = sub.add_parser("optout", help="the office's do-not-text list")

@@ -48,7 +48,7 @@ def parse_since(text: str, now: float, tz: ZoneInfo) -> float:
         ) from exc
 
 
-def _caller_spellings(raw: str, cfg: Config) -> list[str]:
+def caller_spellings(raw: str, cfg: Config) -> list[str]:
     """The caller as typed and, when it is a valid number, its E.164 form."""
     judged = classify_caller(raw, home_region=cfg.textback.home_region)
     names = [raw.strip()]
@@ -82,7 +82,7 @@ async def show_history(args: argparse.Namespace, clock: Clock) -> int:
     tz = ZoneInfo(cfg.hours.timezone)
     now = clock.now()
     since = parse_since(args.since, now, tz) if args.since else None
-    callers = _caller_spellings(args.caller, cfg) if args.caller else None
+    callers = caller_spellings(args.caller, cfg) if args.caller else None
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
     store = await Store.open(path, readonly=True, tz=cfg.hours.timezone)

@@ -46,6 +46,7 @@ async def show_stats(args: argparse.Namespace, clock: Clock) -> int:
                     "texts": p.texts,
                     "suppressed": p.suppressed,
                     "replies": p.replies,
+                    "replies_by_kind": p.replies_by_kind,
                     "optouts_added": p.optouts_added,
                     "counters": p.counters,
                 }
@@ -78,5 +79,8 @@ def stats_table(periods: list[tuple[str, PeriodStats]], optouts: int) -> str:
     section("texts", lambda p: p.texts)
     section("not texted, by reason", lambda p: p.suppressed)
     rows.append(["replies", *(str(p.replies) for _, p in periods)])
+    kinds = sorted({k for _, p in periods for k in p.replies_by_kind})
+    for k in kinds:
+        rows.append([f"  {k}", *(str(p.replies_by_kind.get(k, 0)) for _, p in periods)])
     rows.append(["opt-outs added", *(str(p.optouts_added) for _, p in periods)])
     return table(rows, right=set(range(1, len(periods) + 1))) + f"\nopt-outs now: {optouts}"

@@ -45,6 +45,7 @@ class PeriodStats:
     texts: dict[str, int] = field(default_factory=dict)
     suppressed: dict[str, int] = field(default_factory=dict)
     replies: int = 0
+    replies_by_kind: dict[str, int] = field(default_factory=dict)
     optouts_added: int = 0
     counters: dict[str, int] = field(default_factory=dict)
 
@@ -92,6 +93,12 @@ def period_stats(conn: sqlite3.Connection, start: float, first_day: str) -> Peri
     out.replies = int(
         _scalar(conn, "SELECT COUNT(*) FROM replies WHERE received_at >= ?", (start,))
     )
+    for r in _all(
+        conn,
+        "SELECT kind, COUNT(*) AS n FROM replies WHERE received_at >= ? GROUP BY kind",
+        (start,),
+    ):
+        out.replies_by_kind[r["kind"]] = r["n"]
     out.optouts_added = int(
         _scalar(conn, "SELECT COUNT(*) FROM optouts WHERE added_at >= ?", (start,))
     )
@@ -161,6 +168,86 @@ def history(
                 message=state,
                 message_reason=r["mreason"] or r["last_error"],
                 text=r["text"],
+            )
+        )
+    return out
+
+
+@dataclass(slots=True)
+class ReplyRow:
+    """One text someone sent back, with the text and the call it answers."""
+
+    reply_id: int
+    sender: str
+    number: str | None
+    sender_kind: str
+    text: str
+    received_at: float
+    kind: str
+    incomplete: bool
+    modem: str
+    message_id: int | None
+    call_id: int | None
+    call_linkedid: str | None
+    call_outcome: str | None
+    call_did: str | None
+    call_ended_at: float | None
+    voicemail_left: bool | None
+    answer_id: int | None
+    answer_state: str | None
+
+
+def replies(
+    conn: sqlite3.Connection,
+    *,
+    caller: str | Sequence[str] | None = None,
+    since: float | None = None,
+    limit: int = 50,
+) -> list[ReplyRow]:
+    """Recent replies, newest first, each with the call it answers and its own answer."""
+    sql = (
+        "SELECT r.id, r.sender, r.number, r.sender_kind, r.text, r.received_at, r.kind,"
+        " r.incomplete, r.modem, r.message_id, r.call_id, r.answer_id,"
+        " c.linkedid, c.outcome, c.did, c.ended_at, c.voicemail_left, a.state AS astate"
+        " FROM replies r"
+        " LEFT JOIN calls c ON c.id = r.call_id"
+        " LEFT JOIN messages a ON a.id = r.answer_id"
+        " WHERE 1=1"
+    )
+    params: list[Any] = []
+    if caller is not None:
+        names = [caller] if isinstance(caller, str) else list(caller)
+        marks = placeholders(names)
+        sql += f" AND (r.sender IN ({marks}) OR r.number IN ({marks}))"
+        params += names + names
+    if since is not None:
+        sql += " AND r.received_at >= ?"
+        params.append(since)
+    sql += " ORDER BY r.received_at DESC, r.id DESC LIMIT ?"
+    params.append(limit)
+    out = []
+    for r in _all(conn, sql, params):
+        vm = r["voicemail_left"]
+        out.append(
+            ReplyRow(
+                reply_id=r["id"],
+                sender=r["sender"],
+                number=r["number"],
+                sender_kind=r["sender_kind"],
+                text=r["text"],
+                received_at=r["received_at"],
+                kind=r["kind"],
+                incomplete=bool(r["incomplete"]),
+                modem=r["modem"],
+                message_id=r["message_id"],
+                call_id=r["call_id"],
+                call_linkedid=r["linkedid"],
+                call_outcome=r["outcome"],
+                call_did=r["did"],
+                call_ended_at=r["ended_at"],
+                voicemail_left=None if vm is None else bool(vm),
+                answer_id=r["answer_id"],
+                answer_state=r["astate"],
             )
         )
     return out

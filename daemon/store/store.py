@@ -41,7 +41,7 @@ from daemon.logsetup import kv
 from daemon.model import FinishedCall, MessageKind, MessageState
 from daemon.sinks.bus import EventBus
 from daemon.store import reports, schema
-from daemon.store.reports import HistoryRow, PeriodStats
+from daemon.store.reports import HistoryRow, PeriodStats, ReplyRow
 from daemon.store.rows import Message, StoreTx
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "HistoryRow",
     "Message",
     "PeriodStats",
+    "ReplyRow",
     "Store",
     "StoreError",
     "StoreLockedError",
@@ -674,6 +675,18 @@ class Store:
         """Recent calls, newest first, with decision, reason and message state."""
         return await self._read(
             lambda c: reports.history(c, caller=caller, since=since, limit=limit)
+        )
+
+    async def replies(
+        self,
+        *,
+        caller: str | Sequence[str] | None = None,
+        since: float | None = None,
+        limit: int = 50,
+    ) -> list[ReplyRow]:
+        """Recent replies, newest first, with what they answer."""
+        return await self._read(
+            lambda c: reports.replies(c, caller=caller, since=since, limit=limit)
         )
 
 
