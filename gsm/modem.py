@@ -5,6 +5,12 @@ before the command is written; every wait has a timeout and races the loss of th
 so nothing hangs when the modem is unplugged. Unsolicited result codes go to a worker
 that reads and deletes stored texts and hands texts and delivery reports to `incoming()`.
 
+Inbound: `set_keeper(keeper)` hands each text and delivery report to an async keeper
+before its SIM slots are deleted (see `set_keeper`); without one they come out of
+`incoming()`. A long text whose next part does not come within `Timeouts.part_wait` is
+handed on as far as it got (`Deliver.incomplete`), by a timer. What is stored is read
+again every `Timeouts.sweep`. Text mode reads texts too, in UCS-2 hex where it can.
+
 Life cycle: `start()` opens the port and initialises the modem (AT until it answers,
 ATE0, AT+CMEE=1, AT+CPIN?, registration, AT+CSCA, AT+CMGF, AT+CNMI). When the device
 goes away later, sends fail at once with a retryable `ModemGone`, and a background task
@@ -20,14 +26,14 @@ import contextlib
 import enum
 import logging
 import random
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Coroutine
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Protocol
 
 from gsm import commands as C
-from gsm.at import AtParser, Expect, Noise, Prompt, Response, Urc
+from gsm.at import AtParser, Expect, Noise, Prompt, Response, Urc, cmt_text_length
 from gsm.errors import (
     AtTimeout,
     CmeError,
@@ -44,10 +50,10 @@ from gsm.errors import (
     UnclearAfterBody,
     UnsupportedText,
 )
+from gsm.inbound import Assembler, Inbound, Ready, Slot
 from gsm.pdu import (
     Deliver,
     PduError,
-    Reassembler,
     StatusReport,
     SubmitPart,
     decode_incoming,
@@ -58,8 +64,8 @@ from gsm.transport import SerialLink
 
 log = logging.getLogger(__name__)
 
-Inbound = Deliver | StatusReport
-"""What `Modem.incoming()` yields: an inbound text (whole) or a delivery report."""
+Keeper = Callable[[Inbound], Awaitable[bool]]
+"""Stores an inbound item for good: True once its SIM slots may be deleted (set_keeper)."""
 
 ESC = b"\x1b"
 CTRL_Z = b"\x1a"
@@ -84,6 +90,13 @@ _PIN_UNKNOWN = (
 )
 #: How long (scaled by Timeouts.scale) to look at the SIM after the PIN went out.
 _PIN_SETTLE = 10.0
+#: Seconds a long text waits for its next part before it is handed on incomplete. Parts
+#: come seconds apart; a minute leaves room for a slow network and still answers soon.
+PART_WAIT = 60.0
+#: Seconds between reads of everything stored: refused texts are offered again so often.
+SWEEP_INTERVAL = 300.0
+#: Direct (+CMT) items a keeper refused, held in memory for another try; more are dropped.
+_MAX_UNKEPT = 256
 
 
 class ModemState(enum.StrEnum):
@@ -120,6 +133,12 @@ class Timeouts:
     """Longest wait between reopen attempts."""
     health_interval: float = 60.0
     """A health check (CSQ, CREG) this often; 0 turns it off."""
+    part_wait: float = PART_WAIT
+    """A long text whose next part has not come this long after its latest one is handed
+    on as far as it got, marked incomplete."""
+    sweep: float = SWEEP_INTERVAL
+    """Read what is stored this often (texts a keeper refused, a lost +CMTI); 0 turns it
+    off (the sweeps at start and after a reopen still run)."""
     scale: float = 1.0
     """Multiplies the commands' own longer timeouts (commands.py: AT+CPIN, AT+CMGL, ...)."""
 
@@ -160,8 +179,50 @@ class _Progress:
     refs: list[int]
 
 
-# Put on the stored-message queue to read everything stored (after start and reopen).
-_SWEEP = ("*", 0)
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """Read one stored message (+CMTI, +CDSI)."""
+
+    slot: Slot
+
+
+@dataclass(frozen=True, slots=True)
+class _Sweep:
+    """Read everything stored (after start and reopen, and every Timeouts.sweep)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Delete:
+    """Delete what a keeper kept."""
+
+    slots: tuple[Slot, ...]
+
+
+_SimOp = _Read | _Sweep | _Delete
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """One stored message as read: `message` None when it cannot be read (`problem`
+    says why) or is not an inbound one (a stored outgoing message)."""
+
+    slot: Slot
+    message: Inbound | None
+    raw: str
+    problem: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    @classmethod
+    def of_pdu(cls, slot: Slot, pdu: str) -> _Stored:
+        try:
+            return cls(slot, decode_incoming(pdu), pdu)
+        except PduError as exc:
+            return cls(slot, None, pdu, str(exc))
+
+    @classmethod
+    def of_text(cls, slot: Slot, read: C.TextRead, raw: str) -> _Stored:
+        return cls(slot, read.message, raw, read.error, read.warnings)
+
 
 # How many half-sent multipart texts we remember, to resume them without repeating parts.
 _MAX_PARTIAL = 64
@@ -231,8 +292,24 @@ class Modem:
         self._inbound_on = False
         self._read_mem = "SM"
         self._inbox: asyncio.Queue[Inbound | None] = asyncio.Queue()
-        self._stored: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
-        self._reassembler = Reassembler()
+        self._ops: asyncio.Queue[_SimOp] = asyncio.Queue()
+        self._sweep_queued = False
+        self._keeper: Keeper | None = None
+        self._keeping: asyncio.Queue[Ready] = asyncio.Queue()
+        self._assembler = Assembler(wait=self.t.part_wait)
+        self._part_timer: asyncio.TimerHandle | None = None
+        self._claimed: set[Slot] = set()
+        """Read under a keeper and not deleted: never read again while it is kept."""
+        self._undeleted: set[Slot] = set()
+        """Kept, but the delete failed: the next sweep deletes them."""
+        self._unreadable: set[Slot] = set()
+        """Unreadable under a keeper: left on the SIM, not read again this run."""
+        self._unkept: deque[Inbound] = deque()
+        self._refusals = 0
+        self._charset: str | None = None
+        """Text mode: the AT+CSCS in effect ("IRA", "UCS2"; None: the modem's own)."""
+        self._ucs2_ok = True
+        self._closed = asyncio.Event()
         self._partial: OrderedDict[tuple[str, str, bool], _Progress] = OrderedDict()
         self._concat_ref = random.randrange(256)
         self._reconnect_task: asyncio.Task[None] | None = None
@@ -299,12 +376,19 @@ class Modem:
         self._set_ready()
         self._queue_sweep()
         self._spawn(self._inbound_worker())
+        self._spawn(self._keep_worker())
+        if self.t.sweep > 0:
+            self._spawn(self._sweep_loop())
         if self.t.health_interval > 0:
             self._spawn(self._health_loop())
 
     async def close(self) -> None:
         """Stop background work and close the port. Safe to call twice."""
         self._closing = True
+        self._closed.set()
+        if self._part_timer is not None:
+            self._part_timer.cancel()
+            self._part_timer = None
         tasks = list(self._tasks)
         if self._reconnect_task is not None:
             tasks.append(self._reconnect_task)
@@ -559,10 +643,7 @@ class Modem:
             await self._cmd(C.CSCA.line(f'"{self._smsc}",145'), timeout=self._slow(C.CSCA))
         await self._set_mode()
         self._inbound_on = False
-        if self._mode == "text":
-            # Reading texts back is done in PDU mode only; they stay on the SIM.
-            log.warning("text mode: inbound texts and delivery reports are not read")
-        elif self._quirks.cnmi:
+        if self._quirks.cnmi:
             try:
                 await self._cmd(self._quirks.cnmi)
                 self._inbound_on = True
@@ -729,8 +810,15 @@ class Modem:
                 )
         await self._cmd(C.CMGF.line("1"))
         self._mode = "text"
+        self._charset = None
+        self._ucs2_ok = True
         with contextlib.suppress(CommandError):
             await self._cmd(C.CSCS.line('"IRA"'))
+            self._charset = "IRA"
+        # The full header of a received text: its <length> tells whether a text line
+        # follows, its <dcs> how the text is written (27.005 3.3.3).
+        with contextlib.suppress(CommandError):
+            await self._cmd(C.CSDH.line("1"))
 
     async def _optional(self, line: str, prefix: str | None) -> str | None:
         try:
@@ -824,7 +912,6 @@ class Modem:
         failures = 0
         while True:
             await asyncio.sleep(interval)
-            self._flush_stale()  # a long text whose last part never came goes out as is
             if not self.ready:
                 continue
             try:
@@ -926,6 +1013,7 @@ class Modem:
             )
         async with self._lock:
             self._require_ready()
+            await self._charset_for_sending()
             return await self._submit(f'AT+CMGS="{number}",145', text)
 
     async def _submit(self, line: str, body: str) -> int:
@@ -969,123 +1057,418 @@ class Modem:
         return ref
 
     # ---------------------------------------------------------------------- inbound
+    #
+    # Stored messages (+CMTI/+CDSI, and the sweeps) are read by one worker, the only one
+    # that reads, lists or deletes on the SIM, under the command lock. Without a keeper
+    # a message is deleted as soon as it is read and goes to incoming(). With a keeper
+    # its slot is "claimed" when read: no sweep or +CMTI reads it again while it waits
+    # for the rest of its text or for the keeper, and it is deleted only once the keeper
+    # said True (a _Delete op back to the worker). The keeper is awaited by its own task,
+    # never under the lock, so a slow database holds up no send.
+
+    def set_keeper(self, keeper: Keeper | None) -> None:
+        """Hand every inbound item to `keeper` instead of `incoming()`.
+
+        `await keeper(item)` gets each inbound text (whole, or given up on and marked
+        `incomplete`) and delivery report, one at a time, in arrival order. True: it is
+        kept for good, and the SIM slots it came from (every part of a long text) are
+        deleted. False or an exception: they stay on the SIM and are read and offered
+        again at the next sweep (`Timeouts.sweep`); an item that came straight from the
+        network (+CMT, +CDS: on no SIM) waits in memory and is offered again then too.
+        Delivery is at least once: after a crash between the keeper's True and the
+        delete, the same text is offered again at the next start, so the keeper should
+        recognise what it already has (sender, time stamp, text).
+
+        With a keeper set nothing goes to `incoming()`. Set it before `start()` so that
+        the start-up sweep's texts are kept before they are deleted; items that reached
+        `incoming()` before (already deleted from the SIM) are handed to the keeper now.
+        `None` goes back to `incoming()` with deletion at once.
+        """
+        self._keeper = keeper
+        if keeper is None:
+            return
+        while not self._inbox.empty():
+            item = self._inbox.get_nowait()
+            if item is None:  # closed: let incoming() readers end
+                self._inbox.put_nowait(None)
+                break
+            self._keeping.put_nowait(Ready(item))
+
+    async def wait_closed(self) -> None:
+        """Return once `close()` was called (for a caller that only set a keeper)."""
+        await self._closed.wait()
 
     def _on_urc(self, urc: Urc) -> None:
         name = urc.name.upper()
         try:
             if name in ("+CMTI", "+CDSI"):
-                self._stored.put_nowait(C.parse_cmti(urc.value))
-            elif name in ("+CDS", "+CMT"):
+                self._ops.put_nowait(_Read(C.parse_cmti(urc.value)))
+            elif name == "+CMT":
                 if urc.data is None:
                     raise ProtocolError("its PDU line never came")
-                self._deliver_pdu(urc.data)
+                if _text_mode_cmt(urc.value):
+                    read = C.parse_cmt_text(urc.value, urc.data, ucs2=self._charset == "UCS2")
+                    for warning in read.warnings:
+                        log.warning("inbound text (+CMT): %s", warning)
+                    if read.message is not None:
+                        self._take_message(read.message, None)
+                else:
+                    self._take_message(decode_incoming(urc.data), None)
+            elif name == "+CDS":
+                if urc.data is not None:
+                    self._take_message(decode_incoming(urc.data), None)
+                elif "," in urc.value:  # text mode: the report is the line itself
+                    report = C.parse_cds_text(urc.value, ucs2=self._charset == "UCS2")
+                    self._take_message(report, None)
+                else:
+                    raise ProtocolError("its PDU line never came")
             elif name == "+CREG":
                 self.registration = C.parse_creg(urc.value, query=False)
             else:
                 log.debug("URC %s", urc.line)
         except (ProtocolError, PduError) as exc:
             self.noise += 1
-            log.warning("cannot read URC %r: %s", urc.line, exc)
+            data = "" if urc.data is None else f" / {urc.data!r}"
+            log.warning("cannot read URC %r%s: %s", urc.line, data, exc)
 
-    def _deliver_pdu(self, pdu: str) -> None:
-        msg = decode_incoming(pdu)
-        loop = asyncio.get_running_loop()
+    def _take_message(self, msg: Inbound, slot: Slot | None) -> None:
+        """One message read (from `slot` if it was claimed there, else None): a report
+        goes on at once, a text part into the assembler."""
         if isinstance(msg, StatusReport):
-            self._inbox.put_nowait(msg)
+            self._dispatch(Ready(msg, () if slot is None else (slot,)))
             return
-        whole = self._reassembler.add(msg, loop.time())
-        if whole is not None:
-            self._inbox.put_nowait(whole)
-        self._flush_stale()
+        for ready in self._assembler.add(msg, slot, asyncio.get_running_loop().time()):
+            self._dispatch(ready)
+        self._arm_part_timer()
 
-    def _flush_stale(self) -> None:
-        for parts in self._reassembler.pop_stale(asyncio.get_running_loop().time()):
-            # Never lose a text: an incomplete one goes out as far as it got.
-            head = parts[0]
-            self._inbox.put_nowait(
-                Deliver(
-                    sender=head.sender,
-                    text="".join(p.text for p in parts),
-                    timestamp=head.timestamp,
-                    concat=head.concat,
-                    encoding=head.encoding,
-                    smsc=head.smsc,
-                )
+    def _take_stored(self, stored: _Stored, claimed: bool) -> None:
+        mem, index = stored.slot
+        for warning in stored.warnings:
+            log.warning("stored message %s/%d: %s", mem, index, warning)
+        if stored.message is not None:
+            self._take_message(stored.message, stored.slot if claimed else None)
+            return
+        if stored.problem is not None:
+            self.noise += 1
+            log.warning(
+                "unreadable stored message %s/%d (%s): %s", mem, index, stored.problem, stored.raw
             )
+        else:
+            log.info("stored message %s/%d is not an inbound text: %s", mem, index, stored.raw)
+        if claimed:
+            # A keeper keeps only what can be read: this stays on the SIM for a person to
+            # look at (its raw form is in the line above) and is not read again this run.
+            self._unreadable.add(stored.slot)
+
+    def _dispatch(self, ready: Ready) -> None:
+        if isinstance(ready.item, Deliver) and ready.item.incomplete:
+            item = ready.item
+            log.warning(
+                "a long text from %s: part(s) %s never came; handed on as far as it got",
+                item.sender,
+                ",".join(map(str, item.missing)),
+            )
+        if self._keeper is not None:
+            self._keeping.put_nowait(ready)
+            return
+        self._inbox.put_nowait(ready.item)
+        if ready.slots:  # claimed under a keeper that has gone since
+            self._queue_op(_Delete(ready.slots))
+
+    def _arm_part_timer(self) -> None:
+        """A timer for the first waiting long text: when its next part is overdue it is
+        handed on as far as it got, even if no other message ever comes."""
+        if self._part_timer is not None:
+            self._part_timer.cancel()
+            self._part_timer = None
+        deadline = self._assembler.next_deadline()
+        if deadline is not None and not self._closing:
+            loop = asyncio.get_running_loop()
+            self._part_timer = loop.call_at(deadline, self._parts_due, deadline)
+
+    def _parts_due(self, deadline: float) -> None:
+        self._part_timer = None
+        # call_at may fire a hair before its time; the deadline itself has come.
+        now = max(asyncio.get_running_loop().time(), deadline)
+        for ready in self._assembler.expire(now):
+            self._dispatch(ready)
+        self._arm_part_timer()
+
+    async def _keep_worker(self) -> None:
+        while True:
+            ready = await self._keeping.get()
+            keeper = self._keeper
+            if keeper is None:  # taken away while this waited
+                self._dispatch(ready)
+                continue
+            try:
+                kept = bool(await keeper(ready.item))
+            except Exception:  # the keeper's bug must not end receiving
+                log.exception("the keeper failed on an inbound %s", _kind(ready.item))
+                kept = False
+            if kept:
+                self._refusals = 0
+                if ready.slots:
+                    self._queue_op(_Delete(ready.slots))
+                continue
+            self._refusals += 1
+            level = logging.WARNING if self._refusals == 1 else logging.DEBUG
+            if ready.slots:
+                self._claimed.difference_update(ready.slots)
+                log.log(
+                    level,
+                    "inbound %s not kept: left on the SIM, offered again within %g s",
+                    _kind(ready.item),
+                    self.t.sweep,
+                )
+                continue
+            # Straight from the network (+CMT, +CDS): it is on no SIM and cannot be left
+            # anywhere but here; it is lost only if the process ends before a keep.
+            self._unkept.append(ready.item)
+            if len(self._unkept) > _MAX_UNKEPT:
+                lost = self._unkept.popleft()
+                log.error("inbound %s never kept and given up: %r", _kind(lost), lost)
+            log.log(
+                level,
+                "inbound %s (not stored on the SIM) not kept: held in memory, offered"
+                " again within %g s",
+                _kind(ready.item),
+                self.t.sweep,
+            )
+
+    def _queue_op(self, op: _SimOp) -> None:
+        if isinstance(op, _Sweep):
+            if self._sweep_queued:
+                return
+            self._sweep_queued = True
+        self._ops.put_nowait(op)
 
     def _queue_sweep(self) -> None:
         if self._inbound_on:
-            self._stored.put_nowait(_SWEEP)
+            self._queue_op(_Sweep())
+
+    async def _sweep_loop(self) -> None:
+        """Every `Timeouts.sweep`: offer again what a keeper refused, and read what is
+        stored (refused texts left on the SIM; texts whose +CMTI was lost)."""
+        while True:
+            await asyncio.sleep(self.t.sweep)
+            while self._unkept:
+                self._keeping.put_nowait(Ready(self._unkept.popleft()))
+            if self.ready:
+                self._queue_sweep()
+
+    async def _inbound_worker(self) -> None:
+        while True:
+            op = await self._ops.get()
+            if isinstance(op, _Sweep):
+                self._sweep_queued = False
+            try:
+                await self.wait_ready()
+                if isinstance(op, _Sweep):
+                    await self._sweep()
+                elif isinstance(op, _Read):
+                    await self._read_one(op.slot)
+                else:
+                    await self._delete(op.slots)
+            except CmsError as exc:
+                # 321 "invalid memory index": the start-up sweep read it already.
+                level = logging.DEBUG if exc.code == 321 else logging.WARNING
+                log.log(level, "stored messages (%s): %s", _op_name(op), exc)
+            except GsmError as exc:
+                log.warning("stored messages (%s): %s", _op_name(op), exc)
+
+    async def _read_one(self, slot: Slot) -> None:
+        if slot in self._claimed:
+            return  # read already (by a sweep): it is being kept
+        async with self._lock:
+            stored = await self._read_stored(slot)
+            claimed = self._keeper is not None
+            if claimed:
+                self._claimed.add(slot)
+            else:
+                await self._delete_slot(slot)
+        self._take_stored(stored, claimed)
 
     async def _sweep(self) -> None:
-        """Read and delete every stored message: texts (and reports) that arrived while
-        nobody listened (the daemon down, the +CMTI lost with a reopen)."""
+        """Read every stored message not read yet: texts (and reports) that arrived
+        while nobody listened (the daemon down, a +CMTI lost with a reopen), and those
+        a keeper refused; delete those kept whose delete failed before."""
         memories = ["SM"]
         if self._quirks.cnmi and self._quirks.cnmi.split(",")[3:4] == ["2"]:
             memories.append("SR")  # delivery reports stored there (+CDSI)
         for mem in memories:
+            fresh: list[_Stored] = []
             async with self._lock:
-                if mem != self._read_mem:
-                    await self._cmd(C.CPMS.line(f'"{mem}"'), prefix=C.CPMS.prefix)
-                    self._read_mem = mem
-                reply = await self._cmd(
-                    C.CMGL.line("4"), prefix=C.CMGL.prefix, timeout=self._slow(C.CMGL)
-                )
-                stored = C.parse_cmgl_pdu(reply.lines)
-                for index, _ in stored:
-                    await self._cmd(C.CMGD.line(str(index)), timeout=self._slow(C.CMGD))
-            for index, pdu in stored:
-                try:
-                    self._deliver_pdu(pdu)
-                except PduError as exc:
-                    self.noise += 1
-                    log.warning("unreadable stored message %s/%d (%s): %s", mem, index, exc, pdu)
-            if stored:
-                log.info("read %d message(s) stored in %s while nobody listened", len(stored), mem)
+                await self._select(mem)
+                listed = await self._list_stored(mem)
+                slots = {s.slot for s in listed}
+                for gone in [s for s in self._undeleted | self._unreadable if s[0] == mem]:
+                    if gone not in slots:  # deleted by someone else meanwhile
+                        self._undeleted.discard(gone)
+                        self._unreadable.discard(gone)
+                        self._claimed.discard(gone)
+                claimed = self._keeper is not None
+                for stored in listed:
+                    if stored.slot in self._undeleted:
+                        await self._delete_slot(stored.slot)
+                    elif stored.slot not in self._claimed:
+                        fresh.append(stored)
+                for stored in fresh:
+                    if claimed:
+                        self._claimed.add(stored.slot)
+                    else:
+                        await self._delete_slot(stored.slot)
+            for stored in fresh:
+                self._take_stored(stored, claimed)
+            if fresh:
+                log.info("read %d stored message(s) from %s", len(fresh), mem)
 
-    async def _inbound_worker(self) -> None:
-        while True:
-            mem, index = await self._stored.get()
-            if (mem, index) == _SWEEP:
-                try:
-                    await self.wait_ready()
-                    await self._sweep()
-                except GsmError as exc:
-                    log.warning("cannot list stored messages: %s", exc)
-                continue
-            try:
-                await self.wait_ready()
-                async with self._lock:
-                    pdu = await self._read_stored(mem, index)
-                    await self._cmd(C.CMGD.line(str(index)), timeout=self._slow(C.CMGD))
-            except CmsError as exc:
-                # 321 "invalid memory index": the start-up sweep read it already.
-                level = logging.DEBUG if exc.code == 321 else logging.WARNING
-                log.log(level, "cannot read stored message %s/%d: %s", mem, index, exc)
-                continue
-            except GsmError as exc:
-                log.warning("cannot read stored message %s/%d: %s", mem, index, exc)
-                continue
-            try:
-                self._deliver_pdu(pdu)
-            except PduError as exc:
-                self.noise += 1
-                log.warning("unreadable stored message %s/%d (%s): %s", mem, index, exc, pdu)
+    async def _delete(self, slots: tuple[Slot, ...]) -> None:
+        """Delete the slots of what a keeper kept; those not deleted now (the modem went
+        away) are deleted by the next sweep, never offered again."""
+        left = set(slots)
+        try:
+            async with self._lock:
+                for slot in sorted(slots):
+                    try:
+                        await self._delete_slot(slot)
+                    except CmsError as exc:
+                        if exc.code != 321:  # 321: not there any more, which is as good
+                            raise
+                        self._claimed.discard(slot)
+                    left.discard(slot)
+        except BaseException:
+            self._undeleted.update(left)
+            raise
 
-    async def _read_stored(self, mem: str, index: int) -> str:
+    async def _select(self, mem: str) -> None:
         if mem != self._read_mem:
             await self._cmd(C.CPMS.line(f'"{mem}"'), prefix=C.CPMS.prefix)
             self._read_mem = mem
-        reply = await self._cmd(
-            C.CMGR.line(str(index)), prefix="+CMGR:", timeout=self._slow(C.CMGR)
-        )
-        return C.parse_cmgr_pdu(reply.lines)
+
+    async def _delete_slot(self, slot: Slot) -> None:
+        """AT+CMGD one slot (the lock must be held); it is no longer claimed."""
+        mem, index = slot
+        await self._select(mem)
+        await self._cmd(C.CMGD.line(str(index)), timeout=self._slow(C.CMGD))
+        self._claimed.discard(slot)
+        self._undeleted.discard(slot)
+        self._unreadable.discard(slot)
+
+    async def _read_stored(self, slot: Slot) -> _Stored:
+        """AT+CMGR one slot (the lock must be held)."""
+        mem, index = slot
+        await self._select(mem)
+        line = C.CMGR.line(str(index))
+        if self._mode != "text":
+            reply = await self._cmd(line, prefix="+CMGR:", timeout=self._slow(C.CMGR))
+            return _Stored.of_pdu(slot, C.parse_cmgr_pdu(reply.lines))
+        ucs2 = await self._charset_for_reading()
+        try:
+            reply = await self._cmd(line, prefix="+CMGR:", timeout=self._slow(C.CMGR))
+        finally:
+            await self._restore_charset()
+        read = C.parse_cmgr_text(reply.lines, ucs2=ucs2)
+        return _Stored.of_text(slot, read, "\n".join(reply.lines))
+
+    async def _list_stored(self, mem: str) -> list[_Stored]:
+        """AT+CMGL every message of `mem` (selected; the lock must be held)."""
+        if self._mode != "text":
+            reply = await self._cmd(
+                C.CMGL.line("4"), prefix=C.CMGL.prefix, timeout=self._slow(C.CMGL)
+            )
+            return [_Stored.of_pdu((mem, i), pdu) for i, pdu in C.parse_cmgl_pdu(reply.lines)]
+        ucs2 = await self._charset_for_reading()
+        try:
+            reply = await self._cmd_string_arg(C.CMGL, "ALL", ucs2)
+        finally:
+            await self._restore_charset()
+        return [
+            _Stored.of_text((mem, r.index), r, f"+CMGL: {r.index},{r.status}")
+            for r in C.parse_cmgl_text(reply.lines, ucs2=ucs2)
+            if r.index is not None
+        ]
+
+    async def _cmd_string_arg(self, command: C.Command, arg: str, ucs2: bool) -> Response:
+        """`command="arg"`. Under AT+CSCS="UCS2" every string argument is written in UCS-2
+        hex too (27.007 5.5); a modem that wants it plain gets a second try so."""
+        forms = [_ucs2_hex(arg), arg] if ucs2 else [arg]
+        for n, form in enumerate(forms, start=1):
+            try:
+                return await self._cmd(
+                    command.line(f'"{form}"'), prefix=command.prefix, timeout=self._slow(command)
+                )
+            except CommandError:
+                if n == len(forms):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _charset_for_reading(self) -> bool:
+        """Text mode reads in UCS-2 (True) where the modem can: as hex no text can be
+        mistaken for a modem line (in IRA a text "OK" or "RING me" can), and no character
+        is lost. Only around the read: every string argument and answer (AT+CPMS,
+        AT+COPS?, the number of AT+CMGS) would be UCS-2 hex too otherwise."""
+        if not self._ucs2_ok:
+            return False
+        try:
+            await self._cmd(C.CSCS.line('"UCS2"'))
+        except CommandError as exc:
+            self._ucs2_ok = False
+            log.warning(
+                'modem refuses AT+CSCS="UCS2" (%s): texts are read in its own character'
+                " set, where characters outside ASCII may be lost",
+                exc,
+            )
+            return False
+        self._charset = "UCS2"
+        return True
+
+    async def _restore_charset(self) -> None:
+        """Back to IRA after a read; a failure is left for the next send to retry."""
+        try:
+            await self._charset_for_sending()
+        except GsmError as exc:
+            log.warning("modem stays in UCS-2 after a read: %s", exc)
+
+    async def _charset_for_sending(self) -> None:
+        """Text mode sends in IRA: the number and the text of AT+CMGS as they are."""
+        if self._charset == "UCS2":
+            await self._cmd_string_arg(C.CSCS, "IRA", ucs2=True)
+            self._charset = "IRA"
 
     async def incoming(self) -> AsyncIterator[Inbound]:
-        """Inbound texts (reassembled) and delivery reports, until the modem is closed."""
+        """Inbound texts (reassembled) and delivery reports, until the modem is closed.
+
+        Nothing comes here while a keeper is set (`set_keeper`)."""
         while True:
             item = await self._inbox.get()
             if item is None:
                 self._inbox.put_nowait(None)  # let other readers end too
                 return
             yield item
+
+
+def _ucs2_hex(text: str) -> str:
+    return text.encode("utf-16-be").hex().upper()
+
+
+def _text_mode_cmt(value: str) -> bool:
+    try:
+        cmt_text_length(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _kind(item: Inbound) -> str:
+    if isinstance(item, StatusReport):
+        return f"delivery report (reference {item.message_ref})"
+    return f"text from {item.sender}"
+
+
+def _op_name(op: _SimOp) -> str:
+    if isinstance(op, _Read):
+        return f"reading {op.slot[0]}/{op.slot[1]}"
+    if isinstance(op, _Delete):
+        return "deleting " + ",".join(f"{m}/{i}" for m, i in op.slots)
+    return "sweep"

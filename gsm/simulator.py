@@ -7,8 +7,11 @@ its name when the simulated stick "vanishes" (the pty is closed, the link remove
 "comes back" (a new pty, perhaps under another /dev/pts number, the link re-pointed).
 
 It decodes every SMS-SUBMIT it receives (gsm.pdu) and records the texts "sent", puts
-concatenated parts back together, and can inject inbound texts (+CMTI, then AT+CMGR)
-and delivery reports (+CDS or +CDSI, as AT+CNMI asked).
+concatenated parts back together, and can inject inbound texts and delivery reports:
+stored (+CMTI / +CDSI, then AT+CMGR, AT+CMGL, AT+CMGD) or direct (+CMT / +CDS), in PDU
+or text mode (AT+CMGF, with AT+CSCS "IRA", "GSM" or "UCS2" and AT+CSDH), a long text
+with a part withheld (`inject_text(..., withhold={2})`, delivered later with
+`inject_pdu`), with URC noise around them (`Faults.urc_noise`).
 
 Profiles follow the makers' AT manuals (sections cited in each profile's `doc`); fault
 switches (`Faults`) make it slow, failing, noisy, vanishing, garbled, networkless or
@@ -35,12 +38,21 @@ import signal
 import sys
 import tempfile
 import tty
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gsm.pdu import PduError, decode_submit, encode_deliver, encode_status_report, tpdu_length
+from gsm.pdu import (
+    Deliver,
+    PduError,
+    StatusReport,
+    decode_incoming,
+    decode_submit,
+    encode_deliver,
+    encode_status_report,
+    tpdu_length,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +213,10 @@ class Faults:
     """Refuse PDU mode (AT+CMGF=0 -> +CMS ERROR: 303), as some old phones do."""
     return_after: float | None = None
     """After vanishing, come back by itself this many seconds later (for the demo)."""
+    no_ucs2: bool = False
+    """Refuse AT+CSCS="UCS2" (text mode then reads texts in IRA)."""
+    cmgd_errors: int = 0
+    """The next this many AT+CMGD fail with +CMS ERROR: 500 (nothing deleted)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +263,8 @@ class _ModemState:
     cnmi: tuple[int, ...] = (0, 0, 0, 0, 0)
     read_mem: str = "SM"
     smsc: str = "+12025550100"
+    cscs: str = "IRA"
+    csdh: int = 0
     storage: dict[str, dict[int, tuple[str, str]]] = field(
         default_factory=lambda: {"SM": {}, "SR": {}, "ME": {}}
     )
@@ -595,6 +613,16 @@ class Simulator:
         elif up == "+CMGF?":
             await self._answer([f"+CMGF: {st.mode}"])
         elif up.startswith("+CSCS="):
+            charset = self._string_arg(cmd[6:]).upper()
+            if charset not in _CHARSETS or (charset == "UCS2" and self.faults.no_ucs2):
+                await self._answer([], self._error(4))
+            else:
+                st.cscs = charset
+                await self._answer([])
+        elif up == "+CSCS?":
+            await self._answer([f'+CSCS: "{st.cscs}"'])
+        elif up in ("+CSDH=0", "+CSDH=1"):
+            st.csdh = int(up[-1])
             await self._answer([])
         elif up.startswith("+CNMI="):
             try:
@@ -604,7 +632,7 @@ class Simulator:
             else:
                 await self._answer([])
         elif up.startswith("+CPMS="):
-            mem = cmd[6:].split(",")[0].strip().strip('"').upper()
+            mem = self._string_arg(cmd[6:].split(",")[0]).upper()
             if mem not in st.storage:
                 await self._answer([], self._error(302, cms=True))
             else:
@@ -616,18 +644,13 @@ class Simulator:
         elif up.startswith("+CMGR="):
             await self._cmgr(cmd[6:].strip())
         elif up.startswith("+CMGL="):
-            if st.mode != 0 or not cmd[6:].strip().isdigit():
-                await self._answer([], self._error(302, cms=True))
-            else:
-                box = st.storage[st.read_mem]
-                listing: list[str] = []
-                for i in sorted(box):
-                    status, pdu = box[i]
-                    listing += [f"+CMGL: {i},{status},,{tpdu_length(pdu)}", pdu]
-                await self._answer(listing)
+            await self._cmgl(cmd[6:].strip())
         elif up.startswith("+CMGD="):
             index = cmd[6:].split(",")[0].strip()
-            if index.isdigit():
+            if self.faults.cmgd_errors > 0:
+                self.faults.cmgd_errors -= 1
+                await self._answer([], self._error(500, cms=True))
+            elif index.isdigit():
                 st.storage[st.read_mem].pop(int(index), None)
                 await self._answer([])
             else:
@@ -673,11 +696,12 @@ class Simulator:
                 return None
             target: int | str = int(arg)
         else:
-            m = re.match(r'^"(\+?[0-9]+)"(?:,\d+)?$', arg)
-            if not m:
+            m = re.match(r'^("[^"]*")(?:,\d+)?$', arg)
+            number = self._string_arg(m.group(1)) if m else ""
+            if not re.fullmatch(r"\+?[0-9]+", number):
                 await self._answer([], self._error(305, cms=True))
                 return None
-            target = m.group(1)
+            target = number
         if faults.slow:
             await asyncio.sleep(faults.slow)
         out = b""
@@ -782,11 +806,101 @@ class Simulator:
 
     async def _cmgr(self, arg: str) -> None:
         st = self._state
-        if not arg.isdigit() or int(arg) not in st.storage[st.read_mem]:
+        box = st.storage[st.read_mem]
+        if not arg.isdigit() or int(arg) not in box:
             await self._answer([], self._error(321, cms=True))
             return
-        stat, pdu = st.storage[st.read_mem][int(arg)]
-        await self._answer([f"+CMGR: {stat},,{tpdu_length(pdu)}", pdu])
+        stat, pdu = box[int(arg)]
+        box[int(arg)] = ("1" if stat == "0" else stat, pdu)  # REC UNREAD -> REC READ
+        if st.mode == 0:
+            await self._answer([f"+CMGR: {stat},,{tpdu_length(pdu)}", pdu])
+            return
+        head, body = self._text_view(pdu, listing=False)
+        await self._answer([f'+CMGR: "{TEXT_STATS[int(stat)]}",{head}', *body])
+
+    async def _cmgl(self, arg: str) -> None:
+        """AT+CMGL: a <stat> number in PDU mode, a quoted name in text mode (27.005 3.4.2;
+        the wrong kind is refused, as the python-gsmmodem transcripts show)."""
+        st = self._state
+        wanted = self._string_arg(arg).upper()
+        if st.mode == 0:
+            ok = arg.isdigit() and int(arg) <= 4
+            want = {str(int(arg))} if ok and int(arg) < 4 else {"0", "1", "2", "3"}
+        else:
+            ok = arg.startswith('"') and (wanted == "ALL" or wanted in TEXT_STATS)
+            want = (
+                {"0", "1", "2", "3"}
+                if wanted == "ALL"
+                else {str(TEXT_STATS.index(wanted)) if wanted in TEXT_STATS else ""}
+            )
+        if not ok:
+            await self._answer([], self._error(302, cms=True))
+            return
+        box = st.storage[st.read_mem]
+        listing: list[str] = []
+        for i in sorted(box):
+            stat, pdu = box[i]
+            if stat not in want:
+                continue
+            if st.mode == 0:
+                listing += [f"+CMGL: {i},{stat},,{tpdu_length(pdu)}", pdu]
+            else:
+                head, body = self._text_view(pdu, listing=True)
+                listing += [f'+CMGL: {i},"{TEXT_STATS[int(stat)]}",{head}', *body]
+            box[i] = ("1" if stat == "0" else stat, pdu)
+        await self._answer(listing)
+
+    # ------------------------------------------------------------------ text mode
+
+    def _text_view(self, pdu: str, *, listing: bool) -> tuple[str, list[str]]:
+        """How text mode shows a stored PDU: the header fields after <stat> (or the +CMT
+        header) and the text line(s) (none for a status report), in the AT+CSCS in effect."""
+        st = self._state
+        msg = decode_incoming(pdu)
+        if isinstance(msg, StatusReport):
+            return _report_fields(msg, pdu, st.cscs == "UCS2"), []
+        oa = self._string(msg.sender)
+        scts = _text_scts(msg.timestamp)
+        body = self._text_body(msg, pdu)
+        head = f'"{oa}",,"{scts}"'
+        if st.csdh:
+            tooa = 145 if msg.sender.startswith("+") else 129 if msg.sender.isdigit() else 208
+            length = len(msg.text) if msg.encoding == "gsm7" else len(body) // 2
+            if listing:
+                head += f",{tooa},{length}"
+            else:
+                first = int(pdu[2 + 2 * int(pdu[:2], 16) :][:2], 16)
+                dcs = 8 if msg.encoding == "ucs2" else 4 if msg.encoding == "8bit" else 0
+                head += f',{tooa},{first},0,{dcs},"{self._string(st.smsc)}",145,{length}'
+        return head, body.split("\n") if body else []
+
+    def _string_arg(self, raw: str) -> str:
+        """A string argument of a command, unquoted; under AT+CSCS="UCS2" it must be UCS-2
+        hex, as 27.007 5.5 says and modems insist ("" otherwise, which nothing accepts)."""
+        value = raw.strip()
+        if value.startswith('"') and value.endswith('"') and len(value) >= 2:
+            value = value[1:-1]
+        if self._state.cscs != "UCS2":
+            return value
+        if not re.fullmatch(r"(?:[0-9A-Fa-f]{4})*", value):
+            return ""
+        return bytes.fromhex(value).decode("utf-16-be", errors="replace")
+
+    def _string(self, value: str) -> str:
+        """A string field in the AT+CSCS in effect (SIM800 writes <oa> in UCS-2 hex)."""
+        if self._state.cscs == "UCS2":
+            return value.encode("utf-16-be").hex().upper()
+        return value
+
+    def _text_body(self, msg: Deliver, pdu: str) -> str:
+        """27.005 3.1 <data>: UCS-2 and 8-bit data as hex of their octets, whatever the
+        AT+CSCS (so a lone surrogate comes as it was sent); GSM-7 text in the TE
+        character set: UCS-2 hex, or IRA/GSM with what ASCII lacks as "?"."""
+        if msg.encoding != "gsm7":
+            return _user_data_octets(pdu).hex().upper()
+        if self._state.cscs == "UCS2":
+            return msg.text.encode("utf-16-be").hex().upper()
+        return "".join(ch if ch == "\n" or " " <= ch <= "~" else "?" for ch in msg.text)
 
     # ------------------------------------------------------------------ injection
 
@@ -794,27 +908,112 @@ class Simulator:
         box = self._state.storage[mem]
         index = next(i for i in range(1, 1000) if i not in box)
         box[index] = ("0", pdu)
+        self._notify()
         return index
 
-    def inject_text(self, sender: str, text: str, *, timestamp: datetime | None = None) -> None:
-        """A text arrives from the network: stored in SM, announced with +CMTI."""
+    def stored(self, mem: str = "SM") -> dict[int, str]:
+        """What is stored in `mem` now: index -> PDU."""
+        return {i: pdu for i, (_, pdu) in self._state.storage[mem].items()}
+
+    def inject_text(
+        self,
+        sender: str,
+        text: str,
+        *,
+        timestamp: datetime | None = None,
+        direct: bool | None = None,
+        withhold: Collection[int] = (),
+    ) -> list[str]:
+        """A text arrives from the network, in as many parts as it needs; see `inject_pdu`
+        for `direct`. Parts numbered in `withhold` (1-based) never come. Returns every
+        part's PDU, the withheld ones included (to deliver later with `inject_pdu`)."""
         when = timestamp or datetime.now(UTC).replace(microsecond=0)
         pdus = encode_deliver(sender, text, timestamp=when, reference=self._rng.randrange(256))
-        for pdu in pdus:
+        for seq, pdu in enumerate(pdus, start=1):
+            if seq not in withhold:
+                self.inject_pdu(pdu, direct=direct)
+        return pdus
+
+    def inject_pdu(self, pdu: str, *, direct: bool | None = None) -> int | None:
+        """One SMS-DELIVER (or status report) PDU arrives. Stored in SM and announced with
+        +CMTI (AT+CNMI mt=1; silent with mt=0): returns its index. Or direct, as +CMT (as
+        mt=2 asks, or `direct=True`, like a class 0 text): in PDU mode `+CMT: ,<length>`
+        and the PDU; in text mode `+CMT: "<oa>",,"<scts>"[,...]` and the text line."""
+        st = self._state
+        mt = st.cnmi[1] if len(st.cnmi) > 1 else 0
+        if direct is None:
+            direct = mt in (2, 3)
+        noise = self._noise() if self.faults.urc_noise and self.profile.noise else b""
+        if not direct:
             index = self._store("SM", pdu)
-            if self._state.cnmi[1:2] == (1,):
-                self._send(f'\r\n+CMTI: "SM",{index}\r\n'.encode())
+            if mt == 1:
+                self._send(noise + f'\r\n+CMTI: "SM",{index}\r\n'.encode() + noise)
+            return index
+        if st.mode == 0:
+            urc = f"+CMT: ,{tpdu_length(pdu)}\r\n{pdu}"
+        else:
+            head, body = self._text_view(pdu, listing=False)
+            urc = "\r\n".join([f"+CMT: {head}", *(body or [""])])
+        # A modem writes the header and its second line as one: noise only around them.
+        self._send(noise + f"\r\n{urc}\r\n".encode("latin-1") + noise)
+        self._notify()
+        return None
 
     def inject_report(self, message_ref: int, recipient: str, *, status: int = 0) -> None:
-        """A delivery report arrives: +CDS (ds=1) or stored in SR with +CDSI (ds=2)."""
+        """A delivery report arrives: +CDS (ds=1; a line of fields in text mode) or stored
+        in SR with +CDSI (ds=2)."""
         now = datetime.now(UTC).replace(microsecond=0)
         pdu = encode_status_report(message_ref, recipient, status=status, scts=now, discharge=now)
         ds = self._state.cnmi[3] if len(self._state.cnmi) > 3 else 0
-        if ds == 1:
+        if ds == 1 and self._state.mode == 0:
             self._send(f"\r\n+CDS: {tpdu_length(pdu)}\r\n{pdu}\r\n".encode())
+        elif ds == 1:
+            head, _ = self._text_view(pdu, listing=False)
+            self._send(f"\r\n+CDS: {head}\r\n".encode())
         elif ds == 2:
             index = self._store("SR", pdu)
             self._send(f'\r\n+CDSI: "SR",{index}\r\n'.encode())
+
+
+TEXT_STATS = ("REC UNREAD", "REC READ", "STO UNSENT", "STO SENT")
+_CHARSETS = frozenset({"IRA", "GSM", "UCS2", "8859-1", "PCCP437"})
+
+
+def _text_scts(when: datetime) -> str:
+    """A time stamp as text mode writes it: "yy/MM/dd,hh:mm:ss+zz" (zz: quarter hours)."""
+    offset = when.utcoffset()
+    quarters = int(offset.total_seconds() // 900) if offset is not None else 0
+    sign = "-" if quarters < 0 else "+"
+    return when.strftime("%y/%m/%d,%H:%M:%S") + f"{sign}{abs(quarters):02d}"
+
+
+def _report_fields(report: StatusReport, pdu: str, ucs2: bool) -> str:
+    """`<fo>,<mr>,"<ra>",<tora>,"<scts>","<dt>",<st>` of a status report."""
+    first = int(pdu[2 + 2 * int(pdu[:2], 16) :][:2], 16)
+    ra = report.recipient
+    tora = 145 if ra.startswith("+") else 129
+    if ucs2:
+        ra = ra.encode("utf-16-be").hex().upper()
+    return (
+        f'{first},{report.message_ref},"{ra}",{tora},"{_text_scts(report.scts)}",'
+        f'"{_text_scts(report.discharge)}",{report.status}'
+    )
+
+
+def _user_data_octets(pdu: str) -> bytes:
+    """The user data of an SMS-DELIVER PDU without its header: what a modem shows in text
+    mode, as hex, for a UCS-2 or 8-bit text (TS 23.040 9.2.2.1 field by field)."""
+    raw = bytes.fromhex(pdu)
+    i = 1 + raw[0]  # the SMSC field
+    first = raw[i]
+    i += 1
+    i += 2 + (raw[i] + 1) // 2  # TP-OA: length in semi-octets, type, value
+    i += 2 + 7  # TP-PID, TP-DCS, TP-SCTS
+    udl = raw[i]
+    data = raw[i + 1 : i + 1 + udl]
+    if first & 0x40:  # TP-UDHI: skip the User Data Header
+        data = data[1 + data[0] :]
+    return data
 
 
 @contextlib.asynccontextmanager

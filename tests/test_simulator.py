@@ -7,10 +7,11 @@ import os
 import termios
 import tty
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from gsm.pdu import encode_submit
+from gsm.pdu import encode_submit, tpdu_length
 from gsm.simulator import PROFILES, Faults, Simulator, running
 
 
@@ -202,3 +203,59 @@ async def test_malformed_arguments_get_error_not_a_dead_simulator(
     assert await port.ask(b"AT+CMEE=x\r", b"ERROR\r\n") == b"\r\nERROR\r\n"
     assert await port.ask(b"AT+CREG=?\r", b"ERROR\r\n") == b"\r\nERROR\r\n"
     assert await port.ask(b"AT\r") == b"\r\nOK\r\n"
+
+
+async def test_text_mode_shows_stored_texts_as_modems_do(
+    port_sim: tuple[RawPort, Simulator],
+) -> None:
+    port, sim = port_sim
+    when = datetime(2026, 11, 22, 8, 0, tzinfo=timezone(timedelta(hours=-5)))
+    await port.ask(b"ATE0\r")
+    await port.ask(b"AT+CMGF=1\r")
+    sim.inject_text("+12025550142", "Call me, thanks é", timestamp=when)
+    first = await port.ask(b"AT+CMGR=1\r")
+    # The form of the python-gsmmodem transcripts (tests/data/modem): header, then text.
+    assert first == (
+        b'\r\n+CMGR: "REC UNREAD","+12025550142",,"26/11/22,08:00:00-20"\r\n'
+        b"\r\nCall me, thanks ?\r\n\r\nOK\r\n"
+    )
+    assert b'"REC READ"' in await port.ask(b'AT+CMGL="ALL"\r')
+    assert b"+CMS ERROR: 302" in await port.ask(b"AT+CMGL=4\r", b"302\r\n")
+    await port.ask(b'AT+CSCS="UCS2"\r')
+    await port.ask(b"AT+CSDH=1\r")
+    full = await port.ask(b"AT+CMGR=1\r")
+    oa = "+12025550142".encode("utf-16-be").hex().upper()
+    body = "Call me, thanks é".encode("utf-16-be").hex().upper()
+    assert (
+        full
+        == (
+            f'\r\n+CMGR: "REC READ","{oa}",,"26/11/22,08:00:00-20",145,4,0,0,'
+            f'"{"+12025550100".encode("utf-16-be").hex().upper()}",145,17\r\n'
+            f"\r\n{body}\r\n\r\nOK\r\n"
+        ).encode()
+    )
+    await port.ask(b"AT+CMGF=0\r")
+    assert b"+CMS ERROR: 302" in await port.ask(b'AT+CMGL="ALL"\r', b"302\r\n")
+
+
+async def test_direct_texts_and_a_withheld_part_on_the_wire(
+    port_sim: tuple[RawPort, Simulator],
+) -> None:
+    port, sim = port_sim
+    await port.ask(b"ATE0\r")
+    await port.ask(b"AT+CNMI=2,1,0,1,0\r")
+    pdus = sim.inject_text("+12025550142", "x" * 400, withhold={2})
+    assert len(pdus) == 3
+    assert await port.ask(b"", b'"SM",2\r\n') == b'\r\n+CMTI: "SM",1\r\n\r\n+CMTI: "SM",2\r\n'
+    assert sim.stored() == {1: pdus[0], 2: pdus[2]}
+    sim.inject_pdu(pdus[1], direct=True)
+    assert await port.ask(b"", pdus[1].encode() + b"\r\n") == (
+        f"\r\n+CMT: ,{tpdu_length(pdus[1])}\r\n{pdus[1]}\r\n".encode()
+    )
+    await port.ask(b"AT+CMGF=1\r")
+    await port.ask(b"AT+CNMI=2,2,0,1,0\r")  # mt=2: every text comes direct
+    sim.inject_text("+12025550142", "OK", timestamp=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    assert await port.ask(b"", b"\r\nOK\r\n") == (
+        b'\r\n+CMT: "+12025550142",,"26/01/02,03:04:05+00"\r\nOK\r\n'
+    )
+    assert len(sim.stored()) == 2  # the direct ones were not stored
