@@ -218,8 +218,11 @@ class ModemSupervisor:
             return
 
     async def _inbound(self, modem: Modem) -> None:
-        """Delivery reports and inbound texts, into the store (replies: a later issue)."""
-        async for item in modem.incoming():
+        """Delivery reports and inbound texts, into the store, as the modem's keeper: each
+        is deleted from the SIM only once stored; a StoreError leaves it there, and the
+        modem offers it again at its next sweep. Returns when the modem is closed."""
+
+        async def keep(item: Deliver | StatusReport) -> bool:
             now = self._clock.now()
             try:
                 if isinstance(item, StatusReport):
@@ -227,10 +230,15 @@ class ModemSupervisor:
                         "delivered" if item.delivered else ("failed" if item.final else "pending")
                     )
                     await self._store.record_delivery(item.message_ref, status, now)
-                elif isinstance(item, Deliver):
+                else:
                     await self._text(item, now)
             except StoreError as exc:
                 log.error(kv(event="store_error", during="inbound", error=exc))
+                return False
+            return True
+
+        modem.set_keeper(keep)
+        await modem.wait_closed()
 
     async def _text(self, item: Deliver, now: float) -> None:
         """Hand one inbound text to the keeper (the inbox), or keep it as it is."""
