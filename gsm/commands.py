@@ -275,6 +275,8 @@ class TextRead:
     """What was repaired on the way: a lone surrogate replaced, a text kept as it came."""
     error: str | None = None
     """An AT+CMGL entry that could not be read (the others still are)."""
+    raw: tuple[str, ...] = ()
+    """An AT+CMGL entry's lines as received (its header and text lines), for logs."""
 
 
 def decode_ucs2_hex(data: str) -> tuple[str, bool]:
@@ -501,6 +503,7 @@ def parse_cmgl_text(lines: tuple[str, ...], *, ucs2: bool = False) -> list[TextR
         fields = split_fields(lines[i][6:].strip())
         index = _int(fields[0], "AT+CMGL <index>")
         body = list(lines[i + 1 : heads[n + 1] if n + 1 < len(heads) else len(lines)])
+        raw = (lines[i], *body)
         stat = ""
         try:
             if len(fields) < 2:
@@ -508,9 +511,9 @@ def parse_cmgl_text(lines: tuple[str, ...], *, ucs2: bool = False) -> list[TextR
             stat = _stat(fields[1])
             message, warnings = _read_one(stat, fields[2:], body, ucs2=ucs2, listing=True)
         except ProtocolError as exc:
-            out.append(TextRead(None, index, stat, error=str(exc)))
+            out.append(TextRead(None, index, stat, error=str(exc), raw=raw))
             continue
-        out.append(TextRead(message, index, stat, warnings))
+        out.append(TextRead(message, index, stat, warnings, raw=raw))
     return out
 
 

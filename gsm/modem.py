@@ -1270,12 +1270,13 @@ class Modem:
                     await self._read_one(op.slot)
                 else:
                     await self._delete(op.slots)
-            except CmsError as exc:
-                # 321 "invalid memory index": the start-up sweep read it already.
-                level = logging.DEBUG if exc.code == 321 else logging.WARNING
-                log.log(level, "stored messages (%s): %s", _op_name(op), exc)
             except GsmError as exc:
-                log.warning("stored messages (%s): %s", _op_name(op), exc)
+                if isinstance(op, _Delete):  # kept: delete at the next sweep, never re-offer
+                    self._undeleted.update(op.slots)
+                # 321 "invalid memory index": the start-up sweep read it already.
+                quiet = isinstance(exc, CmsError) and exc.code == 321
+                level = logging.DEBUG if quiet else logging.WARNING
+                log.log(level, "stored messages (%s): %s", _op_name(op), exc)
 
     async def _read_one(self, slot: Slot) -> None:
         if slot in self._claimed:
@@ -1384,7 +1385,7 @@ class Modem:
         finally:
             await self._restore_charset()
         return [
-            _Stored.of_text((mem, r.index), r, f"+CMGL: {r.index},{r.status}")
+            _Stored.of_text((mem, r.index), r, "\n".join(r.raw))
             for r in C.parse_cmgl_text(reply.lines, ucs2=ucs2)
             if r.index is not None
         ]

@@ -269,6 +269,7 @@ def test_status_reports_and_stored_outgoing_in_text_mode() -> None:
         (3, "NoneType", False),
         (4, "Deliver", True),
     ]
+    assert listing[2].raw == ('+CMGL: 3,"REC READ","+1",,"bad time"', "text")  # for the log
 
 
 def test_a_text_line_taken_for_the_final_code_is_an_error_not_an_empty_text() -> None:
