@@ -13,6 +13,8 @@ import itertools
 import logging
 import os
 import re
+import shlex
+import shutil
 import zoneinfo
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -414,6 +416,41 @@ def _check_replies(cfg: Config) -> list[Problem]:
         if not text.strip():
             out.append(_err(f"replies.{name}", "empty", "an opt-out must be confirmed in words"))
         out += check_template_fields(text, f"replies.{name}")
+    if rc.forward_email and not cfg.smtp.host.strip():
+        out.append(
+            _err(
+                "replies.forward_email",
+                "set, but [smtp] host is empty: no mail could go",
+                'set [smtp] host (e.g. "smtp.example.com") and from_address',
+            )
+        )
+    for i, address in enumerate(rc.forward_email):
+        if "@" not in address or address.strip() != address or not address.strip():
+            out.append(_err(f"replies.forward_email[{i}]", f"{address!r} is not a mail address"))
+    region = cfg.textback.home_region
+    for i, staff in enumerate(rc.forward_sms):
+        if classify_caller(staff, home_region=region).kind is not CallerKind.VALID:
+            out.append(
+                _err(
+                    f"replies.forward_sms[{i}]",
+                    f"{staff!r} is not a valid phone number",
+                    "write it in E.164, e.g. +12025550123",
+                )
+            )
+    if rc.on_reply.strip():
+        try:
+            argv = shlex.split(rc.on_reply)
+        except ValueError as exc:
+            argv = []
+            out.append(_err("replies.on_reply", f"cannot be split into words: {exc}"))
+        if argv and shutil.which(argv[0]) is None:
+            out.append(
+                _warn(
+                    "replies.on_reply",
+                    f"{argv[0]!r} is not an executable on PATH",
+                    "give the full path of the script",
+                )
+            )
     if not [w for w in rc.opt_out_words if w.strip()]:
         out.append(
             _err(

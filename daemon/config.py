@@ -283,6 +283,39 @@ class RepliesConfig(_Section):
     reply_window: Duration = Field(
         1_209_600.0, description="a reply answers the latest text to its sender this recent"
     )
+    forward_email: list[str] = Field(
+        default_factory=list,
+        description="mail each reply to these addresses (needs [smtp]); [] no mail",
+    )
+    forward_sms: list[str] = Field(
+        default_factory=list,
+        description='text each reply to these staff mobiles ("Reply from <number>: <text>")',
+    )
+    on_reply: str = Field(
+        "",
+        description="a command run for each reply, with gammu-smsd's SMS_1_NUMBER,"
+        " SMS_1_TEXT, SMS_MESSAGES, DECODED_PARTS; empty: none",
+    )
+    on_reply_timeout: Duration = Field(30.0, description="on_reply is stopped after this long")
+    forward_per_hour: int = Field(
+        10,
+        ge=1,
+        description="most replies of one sender forwarded per hour; the rest are summed up",
+    )
+
+
+class SmtpConfig(_Section):
+    """[smtp]: the mail server that carries forwarded replies."""
+
+    host: str = Field("", description="SMTP server; empty: no mail")
+    port: int = Field(587, ge=1, le=65535, description="SMTP port (587 STARTTLS, 465 TLS)")
+    username: str = Field("", description="login name; empty: no login")
+    password: str = Field("", description="login password (never logged)", repr=False)
+    tls: Literal["starttls", "tls", "none"] = Field(
+        "starttls", description="starttls (port 587), tls (port 465) or none (a local relay)"
+    )
+    from_address: str = Field("textback@localhost", description="the From: of forwarded mail")
+    timeout: Duration = Field(30.0, description="an SMTP server silent this long has failed")
 
 
 class DatabaseConfig(_Section):
@@ -320,6 +353,7 @@ class Config(BaseSettings):
     hours: HoursConfig = Field(default_factory=HoursConfig)  # type: ignore[arg-type]
     lines: list[LineConfig] = Field(default_factory=list)
     replies: RepliesConfig = Field(default_factory=RepliesConfig)  # type: ignore[arg-type]
+    smtp: SmtpConfig = Field(default_factory=SmtpConfig)  # type: ignore[arg-type]
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)  # type: ignore[arg-type]
     log: LogConfig = Field(default_factory=LogConfig)  # type: ignore[arg-type]
 

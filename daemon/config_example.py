@@ -43,6 +43,8 @@ UNITS: dict[str, str] = {
     "textback.max_per_month": "texts",
     "textback.pumping_max_per_range": "distinct numbers",
     "textback.pumping_prefix_digits": "digits",
+    "replies.forward_per_hour": "replies",
+    "smtp.port": "TCP port",
 }
 
 #: Values shown (commented out) for keys whose default is "not set".

@@ -799,6 +799,51 @@ async def test_stop_from_the_phone_is_obeyed_and_confirmed_once(tmp_path: Path) 
             assert first.text != confirm.text
 
 
+async def test_a_reply_comes_back_to_the_office_by_mail(tmp_path: Path) -> None:
+    # missed call -> text -> the caller writes back -> a mail through a real SMTP server
+    import email as email_lib
+    import socket
+
+    from aiosmtpd.controller import Controller
+
+    got: list[email_lib.message.Message] = []
+
+    class Handler:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            got.append(email_lib.message_from_bytes(envelope.content))
+            return "250 OK"
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    name = "02-abandoned-while-ringing"
+    caller = load_sidecar(name)["calls"][0]["caller_e164"]
+    try:
+        async with rig(tmp_path, body_of(name)) as r:
+            r.write(
+                extra=(
+                    '[replies]\nforward_email = ["desk@example.com"]\n'
+                    f'[smtp]\nhost = "127.0.0.1"\nport = {port}\ntls = "none"\n'
+                    'from_address = "textback@example.com"\n'
+                )
+            )
+            async with running_daemon(r.config, tmp_path) as d:
+                await ready(d)
+                await settled(d, 1)
+                r.sim.inject_text(caller, "Can you call me after 5?")
+                await d.wait_log("event=forwarded")
+                assert await stop(d) == 0
+    finally:
+        controller.stop()
+    (mail,) = got
+    assert "to your missed call at" in mail["Subject"]
+    body = mail.get_payload()
+    assert isinstance(body, str)
+    assert body.startswith("Can you call me after 5?")
+
+
 async def test_kill_9_while_calls_ring_then_restart_adopts_them(tmp_path: Path) -> None:
     # The burst replayed at speed 2, the daemon killed while about half its calls are still
     # ringing. The new process logs in, lists the channels in progress and adopts those

@@ -21,9 +21,11 @@ ALLOWED: dict[str, set[str]] = {
     "sending": {"store", "sinks", "gsm"},
     "outbox": {"decide", "sending", "store", "sinks"},
     "replies": {"decide", "outbox", "store", "sinks", "gsm"},
+    "forwarding": {"decide", "store", "sinks"},
     "app": {
         "intake",
         "replies",
+        "forwarding",
         "decide",
         "store",
         "outbox",

@@ -26,6 +26,8 @@ from daemon.app.pipeline import MAX_BATCH, Pipeline
 from daemon.check import Severity, check_config, log_warnings
 from daemon.clock import Clock, SystemClock
 from daemon.config import Config
+from daemon.forwarding.command import ReplyCommand
+from daemon.forwarding.mail import MailForwarder
 from daemon.intake.client import AmiClient, AmiError
 from daemon.intake.frames import Message
 from daemon.intake.tracker import WANTED_EVENTS, WANTED_VARS, CallTracker
@@ -99,6 +101,8 @@ class Service:
         self.ami: AmiClient | None = None
         self.sender: ModemSupervisor | None = None
         self.inbox: Inbox | None = None
+        self.mail: MailForwarder | None = None
+        self.reply_command: ReplyCommand | None = None
         self._waiting = 0
         self._redirected: set[str] = set()
         self._bg: set[asyncio.Task[None]] = set()
@@ -157,6 +161,12 @@ class Service:
         assert self.store is not None
         cfg = self.cfg
         self.inbox = Inbox(cfg, self.store, self.clock)
+        # Forwarding listens to replies; the inbox never calls it.
+        if cfg.replies.forward_email and cfg.smtp.host:
+            self.mail = MailForwarder(cfg, self.store, self.clock)
+            self.bus.add(self.mail)
+        self.reply_command = ReplyCommand(cfg)
+        self.bus.add(self.reply_command)
         self.sender = ModemSupervisor(
             cfg.modem,
             store=self.store,
@@ -222,6 +232,10 @@ class Service:
                 interval = self.notifier.watchdog_interval()
                 if interval:
                     work.append(tg.create_task(self._watchdog_loop(interval), name="watchdog"))
+                if self.mail is not None:
+                    work.append(tg.create_task(self.mail.run(), name="mail"))
+                if self.reply_command is not None:
+                    work.append(tg.create_task(self.reply_command.run(), name="on_reply"))
                 if self.ami is not None:
                     work.append(tg.create_task(self.ami.run(), name="ami"))
                     # always running: a SIGHUP may turn enforce_ring_timeout on or off
@@ -436,6 +450,10 @@ class Service:
             self.pipeline.reconfigure(new)
         if self.inbox is not None:
             self.inbox.reconfigure(new)
+        if self.mail is not None:
+            self.mail.reconfigure(new)
+        if self.reply_command is not None:
+            self.reply_command.reconfigure(new)
         log.info(kv(event="reloaded", config=self.config_path))
         return True
 

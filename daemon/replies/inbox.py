@@ -44,6 +44,10 @@ log = logging.getLogger("daemon.replies")
 
 #: The reason word of a text cancelled because its destination opted out.
 OPTED_OUT = "opted_out"
+#: The window of `forward_per_hour`.
+HOUR = 3600.0
+#: How much of a reply a staff text carries (two GSM-7 parts with the header).
+STAFF_CHARS = 280
 
 _ANSWERS = {
     ReplyKind.OPT_OUT: MessageKind.OPT_OUT_CONFIRMATION,
@@ -166,6 +170,8 @@ class Inbox:
             sms_key=msg.sms_key,
         )
         done = Received(reply_id, kind, skind, number, message_id, call_id, None)
+        if reply_id is not None:
+            self._forward_in(tx, cfg, msg, reply_id, number)
         if reply_id is None or number is None:
             return done  # kept before; or nobody to act for (short code, sender name)
         exact = fold(text) in keywords.opt_out
@@ -203,6 +209,45 @@ class Inbox:
         )
         tx.set_reply_answer(reply_id, answer_id)
         return Received(reply_id, kind, skind, number, message_id, call_id, answer_id)
+
+    def _forward_in(
+        self, tx: StoreTx, cfg: Config, msg: InboundText, reply_id: int, number: str | None
+    ) -> None:
+        """Queue the office's copies of a reply, in the reply's own transaction: a mail
+        (sent by the forwarder, retried until the server takes it) and a text to each staff
+        mobile. A sender past `forward_per_hour` is summed up in one later mail instead."""
+        rc = cfg.replies
+        since = msg.at - HOUR
+        if rc.forward_email and cfg.smtp.host:
+            target = ",".join(rc.forward_email)
+            sent = tx.forwards_since(msg.sender, "mail", since)
+            if sent < rc.forward_per_hour:
+                tx.add_forward(reply_id, channel="mail", target=target, now=msg.at)
+            elif not tx.forwards_since(msg.sender, "mail_summary", since):
+                # one summary when the hour is over, however many more come
+                tx.add_forward(
+                    reply_id, channel="mail_summary", target=target, now=msg.at, due=msg.at + HOUR
+                )
+        if rc.forward_sms and tx.forwards_since(msg.sender, "sms", since) < rc.forward_per_hour:
+            body = f"Reply from {number or msg.sender}: {clean_text(msg.text, STAFF_CHARS)}"
+            info = sms_info(body)
+            for staff in _staff_numbers(cfg):
+                if staff == number:
+                    continue  # a staff phone texting the office gets no copy of itself
+                if cap_pause(tx.policy_facts(None, msg.at, cfg), cfg, msg.at) is not None:
+                    log.warning(kv(event="forward_skipped", reply=reply_id, why="cap_reached"))
+                    break
+                Outbox.enqueue_answer_in(
+                    tx,
+                    destination=staff,
+                    text=body,
+                    kind=MessageKind.STAFF_FORWARD,
+                    parts=info.parts,
+                    encoding=info.encoding,
+                    line="",
+                    now=msg.at,
+                )
+                tx.add_forward(reply_id, channel="sms", target=staff, now=msg.at, state="handed")
 
     def _may_answer(
         self, tx: StoreTx, cfg: Config, number: str, *, raw: str, kind: MessageKind, now: float
@@ -247,6 +292,16 @@ class Inbox:
         # `textback check` refuses a broken template; should one slip through, the words
         # as written still go out rather than no confirmation at all.
         return render(template, fields, strict=False)
+
+
+def _staff_numbers(cfg: Config) -> list[str]:
+    """The staff mobiles of `forward_sms` in E.164, each once (`check` names bad ones)."""
+    out: list[str] = []
+    for raw in cfg.replies.forward_sms:
+        judged = classify_caller(raw, home_region=cfg.textback.home_region)
+        if judged.kind is CallerKind.VALID and judged.e164 and judged.e164 not in out:
+            out.append(judged.e164)
+    return out
 
 
 def _callback_number(cfg: Config, line: LineConfig | None, did: str) -> str:

@@ -203,6 +203,7 @@ def replies(
     caller: str | Sequence[str] | None = None,
     since: float | None = None,
     limit: int = 50,
+    reply_id: int | None = None,
 ) -> list[ReplyRow]:
     """Recent replies, newest first, each with the call it answers and its own answer."""
     sql = (
@@ -223,6 +224,9 @@ def replies(
     if since is not None:
         sql += " AND r.received_at >= ?"
         params.append(since)
+    if reply_id is not None:
+        sql += " AND r.id = ?"
+        params.append(reply_id)
     sql += " ORDER BY r.received_at DESC, r.id DESC LIMIT ?"
     params.append(limit)
     out = []

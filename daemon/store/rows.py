@@ -596,6 +596,84 @@ class StoreTx:
             is not None
         )
 
+    # -- forwarding --------------------------------------------------------------------------
+
+    def add_forward(
+        self,
+        reply_id: int,
+        *,
+        channel: str,
+        target: str,
+        now: float,
+        due: float | None = None,
+        state: str = "pending",
+    ) -> int:
+        """Queue a reply to be forwarded (`channel` mail or mail_summary) to `target`, or
+        note one handed to the outbox (channel sms, state handed)."""
+        cur = self._conn.execute(
+            "INSERT INTO forwards (reply_id, channel, target, state, created_at,"
+            " next_attempt_at, updated_at) VALUES (?,?,?,?,?,?,?)",
+            (reply_id, channel, target, state, now, now if due is None else due, now),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def forwards_since(self, sender: str, channel: str, since: float) -> int:
+        """How many replies of `sender` were queued for `channel` since `since`."""
+        return int(
+            self._scalar(
+                "SELECT COUNT(DISTINCT f.reply_id) FROM forwards f"
+                " JOIN replies r ON r.id = f.reply_id"
+                " WHERE r.sender = ? AND f.channel = ? AND f.created_at >= ?",
+                (sender, channel, since),
+            )
+        )
+
+    def due_forwards(self, now: float, limit: int = 50) -> list[sqlite3.Row]:
+        """Pending forwards due by `now`, oldest first."""
+        return list(
+            self._conn.execute(
+                "SELECT * FROM forwards WHERE state = 'pending' AND next_attempt_at <= ?"
+                " AND channel IN ('mail', 'mail_summary')"
+                " ORDER BY next_attempt_at, id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        )
+
+    def next_forward_at(self) -> float | None:
+        """When the next pending forward is due (None: none pending)."""
+        v = self._scalar("SELECT MIN(next_attempt_at) FROM forwards WHERE state = 'pending'")
+        return None if v is None else float(v)
+
+    def update_forward(
+        self,
+        forward_id: int,
+        *,
+        now: float,
+        state: str,
+        attempts: int,
+        next_attempt_at: float | None = None,
+        last_error: str | None = None,
+    ) -> None:
+        """Record what became of a forward's attempt."""
+        self._conn.execute(
+            "UPDATE forwards SET state = ?, attempts = ?, updated_at = ?,"
+            " next_attempt_at = COALESCE(?, next_attempt_at), last_error = ? WHERE id = ?",
+            (state, attempts, now, next_attempt_at, last_error, forward_id),
+        )
+        if state != "pending":
+            self.bump(f"forwards.{state}", 1, now)
+
+    def replies_of(self, sender: str, since: float, until: float) -> int:
+        """How many replies `sender` sent in [since, until)."""
+        return int(
+            self._scalar(
+                "SELECT COUNT(*) FROM replies WHERE sender = ? AND received_at >= ?"
+                " AND received_at < ?",
+                (sender, since, until),
+            )
+        )
+
     # -- the do-not-text list and AMI gaps --------------------------------------------------
 
     def optout_add(

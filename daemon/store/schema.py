@@ -141,5 +141,22 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX optout_log_number ON optout_log(number, at);
     """,
+    # 4: the durable queue of replies to forward by mail (one row a mail: a reply, or the
+    # summary of a sender's replies past the hourly limit).
+    """
+    CREATE TABLE forwards (
+        id INTEGER PRIMARY KEY,
+        reply_id INTEGER NOT NULL REFERENCES replies(id),
+        channel TEXT NOT NULL,
+        target TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        next_attempt_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        last_error TEXT
+    );
+    CREATE INDEX forwards_due ON forwards(state, next_attempt_at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -683,10 +683,11 @@ class Store:
         caller: str | Sequence[str] | None = None,
         since: float | None = None,
         limit: int = 50,
+        reply_id: int | None = None,
     ) -> list[ReplyRow]:
-        """Recent replies, newest first, with what they answer."""
+        """Recent replies, newest first, with what they answer (or the one `reply_id`)."""
         return await self._read(
-            lambda c: reports.replies(c, caller=caller, since=since, limit=limit)
+            lambda c: reports.replies(c, caller=caller, since=since, limit=limit, reply_id=reply_id)
         )
 
 

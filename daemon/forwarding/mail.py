@@ -1,0 +1,277 @@
+"""Replies forwarded to the office by mail, through a real SMTP server (aiosmtplib).
+
+A sink: it hears `ReplyReceived` and wakes its worker; it never slows receipt or texting.
+What to mail is the `forwards` table, written in each reply's own transaction by the
+inbox, so a reply received is a mail owed, across crashes and restarts. The worker sends
+what is due, one mail per reply (all `forward_email` addresses on it), and:
+
+- a server that is down, slow or answers 4xx: the mail waits and is tried again, 30 s
+  doubling to an hour, until GIVE_UP_AFTER has passed since the reply; then it is given
+  up with one loud line (the reply stays in `textback replies`);
+- a 5xx answer (a refused address, a refused login): failed at once, loudly: resending
+  the same mail to the same server will not change its mind.
+
+Each mail names the caller's number, the text, and the call it answers (time in the
+office's zone, line, outcome); its subject can be scanned ("Reply from +1 202-555-0101 to
+your missed call at 10:32"), and all mails about one caller form one thread
+(Message-ID, In-Reply-To and References to a root per caller).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from typing import Any
+
+import aiosmtplib
+import phonenumbers
+
+from daemon.clock import Clock
+from daemon.config import Config
+from daemon.decide.hours import office_zone
+from daemon.events import Event, ReplyReceived
+from daemon.logsetup import kv
+from daemon.store.reports import ReplyRow
+from daemon.store.store import Store, StoreError, StoreTx
+
+log = logging.getLogger("daemon.forwarding")
+
+#: First wait after a failed attempt; doubles up to RETRY_MAX.
+RETRY_FIRST = 30.0
+RETRY_MAX = 3600.0
+#: A mail not taken by the server this long after its reply is given up.
+GIVE_UP_AFTER = 86_400.0
+#: The longest wait between looks at the queue when nothing wakes the worker.
+IDLE_POLL = 3600.0
+
+_KIND_WORDS = {
+    "opt_out": "Opt-out",
+    "opt_in": "Opt-in",
+    "help": "HELP",
+    "possible_opt_out": "Possible opt-out",
+}
+
+#: Sends one mail (aiosmtplib.send, or a test's stand-in).
+MailSend = Callable[..., Awaitable[Any]]
+
+
+def pretty_number(number: str) -> str:
+    """+12025550101 as +1 202-555-0101 (anything else as it is)."""
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException:
+        return number
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2] or "textback.local"
+
+
+def compose(cfg: Config, row: ReplyRow, *, recipients: list[str], extra: int = 0) -> EmailMessage:
+    """The mail for one reply (or, with `extra`, the summary of a sender's flood)."""
+    tz = office_zone(cfg.hours.timezone)
+    who = pretty_number(row.number) if row.number else row.sender
+    word = _KIND_WORDS.get(row.kind, "Reply")
+    if extra:
+        subject = f"{extra} more replies from {who} in the last hour"
+    elif row.call_ended_at is not None:
+        at = datetime.fromtimestamp(row.call_ended_at, tz).strftime("%H:%M")
+        subject = f"{word} from {who} to your missed call at {at}"
+    else:
+        subject = f"{word} from {who}"
+    received = datetime.fromtimestamp(row.received_at, tz).strftime("%Y-%m-%d %H:%M")
+    lines = []
+    if extra:
+        lines += [
+            f"{who} sent {extra} more texts in the hour after the one mailed last;",
+            "they are all kept: `textback replies --caller` lists them.",
+            "",
+        ]
+    else:
+        lines += [row.text, "", "--"]
+    lines.append(f"From: {who}" + ("" if row.sender_kind == "number" else f" ({row.sender_kind})"))
+    lines.append(f"Received: {received} ({cfg.hours.timezone})")
+    if row.call_ended_at is not None:
+        call_at = datetime.fromtimestamp(row.call_ended_at, tz).strftime("%Y-%m-%d %H:%M")
+        vm = ", a voicemail was left" if row.voicemail_left else ""
+        lines.append(
+            f"Answers: the missed call at {call_at} to line {row.call_did or '-'}"
+            f" ({row.call_outcome}{vm})"
+        )
+    else:
+        lines.append("Answers: no text of ours to this number recently (unlinked)")
+    if row.kind in _KIND_WORDS:
+        lines.append(f"Understood as: {_KIND_WORDS[row.kind]}")
+    if row.incomplete:
+        lines.append("Note: a part of this text never arrived; shown as far as it got.")
+    msg = EmailMessage()
+    msg["From"] = cfg.smtp.from_address
+    msg["To"] = ", ".join(recipients)
+    msg["Subject"] = subject
+    msg["Date"] = formatdate(row.received_at, localtime=False)
+    domain = _domain(cfg.smtp.from_address)
+    msg["Message-ID"] = make_msgid(f"reply-{row.reply_id}", domain=domain)
+    # One thread per caller: every mail points at the same root, named by the caller.
+    root = hashlib.sha256((row.number or row.sender).encode()).hexdigest()[:20]
+    thread = f"<caller-{root}@{domain}>"
+    msg["In-Reply-To"] = thread
+    msg["References"] = thread
+    msg.set_content("\n".join(lines) + "\n")
+    return msg
+
+
+class MailForwarder:
+    """The mail sink and its worker (`run()` in the service's TaskGroup)."""
+
+    name = "mail"
+
+    def __init__(
+        self, cfg: Config, store: Store, clock: Clock, *, send: MailSend | None = None
+    ) -> None:
+        self._cfg = cfg
+        self._store = store
+        self._clock = clock
+        self._send: MailSend = send if send is not None else aiosmtplib.send
+        self._wake = asyncio.Event()
+
+    def reconfigure(self, cfg: Config) -> None:
+        """New addresses and server from now on (SIGHUP)."""
+        self._cfg = cfg
+        self._wake.set()
+
+    def handle(self, event: Event) -> None:
+        """A reply was committed: there may be a mail to send."""
+        if isinstance(event, ReplyReceived):
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Send what is due, then sleep until the next is due or a reply comes."""
+        while True:
+            self._wake.clear()
+            try:
+                await self.process_due()
+                nxt = await self._store.read(lambda tx: tx.next_forward_at())
+            except StoreError as exc:
+                log.error(kv(event="store_error", during="forwarding", error=exc))
+                nxt = self._clock.now() + RETRY_FIRST
+            delay = IDLE_POLL if nxt is None else max(0.0, nxt - self._clock.now())
+            await self._wait(min(delay, IDLE_POLL))
+
+    async def _wait(self, delay: float) -> None:
+        sleeper = asyncio.ensure_future(self._clock.sleep(delay))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait([sleeper, waker], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in (sleeper, waker):
+                f.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await f
+
+    async def process_due(self) -> int:
+        """Try every due mail once; returns how many the server took."""
+        now = self._clock.now()
+        due = await self._store.read(lambda tx: tx.due_forwards(now))
+        taken = 0
+        for fwd in due:
+            if await self._one(fwd):
+                taken += 1
+        return taken
+
+    async def _one(self, fwd: sqlite3.Row) -> bool:
+        cfg = self._cfg
+        rows = await self._store.replies(reply_id=fwd["reply_id"], limit=1)
+        if not rows:
+            await self._record(fwd, "failed", "its reply is gone")
+            return False
+        row = rows[0]
+        recipients = [a.strip() for a in str(fwd["target"]).split(",") if a.strip()]
+        extra = 0
+        if fwd["channel"] == "mail_summary":
+            start = float(fwd["created_at"])
+            sender = row.sender
+            extra = await self._store.read(lambda tx: tx.replies_of(sender, start, start + 3600.0))
+        try:
+            message = compose(cfg, row, recipients=recipients, extra=extra)
+            await self._send(
+                message,
+                hostname=cfg.smtp.host,
+                port=cfg.smtp.port,
+                username=cfg.smtp.username or None,
+                password=cfg.smtp.password or None,
+                use_tls=cfg.smtp.tls == "tls",
+                start_tls=cfg.smtp.tls == "starttls",
+                timeout=cfg.smtp.timeout,
+            )
+        except aiosmtplib.SMTPResponseException as exc:
+            if 500 <= exc.code < 600:
+                await self._record(fwd, "failed", f"{exc.code} {exc.message}")
+                return False
+            await self._retry(fwd, f"{exc.code} {exc.message}")
+            return False
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            await self._retry(fwd, f"{type(exc).__name__}: {exc}")
+            return False
+        await self._record(fwd, "sent", None)
+        log.info(kv(event="forwarded", reply=row.reply_id, channel="mail", to=len(recipients)))
+        return True
+
+    async def _retry(self, fwd: sqlite3.Row, error: str) -> None:
+        now = self._clock.now()
+        attempts = int(fwd["attempts"]) + 1
+        if now - float(fwd["created_at"]) >= GIVE_UP_AFTER:
+            await self._record(fwd, "given_up", error)
+            return
+        wait = min(RETRY_FIRST * 2 ** (attempts - 1), RETRY_MAX)
+        level = logging.WARNING if attempts == 1 else logging.DEBUG
+        log.log(
+            level,
+            kv(
+                event="forward_retry",
+                reply=fwd["reply_id"],
+                attempt=attempts,
+                retry_in=f"{wait:g}s",
+                error=error,
+            ),
+        )
+        fid = int(fwd["id"])
+
+        def unit(tx: StoreTx) -> None:
+            tx.update_forward(
+                fid,
+                now=now,
+                state="pending",
+                attempts=attempts,
+                next_attempt_at=now + wait,
+                last_error=error,
+            )
+
+        await self._store.batch(unit)
+
+    async def _record(self, fwd: sqlite3.Row, state: str, error: str | None) -> None:
+        now = self._clock.now()
+        attempts = int(fwd["attempts"]) + 1
+        fid = int(fwd["id"])
+        if state != "sent":
+            log.error(
+                kv(
+                    event="forward_" + state,
+                    reply=fwd["reply_id"],
+                    attempts=attempts,
+                    error=error,
+                    note="the reply is kept: textback replies shows it",
+                )
+            )
+
+        def unit(tx: StoreTx) -> None:
+            tx.update_forward(fid, now=now, state=state, attempts=attempts, last_error=error)
+
+        await self._store.batch(unit)
