@@ -325,3 +325,51 @@ async def test_supervisor_with_the_simulator_is_ready_and_sends(store: Store) ->
         finally:
             await _stop(task)
             await sup.close()
+
+
+async def test_texts_stored_while_the_daemon_was_down_are_kept_before_the_sim_lets_go(
+    store: Store,
+) -> None:
+    """The start-up sweep hands each stored text to the keeper first: a database that
+    refuses it leaves it on the SIM; one that takes it frees the slot."""
+    from daemon.sending.modem import InboundSms
+    from daemon.store.store import StoreError
+
+    kept: list[InboundSms] = []
+    refuse = True
+
+    async def keep_text(sms: InboundSms) -> None:
+        if refuse:
+            raise StoreError("disk full")
+        kept.append(sms)
+
+    async with running("sim800") as sim:
+        sim.inject_text(NUMBERS[0], "STOP", direct=False)  # arrives while nobody listens
+        assert len(sim.stored("SM")) == 1
+        seen = ModemEvents()
+        sup = ModemSupervisor(
+            ModemConfig.model_validate({"device": sim.device}),
+            store=store,
+            bus=EventBus([seen]),
+            clock=ManualClock(T0),
+            timeouts=FAST,
+            keep_text=keep_text,
+        )
+        task = asyncio.create_task(sup.run())
+        try:
+            await seen.wait_for(1)
+            assert kept == []
+            assert len(sim.stored("SM")) == 1  # refused: still on the SIM
+            refuse = False
+            sim.inject_text(NUMBERS[1], "hello", direct=False)  # +CMTI: read, now kept
+            for _ in range(500):  # real pty round trips, no timer involved
+                if len(kept) == 2 and not sim.stored("SM"):
+                    break
+                await asyncio.sleep(0.01)
+            # the refused one is offered again (at the latest by the next sweep) and kept
+            assert sorted(k.sender for k in kept) == sorted([NUMBERS[0], NUMBERS[1]])
+            assert {k.modem for k in kept} == {"modem"}
+            assert sim.stored("SM") == {}  # each freed only once kept
+        finally:
+            await _stop(task)
+            await sup.close()

@@ -184,6 +184,9 @@ class ModemSupervisor:
                 self.problem = f"config: {exc}"
                 self._state("failed", error=str(exc))
                 return
+            # Before start: the start-up sweep reads what arrived while we were down, and
+            # each of those too must be stored before the SIM lets go of it.
+            modem.set_keeper(self._keep)
             try:
                 await modem.start()
             except PinError as exc:
@@ -214,31 +217,25 @@ class ModemSupervisor:
             else:
                 self._attached = True
                 self._state("ready", info=info)
-            await self._inbound(modem)
+            await modem.wait_closed()
             return
 
-    async def _inbound(self, modem: Modem) -> None:
-        """Delivery reports and inbound texts, into the store, as the modem's keeper: each
-        is deleted from the SIM only once stored; a StoreError leaves it there, and the
-        modem offers it again at its next sweep. Returns when the modem is closed."""
-
-        async def keep(item: Deliver | StatusReport) -> bool:
-            now = self._clock.now()
-            try:
-                if isinstance(item, StatusReport):
-                    status = (
-                        "delivered" if item.delivered else ("failed" if item.final else "pending")
-                    )
-                    await self._store.record_delivery(item.message_ref, status, now)
-                else:
-                    await self._text(item, now)
-            except StoreError as exc:
-                log.error(kv(event="store_error", during="inbound", error=exc))
-                return False
-            return True
-
-        modem.set_keeper(keep)
-        await modem.wait_closed()
+    async def _keep(self, item: Deliver | StatusReport) -> bool:
+        """The modem's keeper: a delivery report or an inbound text, into the store. The
+        SIM lets go of it only once this returns True (after the commit); a StoreError
+        leaves it there, and the modem offers it again at its next sweep. An item may be
+        offered twice after a crash: the inbox keeps an SMS once (its sms_key)."""
+        now = self._clock.now()
+        try:
+            if isinstance(item, StatusReport):
+                status = "delivered" if item.delivered else ("failed" if item.final else "pending")
+                await self._store.record_delivery(item.message_ref, status, now)
+            else:
+                await self._text(item, now)
+        except StoreError as exc:
+            log.error(kv(event="store_error", during="inbound", error=exc))
+            return False
+        return True
 
     async def _text(self, item: Deliver, now: float) -> None:
         """Hand one inbound text to the keeper (the inbox), or keep it as it is."""
@@ -251,7 +248,7 @@ class ModemSupervisor:
                 text=item.text,
                 at=now,
                 modem=self._name,
-                incomplete=bool(getattr(item, "incomplete", False)),
+                incomplete=item.incomplete,
                 sms_key=sms_key(item),
             )
         )
