@@ -55,9 +55,11 @@ ring_timeout = "5s"   # the lab traces were recorded with a 5 s ring timeout
 
 [modem]
 device = {device}
+mode = {mode}
 
 [textback]
 delay = {delay}
+cooldown = {cooldown}
 retry_backoff = "1s"
 business_name = {business}
 caller_name_fallback = {fallback}
@@ -97,6 +99,8 @@ def write_config(
     delay: str = "0s",
     template: str = TEMPLATE,
     extra: str = "",
+    cooldown: str = "24h",
+    mode: str = "pdu",
 ) -> Path:
     """The daemon's TOML file (JSON strings are valid TOML basic strings)."""
     path.write_text(
@@ -104,6 +108,8 @@ def write_config(
             port=port,
             device=json.dumps(device),
             delay=json.dumps(delay),
+            cooldown=json.dumps(cooldown),
+            mode=json.dumps(mode),
             business=json.dumps(BUSINESS),
             fallback=json.dumps(FALLBACK),
             template=json.dumps(template),
@@ -767,17 +773,21 @@ async def test_delivery_report_and_reply_reach_the_database(tmp_path: Path) -> N
             assert await stop(d) == 0
 
 
-async def test_stop_from_the_phone_is_obeyed_and_confirmed_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["pdu", "text"])
+async def test_stop_from_the_phone_is_obeyed_and_confirmed_once(tmp_path: Path, mode: str) -> None:
     # missed call -> text -> the caller answers STOP -> one confirmation at once, the
-    # number on the do-not-text list with the exact words, the reply linked to the text
+    # number on the do-not-text list with the exact words, the reply linked to the text;
+    # in PDU mode and in text mode (the modem reads inbound texts in both)
     name = "02-abandoned-while-ringing"
     caller = load_sidecar(name)["calls"][0]["caller_e164"]
     async with rig(tmp_path, body_of(name)) as r:
-        r.write()
+        r.write(mode=mode)
         async with running_daemon(r.config, tmp_path) as d:
             await ready(d)
             await settled(d, 1)
             [first] = r.sim.sent
+            [up] = [x for x in d.lines if "event=modem_ready" in x]
+            assert f"mode={mode}" in up
             r.sim.inject_text(caller, "Stop!")
             await d.wait_log("event=reply")
             await wait_until(d, lambda: len(r.sim.sent) == 2)
@@ -842,6 +852,43 @@ async def test_a_reply_comes_back_to_the_office_by_mail(tmp_path: Path) -> None:
     body = mail.get_payload()
     assert isinstance(body, str)
     assert body.startswith("Can you call me after 5?")
+
+
+async def test_stop_silences_the_next_missed_call_and_start_brings_texts_back(
+    tmp_path: Path,
+) -> None:
+    # trace 20: one caller rings three times. After the first text the stream is paused and
+    # the caller texts STOP (one confirmation); the second call is not texted
+    # (opted_out); paused again, START (one confirmation); the third call is texted.
+    name = "20-repeat-caller"
+    caller = load_sidecar(name)["calls"][0]["caller_e164"]
+    async with rig(tmp_path, body_of(name), speed=10.0) as r:
+        r.write(cooldown="0s")
+        async with running_daemon(r.config, tmp_path) as d:
+            await ready(d)
+            await logged_calls(d, 1)
+            r.server.flowing.clear()
+            await wait_until(d, lambda: len(r.sim.sent) == 1)
+            r.sim.inject_text(caller, "STOP")
+            await wait_until(d, lambda: len(r.sim.sent) == 2)  # the confirmation
+            r.server.flowing.set()
+            second = (await logged_calls(d, 2))[1]
+            assert (second["decision"], second["reason"]) == ("suppress", "opted_out")
+            r.server.flowing.clear()
+            r.sim.inject_text(caller, "start")
+            await wait_until(d, lambda: len(r.sim.sent) == 3)  # its confirmation
+            r.server.flowing.set()
+            calls = await logged_calls(d, 3)
+            assert (calls[2]["decision"], calls[2]["reason"]) == ("send", "missed")
+            await wait_until(d, lambda: len(r.sim.sent) == 4)
+            assert await stop(d) == 0
+    texts = [s.text for s in r.sim.sent]
+    assert [s.number for s in r.sim.sent] == [caller] * 4
+    assert "Reply START" in texts[1]
+    assert "texts are back on" in texts[2]
+    assert texts[3] == texts[0]
+    kinds = [row["kind"] for row in db_rows(r.db, "SELECT kind FROM messages ORDER BY id")]
+    assert kinds == ["missed_call", "opt_out_confirmation", "opt_in_confirmation", "missed_call"]
 
 
 async def test_kill_9_while_calls_ring_then_restart_adopts_them(tmp_path: Path) -> None:
