@@ -369,3 +369,24 @@ def test_replies_lists_each_with_its_call_and_stats_counts_them_by_kind(
     assert _cli(["stats", "--config", str(cfg), "--json"], now) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["periods"]["today"]["replies_by_kind"] == {"message": 2, "opt_out": 1}
+
+
+async def test_odd_replies_are_kept_whole_and_never_crash(store: Store) -> None:
+    office = Office(store)
+    long_text = ("Hello, this is a long message about my appointment. " * 31)[:1600]
+    cases = [
+        ("", False),
+        (long_text, False),
+        ("half of a long text", True),
+        ("\ufffd replaced lone surrogate", False),
+        ("STOP\x00\x1a\r\nATD+19005550123;", False),
+    ]
+    for text, incomplete in cases:
+        got = await office.inbox.receive(NUMBERS[1], text, incomplete=incomplete)
+        assert got.reply_id is not None
+    rows = _rows(store, "SELECT text, incomplete, kind FROM replies ORDER BY id")
+    assert [(t, bool(i)) for t, i, _ in rows] == cases
+    assert [k for _, _, k in rows[:4]] == ["message"] * 4
+    # "STOP" first, whatever follows, asks to stop; the bytes after it stay inert data
+    assert rows[4][2] == "opt_out"
+    assert _rows(store, "SELECT source, text FROM optouts") == [("reply", cases[4][0])]
