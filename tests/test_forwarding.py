@@ -264,3 +264,38 @@ async def test_on_reply_runs_the_command_with_gammu_variables(tmp_path: Path) ->
         await store.close()
     assert out.read_text() == f"{NUMBERS[0]}|it's me; $(rm -rf /) `x`|1\n"
     assert command.failures == 0
+
+
+async def test_a_sender_with_a_line_break_is_mailed_and_never_stops_the_worker(
+    store: Store, smtp: tuple[Inbox_, int]
+) -> None:
+    server, port = smtp
+    office = Office(store, _cfg(port))
+    await office.inbox.receive("Bank\r\nBcc: evil@example.com", "your card")
+    assert await office.mail.process_due() == 1
+    (mail,) = server.mails
+    assert "Bcc" not in mail
+    assert "\n" not in mail["Subject"]
+    assert sorted(server.rcpt[0]) == ["boss@example.com", "desk@example.com"]
+
+
+class Refusing(Inbox_):
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        return "550 no such user"
+
+
+async def test_every_address_refused_fails_at_once(store: Store) -> None:
+    port = _free_port()
+    controller = Controller(Refusing(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        office = Office(store, _cfg(port))
+        await office.inbox.receive(NUMBERS[0], "hello")
+        assert await office.mail.process_due() == 0
+    finally:
+        controller.stop()
+    (row,) = sqlite3.connect(store.path).execute("SELECT state, last_error FROM forwards")
+    assert row[0] == "failed"
+    assert "550" in row[1]

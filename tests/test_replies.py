@@ -53,6 +53,17 @@ KEYWORDS = Keywords.from_config(RepliesConfig())
         ("Info", ReplyKind.HELP),
         ("stopped", ReplyKind.MESSAGE),
         ("can I stop by at 3?", ReplyKind.MESSAGE),
+        ("Stop by at 3?", ReplyKind.MESSAGE),
+        ("Please don't stop", ReplyKind.MESSAGE),
+        ("please don\u2019t stop!", ReplyKind.MESSAGE),
+        ("When should I stop?", ReplyKind.MESSAGE),
+        ("Bus stop", ReplyKind.MESSAGE),
+        ("I don't want to opt out", ReplyKind.MESSAGE),
+        ("please stop", ReplyKind.OPT_OUT),
+        ("stop it now", ReplyKind.OPT_OUT),
+        ("can you stop sending these", ReplyKind.OPT_OUT),
+        ("remove me from your list", ReplyKind.OPT_OUT),
+        ("Stop - Mary", ReplyKind.OPT_OUT),
         ("cancel my appointment", ReplyKind.MESSAGE),
         ("the end", ReplyKind.MESSAGE),
         ("yes", ReplyKind.MESSAGE),  # YES opts in only while opted out
@@ -390,3 +401,78 @@ async def test_odd_replies_are_kept_whole_and_never_crash(store: Store) -> None:
     # "STOP" first, whatever follows, asks to stop; the bytes after it stay inert data
     assert rows[4][2] == "opt_out"
     assert _rows(store, "SELECT source, text FROM optouts") == [("reply", cases[4][0])]
+
+
+# -- what review found ---------------------------------------------------------------------------
+
+
+async def test_any_opt_out_cancels_what_waits_and_the_outbox_looks_again_before_sending(
+    store: Store,
+) -> None:
+    office = Office(store)
+    r = await office.missed_call()
+    assert r.message == "waiting"
+    assert await store.optout_add(NUMBERS[0], office.clock.now(), source="cli")  # the CLI
+    m = await store.get_message(r.message_id)
+    assert m is not None
+    assert (m.state, m.reason) == (MessageState.CANCELLED, "opted_out")
+
+    office.clock.advance(60)
+    r2 = await office.missed_call(NUMBERS[1])
+    # a number put on the list behind the daemon's back (another tool, a restore)
+    con = sqlite3.connect(store.path)
+    con.execute("INSERT INTO optouts (number, added_at) VALUES (?, ?)", (NUMBERS[1], T0))
+    con.commit()
+    con.close()
+    await office.send_due(after=60)
+    assert office.sender.sent == []
+    m2 = await store.get_message(r2.message_id)
+    assert m2 is not None
+    assert (m2.state, m2.reason) == (MessageState.CANCELLED, "opted_out")
+
+
+async def test_each_change_of_mind_is_confirmed_even_on_one_day(store: Store) -> None:
+    office = Office(store)
+    answers = [
+        (await office.inbox.receive(NUMBERS[0], word)).answer_id
+        for word in ("STOP", "START", "STOP")
+    ]
+    assert None not in answers
+    assert len(set(answers)) == 3
+
+
+async def test_help_from_a_whole_number_range_trips_the_pumping_guard(store: Store) -> None:
+    office = Office(store)
+    office.cfg = office.cfg.model_copy(
+        update={"textback": office.cfg.textback.model_copy(update={"pumping_max_per_range": 3})}
+    )
+    office.inbox.reconfigure(office.cfg)
+    got = [await office.inbox.receive(f"+1202555{n:04d}", "HELP") for n in range(100, 120)]
+    answered = [g for g in got if g.answer_id is not None]
+    assert 1 <= len(answered) <= 4
+    assert {g.why_no_answer for g in got if g.answer_id is None} == {"cap_reached"}
+
+
+async def test_a_stop_kept_before_replies_were_read_is_obeyed_unconfirmed(store: Store) -> None:
+    con = sqlite3.connect(store.path)  # rows as a database from before schema 3 holds them
+    con.executemany(
+        "INSERT INTO replies (sender, text, received_at, sender_kind, kind) VALUES (?,?,?,?,?)",
+        [
+            ("2025550101", "Stop", T0 - 86400, "number", "message"),
+            (NUMBERS[1], "see you at 3", T0 - 80000, "number", "message"),
+            ("12345", "STOP", T0 - 70000, "number", "message"),
+        ],
+    )
+    con.commit()
+    con.close()
+    office = Office(store)
+    assert await office.inbox.judge_old_replies() == 1
+    assert await store.is_opted_out(NUMBERS[0])
+    assert await office.inbox.judge_old_replies() == 0  # judged once
+    assert await store.messages() == []  # no late confirmation
+    assert _rows(store, "SELECT kind, sender_kind FROM replies ORDER BY id") == [
+        ("opt_out", "number"),
+        ("message", "number"),
+        ("message", "short_code"),
+    ]
+    assert _rows(store, "SELECT source FROM optouts") == [("legacy_reply",)]

@@ -161,10 +161,10 @@ class Service:
         assert self.store is not None
         cfg = self.cfg
         self.inbox = Inbox(cfg, self.store, self.clock)
-        # Forwarding listens to replies; the inbox never calls it.
-        if cfg.replies.forward_email and cfg.smtp.host:
-            self.mail = MailForwarder(cfg, self.store, self.clock)
-            self.bus.add(self.mail)
+        # Forwarding listens to replies; the inbox never calls it. Always there (idle
+        # without forward_email), so a SIGHUP that adds addresses is obeyed at once.
+        self.mail = MailForwarder(cfg, self.store, self.clock)
+        self.bus.add(self.mail)
         self.reply_command = ReplyCommand(cfg)
         self.bus.add(self.reply_command)
         self.sender = ModemSupervisor(
@@ -201,6 +201,11 @@ class Service:
 
     async def _serve(self) -> int:
         self._assemble()
+        assert self.inbox is not None
+        try:
+            await self.inbox.judge_old_replies()
+        except StoreError as exc:  # tried again at the next start; nothing is lost
+            log.error(kv(event="store_error", during="judge_old_replies", error=exc))
         assert self.outbox is not None
         assert self.pipeline is not None
         assert self.sender is not None
@@ -244,8 +249,8 @@ class Service:
                 await self._shutdown(work)
         except* Exception as group:
             crashed.extend(group.exceptions)
-        for exc in crashed:
-            log.critical(kv(event="crashed", error=repr(exc)), exc_info=exc)
+        for err in crashed:
+            log.critical(kv(event="crashed", error=repr(err)), exc_info=err)
         return 1 if crashed else 0
 
     async def _shutdown(self, work: list[asyncio.Task[Any]]) -> None:

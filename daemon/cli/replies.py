@@ -64,7 +64,7 @@ async def show_replies(args: argparse.Namespace, clock: Clock) -> int:
         cells.append(
             [
                 local_time(r.received_at, tz),
-                r.sender,
+                _shown(r.sender),
                 kind,
                 answer,
                 _answers(r, tz),

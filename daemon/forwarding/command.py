@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import shlex
+import signal
 
 from daemon.config import Config
 from daemon.events import Event, ReplyReceived
@@ -26,10 +27,11 @@ log = logging.getLogger("daemon.forwarding")
 
 def reply_environment(event: ReplyReceived) -> dict[str, str]:
     """gammu-smsd's variables for one inbound text (text already put together)."""
+    # An environment value cannot hold NUL; a caller's NUL must not stop the command.
     return {
         "SMS_MESSAGES": "1",
-        "SMS_1_NUMBER": event.sender,
-        "SMS_1_TEXT": event.text,
+        "SMS_1_NUMBER": event.sender.replace("\x00", ""),
+        "SMS_1_TEXT": event.text.replace("\x00", ""),
         "SMS_1_CLASS": "-1",
         "DECODED_PARTS": "0",
         "TEXTBACK_REPLY_ID": str(event.reply_id),
@@ -72,6 +74,8 @@ class ReplyCommand(QueueSink):
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
+                # its own process group: a timeout kills what it started too
+                start_new_session=True,
             )
         except OSError as exc:
             self.failures += 1
@@ -81,8 +85,8 @@ class ReplyCommand(QueueSink):
             async with asyncio.timeout(self._cfg.replies.on_reply_timeout):
                 _, err = await proc.communicate()
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
             self.failures += 1
             log.warning(

@@ -36,6 +36,7 @@ import phonenumbers
 from daemon.clock import Clock
 from daemon.config import Config
 from daemon.decide.hours import office_zone
+from daemon.decide.templates import clean_text
 from daemon.events import Event, ReplyReceived
 from daemon.logsetup import kv
 from daemon.store.reports import ReplyRow
@@ -50,6 +51,8 @@ RETRY_MAX = 3600.0
 GIVE_UP_AFTER = 86_400.0
 #: The longest wait between looks at the queue when nothing wakes the worker.
 IDLE_POLL = 3600.0
+#: A whole mail may take this many SMTP timeouts (connect, hello, TLS, login, mail, data).
+SEND_STEPS = 6
 
 _KIND_WORDS = {
     "opt_out": "Opt-out",
@@ -78,7 +81,9 @@ def _domain(address: str) -> str:
 def compose(cfg: Config, row: ReplyRow, *, recipients: list[str], extra: int = 0) -> EmailMessage:
     """The mail for one reply (or, with `extra`, the summary of a sender's flood)."""
     tz = office_zone(cfg.hours.timezone)
-    who = pretty_number(row.number) if row.number else row.sender
+    # The sender is the network's (or an attacker's) bytes: no CR, LF or other control
+    # character may reach a header, where it would break the mail or forge a header.
+    who = pretty_number(row.number) if row.number else clean_text(row.sender, 40)
     word = _KIND_WORDS.get(row.kind, "Reply")
     if extra:
         subject = f"{extra} more replies from {who} in the last hour"
@@ -162,6 +167,9 @@ class MailForwarder:
             except StoreError as exc:
                 log.error(kv(event="store_error", during="forwarding", error=exc))
                 nxt = self._clock.now() + RETRY_FIRST
+            except Exception as exc:  # a bug costs a pause in mail, never the daemon
+                log.exception(kv(event="bug", during="forwarding", error=repr(exc)))
+                nxt = self._clock.now() + RETRY_FIRST
             delay = IDLE_POLL if nxt is None else max(0.0, nxt - self._clock.now())
             await self._wait(min(delay, IDLE_POLL))
 
@@ -201,16 +209,19 @@ class MailForwarder:
             extra = await self._store.read(lambda tx: tx.replies_of(sender, start, start + 3600.0))
         try:
             message = compose(cfg, row, recipients=recipients, extra=extra)
-            await self._send(
-                message,
-                hostname=cfg.smtp.host,
-                port=cfg.smtp.port,
-                username=cfg.smtp.username or None,
-                password=cfg.smtp.password or None,
-                use_tls=cfg.smtp.tls == "tls",
-                start_tls=cfg.smtp.tls == "starttls",
-                timeout=cfg.smtp.timeout,
-            )
+        except Exception as exc:  # a mail that cannot be built will never be: fail it
+            await self._record(fwd, "failed", f"cannot build the mail: {exc!r}")
+            return False
+        try:
+            await self._send_mail(message, recipients)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [e.code for e in exc.recipients]
+            error = "; ".join(f"{e.recipient}: {e.code} {e.message}" for e in exc.recipients)
+            if codes and all(500 <= c < 600 for c in codes):
+                await self._record(fwd, "failed", error)
+            else:
+                await self._retry(fwd, error)
+            return False
         except aiosmtplib.SMTPResponseException as exc:
             if 500 <= exc.code < 600:
                 await self._record(fwd, "failed", f"{exc.code} {exc.message}")
@@ -223,6 +234,31 @@ class MailForwarder:
         await self._record(fwd, "sent", None)
         log.info(kv(event="forwarded", reply=row.reply_id, channel="mail", to=len(recipients)))
         return True
+
+    async def _send_mail(self, message: EmailMessage, recipients: list[str]) -> None:
+        """One mail, bounded as a whole (the SMTP timeout bounds each step only); an address
+        the server refused while it took the others is said loudly."""
+        cfg = self._cfg
+        async with asyncio.timeout(SEND_STEPS * cfg.smtp.timeout):
+            result = await self._send(
+                message,
+                hostname=cfg.smtp.host,
+                port=cfg.smtp.port,
+                username=cfg.smtp.username or None,
+                password=cfg.smtp.password or None,
+                use_tls=cfg.smtp.tls == "tls",
+                start_tls=cfg.smtp.tls == "starttls",
+                timeout=cfg.smtp.timeout,
+            )
+        refused = result[0] if isinstance(result, tuple) and result else {}
+        if refused:
+            log.error(
+                kv(
+                    event="forward_refused",
+                    addresses=",".join(sorted(refused)),
+                    note="the other addresses got the mail",
+                )
+            )
 
     async def _retry(self, fwd: sqlite3.Row, error: str) -> None:
         now = self._clock.now()

@@ -42,6 +42,7 @@ from daemon.sending.sender import (
     SendStatus,
     result_of_error,
 )
+from daemon.store.rows import OPTED_OUT
 from daemon.store.store import Message, Store, StoreError, StoreTx
 
 # The journal name operators filter on: kept stable when modules move.
@@ -355,16 +356,8 @@ class Outbox:
 
     @staticmethod
     def cancel_in(tx: StoreTx, destination: str, reason: str, *, now: float) -> list[int]:
-        """`cancel` inside the caller's transaction (an opt-out cancels with its record)."""
-        done = []
-        for m in tx.messages(PENDING_STATES, destination, kinds=(MessageKind.MISSED_CALL,)):
-            if not tx.update_message(
-                m.id, now=now, expect=_PENDING, state=MessageState.CANCELLED, reason=reason
-            ):
-                continue  # it went to the modem in the meantime: too late to cancel
-            tx.emit(_changed(m, MessageState.CANCELLED, now, reason=reason))
-            done.append(m.id)
-        return done
+        """`cancel` inside the caller's transaction."""
+        return tx.cancel_pending(destination, reason, now)
 
     # -- restart -------------------------------------------------------------------------------
 
@@ -486,6 +479,11 @@ class Outbox:
             attempt = m.attempts + 1
 
             def start(tx: StoreTx) -> bool:
+                # The last look before the modem: a number opted out since this text was
+                # written (by any path) never gets it.
+                if m.kind.waits and tx.is_opted_out(m.destination):
+                    tx.cancel_pending(m.destination, OPTED_OUT, now)
+                    return False
                 # Durable before the sender hears of it: a crash from here on is `uncertain`.
                 if not tx.update_message(
                     m.id, now=now, expect=_QUEUED, state=MessageState.SENDING, attempts=attempt

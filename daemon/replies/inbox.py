@@ -28,9 +28,9 @@ from daemon.decide.hours import office_zone
 from daemon.decide.numbers import CallerKind, classify_caller
 from daemon.decide.policy import (
     allowed_countries,
-    cap_pause,
     is_blocked,
     number_type_reason,
+    sending_pause,
 )
 from daemon.decide.templates import business_name, clean_text, render, time_fields
 from daemon.logsetup import kv
@@ -42,8 +42,6 @@ from gsm.pdu import sms_info
 
 log = logging.getLogger("daemon.replies")
 
-#: The reason word of a text cancelled because its destination opted out.
-OPTED_OUT = "opted_out"
 #: The window of `forward_per_hour`.
 HOUR = 3600.0
 #: How much of a reply a staff text carries (two GSM-7 parts with the header).
@@ -141,6 +139,47 @@ class Inbox:
             )
         return out
 
+    async def judge_old_replies(self) -> int:
+        """Replies kept before textback could read them (a database from before replies
+        were judged): an exact opt-out keyword among them is obeyed now, without a
+        confirmation (it would come late and out of the blue), each said at WARNING.
+        Returns how many numbers were opted out."""
+        cfg, keywords = self._cfg, self._keywords
+        now = self._clock.now()
+
+        def unit(tx: StoreTx) -> list[tuple[str, int]]:
+            done = []
+            for rid, sender, text, _ in tx.unjudged_replies():
+                judged = classify_caller(sender, home_region=cfg.textback.home_region)
+                skind = sender_kind(sender, judged.kind)
+                number = judged.e164 if judged.kind is CallerKind.VALID else None
+                exact = number is not None and fold(text) in keywords.opt_out
+                tx.judge_reply(
+                    rid,
+                    number=number,
+                    sender_kind=skind,
+                    kind="opt_out" if exact else "message",
+                )
+                if (
+                    exact
+                    and number is not None
+                    and tx.optout_add(number, now, source="legacy_reply", text=text, reply_id=rid)
+                ):
+                    done.append((number, rid))
+            return done
+
+        done = await self._store.batch(unit)
+        for number, rid in done:
+            log.warning(
+                kv(
+                    event="opt_out_from_old_reply",
+                    number=number,
+                    reply=rid,
+                    note="a STOP kept before replies were read; obeyed now, not confirmed",
+                )
+            )
+        return len(done)
+
     def _receive_in(
         self, tx: StoreTx, cfg: Config, keywords: Keywords, msg: InboundText
     ) -> Received:
@@ -184,7 +223,7 @@ class Inbox:
                 reply_id=reply_id,
             ):
                 return done  # opted out already: confirmed then, not again
-            Outbox.cancel_in(tx, number, OPTED_OUT, now=now)
+            # (optout_add cancelled what was still waiting to this number)
         elif kind is ReplyKind.OPT_IN:
             if not tx.optout_remove(number, now, source="keyword", text=text, reply_id=reply_id):
                 return done  # not opted out: nothing to undo, nothing to confirm
@@ -234,9 +273,15 @@ class Inbox:
             for staff in _staff_numbers(cfg):
                 if staff == number:
                     continue  # a staff phone texting the office gets no copy of itself
-                if cap_pause(tx.policy_facts(None, msg.at, cfg), cfg, msg.at) is not None:
-                    log.warning(kv(event="forward_skipped", reply=reply_id, why="cap_reached"))
-                    break
+                why = destination_problem(cfg, staff, staff)
+                if not why and tx.is_opted_out(staff):
+                    why = "opted_out"
+                facts = tx.policy_facts(staff, msg.at, cfg)
+                if not why and sending_pause(staff, facts, cfg, msg.at) is not None:
+                    why = "cap_reached"
+                if why:
+                    log.warning(kv(event="forward_skipped", reply=reply_id, why=why))
+                    continue
                 Outbox.enqueue_answer_in(
                     tx,
                     destination=staff,
@@ -253,17 +298,14 @@ class Inbox:
         self, tx: StoreTx, cfg: Config, number: str, *, raw: str, kind: MessageKind, now: float
     ) -> str:
         """Why no automatic answer may go to `number` now ("" when it may)."""
-        judged = classify_caller(raw, home_region=cfg.textback.home_region)
-        tb = cfg.textback
-        if judged.region not in allowed_countries(tb):
-            return "destination_not_allowed"
-        if number_type_reason(judged.number_type, list(tb.allowed_number_types)) is not None:
-            return "destination_not_allowed"
-        if is_blocked(number, raw, cfg):
-            return "blocked"
-        if tx.answered_since(number, kind, self._store.day_start(now)):
+        why = destination_problem(cfg, number, raw)
+        if why:
+            return why
+        # A confirmation follows a real change of the list (one text in, one out); HELP
+        # changes nothing, so it is answered once a day at most.
+        if kind is MessageKind.HELP and tx.answered_since(number, kind, self._store.day_start(now)):
             return "answered_today"
-        if cap_pause(tx.policy_facts(None, now, cfg), cfg, now) is not None:
+        if sending_pause(number, tx.policy_facts(number, now, cfg), cfg, now) is not None:
             return "cap_reached"
         return ""
 
@@ -292,6 +334,20 @@ class Inbox:
         # `textback check` refuses a broken template; should one slip through, the words
         # as written still go out rather than no confirmation at all.
         return render(template, fields, strict=False)
+
+
+def destination_problem(cfg: Config, number: str, raw: str) -> str:
+    """Why an automatic text may not go to `number` ("" when it may): the destination
+    rules of a missed-call text (countries, number types, blocklist)."""
+    judged = classify_caller(raw, home_region=cfg.textback.home_region)
+    tb = cfg.textback
+    if judged.region not in allowed_countries(tb):
+        return "destination_not_allowed"
+    if number_type_reason(judged.number_type, list(tb.allowed_number_types)) is not None:
+        return "destination_not_allowed"
+    if is_blocked(number, raw, cfg):
+        return "blocked"
+    return ""
 
 
 def _staff_numbers(cfg: Config) -> list[str]:

@@ -7,10 +7,11 @@ full-width "STOP" and " stop " are STOP; "stopped" is not.
 
 A reply that is not a keyword but clearly asks to stop ("please stop texting me") is a
 possible opt-out. Only strong words count for that, and only where they mean "stop
-texting": "stop" as the first or last word, or followed within two words by text, texts,
-texting, message(s), messaging, contacting, sending or me; "unsubscribe", "opt out" and
-"optout" anywhere. So "can I stop by at 3?" and "cancel my appointment" are messages,
-not opt-outs.
+texting": "stop" followed within two words by text(s), texting, message(s), messaging,
+contacting, sending, sms or me; "stop" first, unless "by", "in", "at", "over" and the
+like follow it; "please stop" at the end; "unsubscribe", "opt out", "optout", "remove me" anywhere;
+never under a "don't", "not" or "never". So "can I stop by at 3?", "bus stop", "please
+don't stop", "I don't want to opt out" and "cancel my appointment" are messages.
 """
 
 from __future__ import annotations
@@ -37,8 +38,18 @@ _STOP_OBJECTS = frozenset(
         "sms",
     }
 )
-#: Words that ask to stop wherever they stand.
-_ALWAYS_OPT_OUT = ("unsubscribe", "opt out", "optout", "opt-out", "stopall", "stop all")
+#: Words that ask to stop wherever they stand (unless negated).
+_ALWAYS_OPT_OUT = frozenset(
+    {"unsubscribe", "opt out", "optout", "opt-out", "stopall", "stop all", "remove me"}
+)
+#: What after a first-word "stop" makes it about going somewhere, not about texts.
+_STOP_ELSEWHERE = frozenset(
+    {"by", "in", "over", "at", "for", "to", "on", "off", "and", "the", "when", "if", "there"}
+)
+#: What before a last-word "stop" makes it a request.
+_PLEASE = frozenset({"please", "pls", "plz", "just"})
+#: Words that turn a request around ("I don't want to opt out", "please don't stop").
+_NEGATIONS = frozenset({"don't", "dont", "do not", "not", "never", "no", "didn't", "didnt"})
 _WORD = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*")
 _SPACES = re.compile(r"\s+")
 
@@ -67,22 +78,35 @@ def fold(text: str) -> str:
 
 
 def _words(folded: str) -> list[str]:
-    return _WORD.findall(folded)
+    # a typographic apostrophe is an apostrophe ("don’t" is "don't")
+    return _WORD.findall(folded.replace("\u2019", "'"))
+
+
+def _negated(words: list[str], i: int) -> bool:
+    """Is word `i` under a "don't", "not" or "never" in the three words before it?"""
+    return any(w in _NEGATIONS for w in words[max(0, i - 3) : i])
 
 
 def asks_to_stop(text: str) -> bool:
     """A message that is not the keyword but clearly asks to stop the texts."""
-    folded = fold(text)
-    if any(re.search(rf"(?<![\w-]){re.escape(w)}(?![\w-])", folded) for w in _ALWAYS_OPT_OUT):
-        return True
-    words = _words(folded)
+    words = _words(fold(text))
+    n = len(words)
     for i, w in enumerate(words):
-        if w != "stop":
+        two = " ".join(words[i : i + 2])
+        if (w in _ALWAYS_OPT_OUT or two in _ALWAYS_OPT_OUT) and not _negated(words, i):
+            return True
+        if w != "stop" or _negated(words, i):
             continue
-        if i in (0, len(words) - 1):
+        after = words[i + 1 : i + 3]
+        if any(x in _STOP_OBJECTS for x in after):
+            return True  # "stop texting me", "can you stop sending these"
+        if i == 0 and (n == 1 or words[1] not in _STOP_ELSEWHERE):
+            # "STOP please", "Stop - Mary": a missed opt-out breaks the law, a wrong one
+            # is undone with START (its confirmation says so); only "stop by", "stop in"
+            # and the like mean something else
             return True
-        if any(x in _STOP_OBJECTS for x in words[i + 1 : i + 3]):
-            return True
+        if i == n - 1 and i > 0 and words[i - 1] in _PLEASE:
+            return True  # "please stop", "pls stop"
     return False
 
 

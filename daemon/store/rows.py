@@ -25,6 +25,7 @@ from daemon.events import (
     Event,
     OptOutChanged,
     ReplyReceived,
+    TextChanged,
 )
 from daemon.model import (
     LIVE_STATES,
@@ -33,6 +34,7 @@ from daemon.model import (
     MessageKind,
     MessageState,
     Outcome,
+    Reason,
 )
 from daemon.sinks.counters import durable_counts
 
@@ -41,6 +43,8 @@ if TYPE_CHECKING:
 
 #: Seconds in an hour, for the hourly cap's count.
 HOUR = 3600.0
+#: The reason word of a text cancelled because its destination opted out.
+OPTED_OUT = Reason.OPTED_OUT.value
 
 _LIVE = tuple(sorted(LIVE_STATES))
 _PENDING = tuple(sorted(PENDING_STATES))
@@ -419,6 +423,33 @@ class StoreTx:
             params += [str(s) for s in expect]
         return self._conn.execute(sql, params).rowcount > 0
 
+    def cancel_pending(self, destination: str, reason: str, now: float) -> list[int]:
+        """Cancel every missed-call text still waiting or queued to `destination` (the
+        office called back, or the number opted out), each with its event; returns the
+        ids. Texts of other kinds (a confirmation) are left alone."""
+        done = []
+        for m in self.messages(PENDING_STATES, destination, kinds=(MessageKind.MISSED_CALL,)):
+            if not self.update_message(
+                m.id,
+                now=now,
+                expect=PENDING_STATES,
+                state=MessageState.CANCELLED,
+                reason=reason,
+            ):
+                continue  # it went to the modem in the meantime: too late to cancel
+            self.emit(
+                TextChanged(
+                    message_id=m.id,
+                    destination=m.destination,
+                    kind=m.kind,
+                    state=MessageState.CANCELLED,
+                    at=now,
+                    reason=reason,
+                )
+            )
+            done.append(m.id)
+        return done
+
     def add_parts(self, message_id: int, references: Sequence[int], now: float) -> None:
         """Keep the modem's message reference of each part of a sent text."""
         self._conn.executemany(
@@ -566,6 +597,24 @@ class StoreTx:
         )
         return cur.lastrowid
 
+    def unjudged_replies(self) -> list[tuple[int, str, str, float]]:
+        """(id, sender, text, received_at) of replies kept before they were judged (from
+        a database older than schema 3: no number, kind "message")."""
+        rows = self._conn.execute(
+            "SELECT id, sender, text, received_at FROM replies"
+            " WHERE number IS NULL AND sender_kind = 'number' AND kind = 'message' ORDER BY id"
+        ).fetchall()
+        return [(int(r[0]), str(r[1]), str(r[2]), float(r[3])) for r in rows]
+
+    def judge_reply(
+        self, reply_id: int, *, number: str | None, sender_kind: str, kind: str
+    ) -> None:
+        """Note what an old reply was, once judged."""
+        self._conn.execute(
+            "UPDATE replies SET number = ?, sender_kind = ?, kind = ?, optout = ? WHERE id = ?",
+            (number, sender_kind, kind, int(kind == "opt_out"), reply_id),
+        )
+
     def set_reply_answer(self, reply_id: int, message_id: int) -> None:
         """Note the automatic answer (a confirmation, the help text) a reply got."""
         self._conn.execute("UPDATE replies SET answer_id = ? WHERE id = ?", (message_id, reply_id))
@@ -665,11 +714,13 @@ class StoreTx:
             self.bump(f"forwards.{state}", 1, now)
 
     def replies_of(self, sender: str, since: float, until: float) -> int:
-        """How many replies `sender` sent in [since, until)."""
+        """How many replies `sender` sent in [since, until) that were not mailed one by
+        one (what a flood's summary mail counts)."""
         return int(
             self._scalar(
-                "SELECT COUNT(*) FROM replies WHERE sender = ? AND received_at >= ?"
-                " AND received_at < ?",
+                "SELECT COUNT(*) FROM replies r WHERE r.sender = ? AND r.received_at >= ?"
+                " AND r.received_at < ? AND NOT EXISTS (SELECT 1 FROM forwards f"
+                " WHERE f.reply_id = r.id AND f.channel = 'mail')",
                 (sender, since, until),
             )
         )
@@ -694,6 +745,8 @@ class StoreTx:
         if cur.rowcount <= 0:
             return False
         self._audit(number, True, source=source, text=text, reply_id=reply_id, now=now)
+        # However it is opted out (a STOP, the CLI), nothing still waiting goes to it.
+        self.cancel_pending(number, OPTED_OUT, now)
         self.emit(OptOutChanged(number=number, opted_out=True, source=source, at=now))
         return True
 

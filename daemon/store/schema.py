@@ -157,6 +157,8 @@ MIGRATIONS: tuple[str, ...] = (
         last_error TEXT
     );
     CREATE INDEX forwards_due ON forwards(state, next_attempt_at);
+    CREATE INDEX forwards_reply ON forwards(reply_id, channel);
+    CREATE INDEX forwards_channel_time ON forwards(channel, created_at);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
