@@ -373,3 +373,43 @@ async def test_texts_stored_while_the_daemon_was_down_are_kept_before_the_sim_le
         finally:
             await _stop(task)
             await sup.close()
+
+
+async def test_the_same_text_twice_in_one_second_is_two_texts(store: Store) -> None:
+    """A flood of one text is many texts: nothing names two of them as one."""
+    from datetime import UTC, datetime
+
+    from daemon.sending.modem import InboundSms
+
+    kept: list[InboundSms] = []
+
+    async def keep_text(sms: InboundSms) -> None:
+        kept.append(sms)
+
+    async with running("sim800") as sim:
+        seen = ModemEvents()
+        sup = ModemSupervisor(
+            ModemConfig.model_validate({"device": sim.device}),
+            store=store,
+            bus=EventBus([seen]),
+            clock=ManualClock(T0),
+            timeouts=FAST,
+            keep_text=keep_text,
+        )
+        task = asyncio.create_task(sup.run())
+        try:
+            await seen.wait_for(1)
+            at = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC)
+            sim.inject_text(NUMBERS[0], "STOP", timestamp=at, direct=False)
+            sim.inject_text(NUMBERS[0], "STOP", timestamp=at, direct=False)
+            for _ in range(500):
+                if len(kept) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert [(k.sender, k.text, k.sms_key) for k in kept] == [
+                (NUMBERS[0], "STOP", None),
+                (NUMBERS[0], "STOP", None),
+            ]
+        finally:
+            await _stop(task)
+            await sup.close()

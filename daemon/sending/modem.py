@@ -9,7 +9,6 @@ through the store, whose events (`ReplyReceived`, `DeliveryReported`) follow the
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ class InboundSms:
     at: float
     modem: str
     incomplete: bool
-    sms_key: str  # the same SMS read twice has the same key
+    sms_key: str | None  # names one SMS across reads; None: no name that is safe
 
 
 #: What takes an inbound text (the reply inbox, daemon.replies): it must have kept it
@@ -57,11 +56,17 @@ class InboundSms:
 TextKeeper = Callable[[InboundSms], Awaitable[object]]
 
 
-def sms_key(item: Deliver) -> str:
-    """A key naming one SMS (sender, the network's time stamp, the text), so one read
-    twice from the SIM is kept once."""
-    raw = f"{item.sender}\x1f{item.timestamp.isoformat()}\x1f{item.text}".encode()
-    return hashlib.sha256(raw).hexdigest()[:32]
+def sms_key(item: Deliver) -> str | None:
+    """A name for one SMS that a second read of the same SIM slot would give again.
+
+    None for now, on purpose: sender, time stamp (to the second) and text do not name an
+    SMS (a flood of the same text in one second is many texts), and a SIM slot is reused
+    once freed. Without a name, a text read twice (a crash between keeping it and freeing
+    its slot) is kept twice: a second STOP confirms nothing more (the list does not
+    change), and the office may get one mail twice, which is better than a text lost.
+    """
+    del item
+    return None
 
 
 class ModemSender:
@@ -224,7 +229,7 @@ class ModemSupervisor:
         """The modem's keeper: a delivery report or an inbound text, into the store. The
         SIM lets go of it only once this returns True (after the commit); a StoreError
         leaves it there, and the modem offers it again at its next sweep. An item may be
-        offered twice after a crash: the inbox keeps an SMS once (its sms_key)."""
+        offered twice after a crash (kept twice then: see `sms_key`)."""
         now = self._clock.now()
         try:
             if isinstance(item, StatusReport):
