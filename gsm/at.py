@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 from gsm.errors import CME_MEANINGS, CMS_MEANINGS, CmeError, CmsError, CommandError
+from gsm.pdu import PduError, data_coding
 
 # Longest line we buffer: a PDU line is at most ~360 hex characters and the longest real
 # answer in our transcripts (a one-line +CLAC) is ~2 kB. More is noise, dropped.
@@ -109,6 +110,19 @@ def split_fields(value: str) -> list[str]:
     return fields
 
 
+def cmt_text_in_characters(value: str) -> bool:
+    """Does the text of a text-mode +CMT (`value`, ten fields) come as characters, which
+    may hold line breaks, rather than as hex (27.005 3.1 <data>: 8-bit and UCS-2 data, and
+    GSM-7 with a User Data Header, come as hex of their octets)?"""
+    fields = split_fields(value)
+    try:
+        fo = int(fields[4])
+        coding = data_coding(int(fields[6]))
+    except (ValueError, IndexError, PduError):
+        return True  # unreadable: count characters, never trust a line
+    return coding == "gsm7" and not fo & 0x40
+
+
 def cmt_text_length(value: str) -> int | None:
     """For a text-mode +CMT value (`<oa>,[<alpha>],<scts>[,...,<length>]`): the length
     of the text when the header shows it (AT+CSDH=1), else None. Raises ValueError for a
@@ -171,7 +185,8 @@ class Response:
 class Urc:
     """An unsolicited result code: `name` ("+CMTI", "RING", "^RSSI"), `value` after the
     colon, and for two-line URCs (+CMT, +CDS in PDU mode) the second line in `data`:
-    the PDU, or for a text-mode +CMT its text line as received (latin-1)."""
+    the PDU, or for a text-mode +CMT its text as received (latin-1): exactly <length>
+    characters, line breaks included, when it comes as characters."""
 
     name: str
     value: str
@@ -283,6 +298,11 @@ class AtParser:
         self._pending: Expect | None = None
         self._urc_head: tuple[str, str, str] | None = None
         self._text_head: tuple[str, str, str] | None = None
+        self._text_need: int | None = None
+        """Bytes of a text-mode +CMT text still to take as they are (never as lines)."""
+        self._text_skip_lf = False
+        self.hex_texts = False
+        """Set by the client while AT+CSCS="UCS2" is in effect: texts come as hex."""
 
     @property
     def pending(self) -> Expect | None:
@@ -308,16 +328,30 @@ class AtParser:
         self._pending = None
         self._urc_head = None
         self._text_head = None
+        self._text_need = None
+        self._text_skip_lf = False
 
     def feed(self, data: bytes) -> list[Event]:
         """Consume bytes; return the events they complete, in order."""
         events: list[Event] = []
         self._buf += data
-        parts = _TERMINATOR.split(self._buf)
-        self._buf = bytearray(parts.pop())
-        for raw in parts:
+        while True:
+            if self._text_need is not None:
+                if not self._take_text(events):
+                    break
+                continue
+            m = _TERMINATOR.search(self._buf)
+            if m is None:
+                break
+            raw = bytes(self._buf[: m.start()])
+            ended_cr = m.group() == b"\r"
+            del self._buf[: m.end()]
             if raw:
-                self._line(bytes(raw), events)
+                self._line(raw, events)
+                if self._taking_text():
+                    self._text_skip_lf = ended_cr
+        if self._taking_text():
+            return events
         if len(self._buf) > self._max_line:
             events.append(Noise("overflow", self._buf[:80].decode("latin-1")))
             self._buf.clear()
@@ -333,11 +367,37 @@ class AtParser:
             events.append(Prompt())
         return events
 
+    def _taking_text(self) -> bool:
+        return self._text_need is not None
+
+    def _take_text(self, events: list[Event]) -> bool:
+        """Take the text of a text-mode +CMT: exactly <length> bytes after its header's
+        line end, whatever they hold (line breaks, "OK", "+CMT: ..."). False: wait."""
+        if self._text_skip_lf:
+            if not self._buf:
+                return False
+            if self._buf[0] == 0x0A:  # the LF of the header's CR LF
+                del self._buf[0]
+            self._text_skip_lf = False
+        need = self._text_need
+        head = self._text_head
+        if need is None or head is None:  # pragma: no cover - set together
+            self._text_need = None
+            return True
+        if len(self._buf) < need:
+            return False
+        text = bytes(self._buf[:need]).decode("latin-1")
+        del self._buf[:need]
+        self._text_need = None
+        self._text_head = None
+        events.append(Urc(head[0], head[1], head[2], text))
+        return True
+
     def _line(self, raw: bytes, events: list[Event]) -> None:
         if self._text_head is not None:
-            # The text of a text-mode +CMT: the modem writes the header and the text as
-            # one, so this line is the text, whatever it looks like ("OK", "RING me",
-            # bytes of another character set), kept as it came.
+            # The text of a text-mode +CMT that comes as hex (no line break in it) or
+            # without a <length>: the modem writes the header and the text as one, so
+            # this line is the text, whatever it looks like, kept as it came.
             head_name, head_value, head = self._text_head
             self._text_head = None
             events.append(Urc(head_name, head_value, head, raw.decode("latin-1")))
@@ -396,8 +456,13 @@ class AtParser:
                     return
                 if length == 0:  # an empty text: no text line follows
                     events.append(Urc(name, value, text, ""))
-                else:
-                    self._text_head = (name, value, text)
+                    return
+                self._text_head = (name, value, text)
+                if length is not None and not self.hex_texts and cmt_text_in_characters(value):
+                    # Characters: the text may hold line breaks, and a line of it may
+                    # look like anything ("OK", another "+CMT: ..."): take <length> of
+                    # them as they are, never a line.
+                    self._text_need = min(length, self._max_line)
                 return
             if text.startswith(_TWO_LINE_URCS) and value.isdigit():
                 self._urc_head = (name, value, text)

@@ -9,7 +9,10 @@ Inbound: `set_keeper(keeper)` hands each text and delivery report to an async ke
 before its SIM slots are deleted (see `set_keeper`); without one they come out of
 `incoming()`. A long text whose next part does not come within `Timeouts.part_wait` is
 handed on as far as it got (`Deliver.incomplete`), by a timer. What is stored is read
-again every `Timeouts.sweep`. Text mode reads texts too, in UCS-2 hex where it can.
+again every `Timeouts.sweep`. Text mode reads stored texts in PDU mode (AT+CMGF=0 around
+each read), so a caller's text is never parsed as modem lines; a modem refusing that is
+read in text mode, in UCS-2 hex where it can. A direct text-mode +CMT is taken as exactly
+its <length> characters (AT+CSDH=1), never as a line.
 
 Life cycle: `start()` opens the port and initialises the modem (AT until it answers,
 ATE0, AT+CMEE=1, AT+CPIN?, registration, AT+CSCA, AT+CMGF, AT+CNMI). When the device
@@ -309,6 +312,10 @@ class Modem:
         self._charset: str | None = None
         """Text mode: the AT+CSCS in effect ("IRA", "UCS2"; None: the modem's own)."""
         self._ucs2_ok = True
+        self._pdu_reads_ok = True
+        """Text mode: the modem takes AT+CMGF=0 for reading stored messages."""
+        self._in_pdu = False
+        """Text mode: AT+CMGF=0 is in effect (a read's switch back failed)."""
         self._closed = asyncio.Event()
         self._partial: OrderedDict[tuple[str, str, bool], _Progress] = OrderedDict()
         self._concat_ref = random.randrange(256)
@@ -810,7 +817,10 @@ class Modem:
                 )
         await self._cmd(C.CMGF.line("1"))
         self._mode = "text"
+        self._in_pdu = False
+        self._pdu_reads_ok = True
         self._charset = None
+        self._parser.hex_texts = False
         self._ucs2_ok = True
         with contextlib.suppress(CommandError):
             await self._cmd(C.CSCS.line('"IRA"'))
@@ -1013,6 +1023,7 @@ class Modem:
             )
         async with self._lock:
             self._require_ready()
+            await self._text_mode_for_sending()
             await self._charset_for_sending()
             return await self._submit(f'AT+CMGS="{number}",145', text)
 
@@ -1361,8 +1372,11 @@ class Modem:
         mem, index = slot
         await self._select(mem)
         line = C.CMGR.line(str(index))
-        if self._mode != "text":
-            reply = await self._cmd(line, prefix="+CMGR:", timeout=self._slow(C.CMGR))
+        if self._mode != "text" or await self._pdu_for_reading():
+            try:
+                reply = await self._cmd(line, prefix="+CMGR:", timeout=self._slow(C.CMGR))
+            finally:
+                await self._restore_text_mode()
             return _Stored.of_pdu(slot, C.parse_cmgr_pdu(reply.lines))
         ucs2 = await self._charset_for_reading()
         try:
@@ -1374,10 +1388,13 @@ class Modem:
 
     async def _list_stored(self, mem: str) -> list[_Stored]:
         """AT+CMGL every message of `mem` (selected; the lock must be held)."""
-        if self._mode != "text":
-            reply = await self._cmd(
-                C.CMGL.line("4"), prefix=C.CMGL.prefix, timeout=self._slow(C.CMGL)
-            )
+        if self._mode != "text" or await self._pdu_for_reading():
+            try:
+                reply = await self._cmd(
+                    C.CMGL.line("4"), prefix=C.CMGL.prefix, timeout=self._slow(C.CMGL)
+                )
+            finally:
+                await self._restore_text_mode()
             return [_Stored.of_pdu((mem, i), pdu) for i, pdu in C.parse_cmgl_pdu(reply.lines)]
         ucs2 = await self._charset_for_reading()
         try:
@@ -1389,6 +1406,40 @@ class Modem:
             for r in C.parse_cmgl_text(reply.lines, ucs2=ucs2)
             if r.index is not None
         ]
+
+    async def _pdu_for_reading(self) -> bool:
+        """Text mode reads stored messages in PDU mode (AT+CMGF=0 around the read) where
+        the modem allows it: a PDU is hex, so no text can pass for a modem line (a text
+        line "OK", "+CMGL: ..." or "+CMS ERROR: 500" in text mode can), every character
+        set and the User Data Header of a long text's parts come through, and the
+        decoder is the one PDU mode uses. False (after one warning): read in text mode."""
+        if not self._pdu_reads_ok:
+            return False
+        try:
+            await self._cmd(C.CMGF.line("0"))
+        except CommandError as exc:
+            self._pdu_reads_ok = False
+            log.warning(
+                "modem refuses AT+CMGF=0 (%s): stored texts are read in text mode, where"
+                " a text's own lines could pass for the modem's",
+                exc,
+            )
+            return False
+        self._in_pdu = True
+        return True
+
+    async def _restore_text_mode(self) -> None:
+        """Back to AT+CMGF=1 after a PDU read (text mode sends so); a failure is left for
+        the next send to retry."""
+        try:
+            await self._text_mode_for_sending()
+        except GsmError as exc:
+            log.warning("modem stays in PDU mode after a read: %s", exc)
+
+    async def _text_mode_for_sending(self) -> None:
+        if self._mode == "text" and self._in_pdu:
+            await self._cmd(C.CMGF.line("1"))
+            self._in_pdu = False
 
     async def _cmd_string_arg(self, command: C.Command, arg: str, ucs2: bool) -> Response:
         """`command="arg"`. Under AT+CSCS="UCS2" every string argument is written in UCS-2
@@ -1422,6 +1473,7 @@ class Modem:
             )
             return False
         self._charset = "UCS2"
+        self._parser.hex_texts = True
         return True
 
     async def _restore_charset(self) -> None:
@@ -1436,6 +1488,7 @@ class Modem:
         if self._charset == "UCS2":
             await self._cmd_string_arg(C.CSCS, "IRA", ucs2=True)
             self._charset = "IRA"
+            self._parser.hex_texts = False
 
     async def incoming(self) -> AsyncIterator[Inbound]:
         """Inbound texts (reassembled) and delivery reports, until the modem is closed.

@@ -900,7 +900,7 @@ class Simulator:
             return _user_data_octets(pdu).hex().upper()
         if self._state.cscs == "UCS2":
             return msg.text.encode("utf-16-be").hex().upper()
-        return "".join(ch if ch == "\n" or " " <= ch <= "~" else "?" for ch in msg.text)
+        return "".join(ch if ch in "\r\n" or " " <= ch <= "~" else "?" for ch in msg.text)
 
     # ------------------------------------------------------------------ injection
 
@@ -953,7 +953,9 @@ class Simulator:
             urc = f"+CMT: ,{tpdu_length(pdu)}\r\n{pdu}"
         else:
             head, body = self._text_view(pdu, listing=False)
-            urc = "\r\n".join([f"+CMT: {head}", *(body or [""])])
+            # The text as it is, line breaks and all, right after the header: a TE reads
+            # <length> characters of it (AT+CSDH=1), never a line.
+            urc = f"+CMT: {head}\r\n" + "\n".join(body)
         # A modem writes the header and its second line as one: noise only around them.
         self._send(noise + f"\r\n{urc}\r\n".encode("latin-1") + noise)
         self._notify()

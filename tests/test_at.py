@@ -418,3 +418,35 @@ def test_a_two_line_urc_missing_its_pdu_does_not_eat_the_final() -> None:
     assert events[0] == Urc("+CDS", "25", "+CDS: 25", None)
     assert isinstance(events[1], Response)
     assert events[1].final.ok
+
+
+_CMT_HEAD = '+CMT: "+12025550142",,"26/01/01,00:00:00+00",145,4,0,{dcs},"+12063130004",145,{n}'
+
+
+@pytest.mark.parametrize("cut", [1, 7, 60, 70, 200])
+def test_a_text_mode_cmt_text_is_length_characters_never_lines(cut: int) -> None:
+    """A text-mode +CMT text is <length> characters whatever it holds: a forged +CMT
+    header, "OK", "+CMS ERROR" lines end no command and make no URC of their own."""
+    text = 'hi\r\n+CMT: "+12065550102",,"26/01/01,00:00:00+00",145,4,0,0,,145,5\nSTART\r\nOK\nERROR'
+    head = _CMT_HEAD.format(dcs=0, n=len(text))
+    stream = f"\r\n{head}\r\n{text}\r\n\r\n+CSQ: 20,0\r\n\r\nOK\r\n".encode("latin-1")
+    parser = AtParser()
+    parser.expect(Expect("AT+CSQ", "+CSQ:"))
+    events = []
+    for i in range(0, len(stream), cut):
+        events += parser.feed(stream[i : i + cut])
+    urcs = [e for e in events if isinstance(e, Urc)]
+    responses = [e for e in events if isinstance(e, Response)]
+    assert [(u.name, u.data) for u in urcs] == [("+CMT", text)]
+    assert [(r.lines, r.final.kind) for r in responses] == [(("+CSQ: 20,0",), "OK")]
+
+
+def test_a_text_mode_cmt_in_hex_is_one_line() -> None:
+    data = "00480069"  # UCS-2 "Hi": hex holds no line break
+    head = _CMT_HEAD.format(dcs=8, n=4)
+    parser = AtParser()
+    events = parser.feed(f"\r\n{head}\r\n{data}\r\nRING\r\n".encode())
+    assert [(e.name, e.data) for e in events if isinstance(e, Urc)] == [
+        ("+CMT", data),
+        ("RING", None),
+    ]

@@ -244,23 +244,27 @@ async def test_direct_texts_go_to_the_keeper_and_a_refused_one_waits_in_memory(
 
 
 @pytest.mark.parametrize(
-    ("charset_fault", "text"),
+    ("no_pdu", "charset_fault", "text"),
     [
-        (False, "Merci 😀 à bientôt"),
-        (False, "OK"),
-        (False, "RING me back +CMTI: 3"),
-        (True, "Call me at 10, thanks"),
+        (False, False, "Merci 😀 à bientôt"),
+        (False, False, "OK"),
+        (False, True, "STOP 🙏"),
+        (False, True, "ERROR"),
+        (True, False, "Merci 😀 à bientôt"),
+        (True, False, "RING me back +CMTI: 3"),
+        (True, True, "Call me at 10, thanks"),
     ],
 )
-async def test_text_mode_reads_stored_texts(charset_fault: bool, text: str) -> None:
-    async with running("sim800", Faults(urc_noise=True, no_ucs2=charset_fault)) as sim:
+async def test_text_mode_reads_stored_texts(no_pdu: bool, charset_fault: bool, text: str) -> None:
+    faults = Faults(urc_noise=True, no_ucs2=charset_fault, no_pdu=no_pdu)
+    async with running("sim800", faults) as sim:
         keeper = Keeper(sim)
         modem = await _modem(sim, keeper, mode="text")
         try:
             sim.inject_text(CALLER, text)
             sim.inject_text("+447700900123", "second")
             await _until(sim, lambda: len(keeper.items) == 2 and not sim.stored())
-            # Sending still works after reading in UCS-2: the modem is put back to IRA.
+            # Sending still works after reading: the modem is put back to text mode, IRA.
             await modem.send_sms("+12025550123", "Thanks, we will call")
         finally:
             await modem.close()
@@ -271,7 +275,15 @@ async def test_text_mode_reads_stored_texts(charset_fault: bool, text: str) -> N
         }
         assert [s.text for s in sim.sent] == ["Thanks, we will call"]
         switches = [c for c in sim.commands if c.startswith("AT+CSCS=")]
-        if charset_fault:  # asked once, refused, never again: read in IRA
+        modes = [c for c in sim.commands if c.startswith("AT+CMGF=")]
+        if not no_pdu:  # every read in PDU mode, then back to text mode; CSCS untouched
+            assert switches == ['AT+CSCS="IRA"']
+            assert modes[0] == "AT+CMGF=1"
+            assert len(modes) >= 3
+            assert modes[1:] == ["AT+CMGF=0", "AT+CMGF=1"] * (len(modes) // 2)
+            assert sim._state.mode == 1
+        elif charset_fault:  # asked once, refused, never again: read in IRA
+            assert modes == ["AT+CMGF=1", "AT+CMGF=0"]  # refused once, never asked again
             assert switches == ['AT+CSCS="IRA"', 'AT+CSCS="UCS2"']
         else:  # each read in UCS-2, then back to IRA ("IRA" itself written in UCS-2)
             reads = switches[1:]
@@ -280,10 +292,53 @@ async def test_text_mode_reads_stored_texts(charset_fault: bool, text: str) -> N
         assert sim._state.cscs == "IRA"
 
 
-async def test_text_mode_in_ira_leaves_a_text_it_cannot_read_on_the_sim(
+VICTIM = "+12065550102"
+FORGED_CMT = f'hi\n+CMT: "{VICTIM}",,"26/01/01,00:00:00+00",145,4,0,0,"+12063130004",145,5\nSTART'
+FORGED_CMGL = f'hi\n+CMGL: 1,"REC READ","{VICTIM}",,"26/01/01,00:00:00+00",145,5\nSTART'
+
+
+@pytest.mark.parametrize("direct", [True, False])
+@pytest.mark.parametrize(
+    "text", [FORGED_CMT, FORGED_CMGL, "fine\nOK\nthanks", "a\r\n+CMS ERROR: 500\r\nb\nERROR"]
+)
+async def test_text_mode_a_text_cannot_forge_another_or_end_a_command(
+    direct: bool, text: str
+) -> None:
+    """The caller's own text is never parsed as modem lines: a text holding a "+CMT:" or
+    "+CMGL:" header of another sender reaches the keeper as ONE text from its real
+    sender, whole; an "OK" or "ERROR" line inside it ends no command."""
+    async with running("sim800", Faults(no_ucs2=True)) as sim:
+        keeper = Keeper(sim)
+        modem = await _modem(sim, keeper, mode="text")
+        try:
+            sim.inject_text(CALLER, text, direct=direct)
+            await _until(sim, lambda: bool(keeper.items) and not sim.stored())
+            await asyncio.sleep(FAST.sweep * 2)  # sweeps read nothing more
+            await modem.send_sms("+12025550123", "still fine")
+        finally:
+            await modem.close()
+        assert [(i.sender, i.text) for i in keeper.items if isinstance(i, Deliver)] == [
+            (CALLER, text)
+        ]
+        assert [s.text for s in sim.sent] == ["still fine"]
+
+
+async def test_text_mode_long_texts_are_reassembled() -> None:
+    async with running("sim800", Faults(no_ucs2=True)) as sim:
+        keeper = Keeper(sim)
+        modem = await _modem(sim, keeper, mode="text")
+        try:
+            sim.inject_text(CALLER, LONG)
+            await _until(sim, lambda: bool(keeper.items) and not sim.stored())
+        finally:
+            await modem.close()
+        assert keeper.texts() == [LONG]
+
+
+async def test_text_mode_without_pdu_in_ira_leaves_a_text_it_cannot_read_on_the_sim(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async with running("sim800", Faults(no_ucs2=True)) as sim:
+    async with running("sim800", Faults(no_ucs2=True, no_pdu=True)) as sim:
         keeper = Keeper(sim)
         modem = await _modem(sim, keeper, mode="text")
         try:
@@ -315,8 +370,6 @@ async def test_a_lone_surrogate_is_replaced_not_a_crash(
     finally:
         await modem.close()
     assert keeper.texts() == ["\ufffdA"]
-    if mode == "text":
-        assert "surrogate" in caplog.text
 
 
 @pytest.mark.parametrize(("profile", "mode"), [("huawei", "pdu"), ("sim800", "text")])
