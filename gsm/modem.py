@@ -30,7 +30,7 @@ import enum
 import logging
 import random
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Protocol
@@ -301,10 +301,13 @@ class Modem:
         self._keeping: asyncio.Queue[Ready] = asyncio.Queue()
         self._assembler = Assembler(wait=self.t.part_wait)
         self._part_timer: asyncio.TimerHandle | None = None
-        self._claimed: set[Slot] = set()
-        """Read under a keeper and not deleted: never read again while it is kept."""
-        self._undeleted: set[Slot] = set()
-        """Kept, but the delete failed: the next sweep deletes them."""
+        self._claimed: dict[Slot, str] = {}
+        """Read under a keeper and not deleted: never read again while it is kept. The
+        value is what the slot held (its raw PDU), to tell it from a new text later."""
+        self._undeleted: dict[Slot, str] = {}
+        """Kept, but the delete failed: what each slot held then. A sweep (or a +CMTI)
+        deletes the slot only while it still holds the same; anything else in it is a
+        new text that landed in the slot after all (the SIM did let go), read as such."""
         self._unreadable: set[Slot] = set()
         """Unreadable under a keeper: left on the SIM, not read again this run."""
         self._unkept: deque[Inbound] = deque()
@@ -1225,7 +1228,8 @@ class Modem:
             self._refusals += 1
             level = logging.WARNING if self._refusals == 1 else logging.DEBUG
             if ready.slots:
-                self._claimed.difference_update(ready.slots)
+                for slot in ready.slots:
+                    self._claimed.pop(slot, None)
                 log.log(
                     level,
                     "inbound %s not kept: left on the SIM, offered again within %g s",
@@ -1283,20 +1287,43 @@ class Modem:
                     await self._delete(op.slots)
             except GsmError as exc:
                 if isinstance(op, _Delete):  # kept: delete at the next sweep, never re-offer
-                    self._undeleted.update(op.slots)
+                    self._remember_undeleted(op.slots)
                 # 321 "invalid memory index": the start-up sweep read it already.
                 quiet = isinstance(exc, CmsError) and exc.code == 321
                 level = logging.DEBUG if quiet else logging.WARNING
                 log.log(level, "stored messages (%s): %s", _op_name(op), exc)
 
+    def _remember_undeleted(self, slots: Iterable[Slot]) -> None:
+        for slot in slots:
+            self._undeleted[slot] = self._claimed.get(slot, self._undeleted.get(slot, ""))
+
+    def _still_undeleted(self, stored: _Stored) -> bool:
+        """Does `stored` hold what was kept there and not deleted? If not, the old text
+        is gone (the failed delete did happen) and this is a new one: forgotten as kept."""
+        kept = self._undeleted.get(stored.slot)
+        if kept is None:
+            return False
+        if kept == stored.raw:
+            return True
+        mem, index = stored.slot
+        log.info("%s/%d holds a new text since its failed delete: reading it", mem, index)
+        self._undeleted.pop(stored.slot, None)
+        self._claimed.pop(stored.slot, None)
+        return False
+
     async def _read_one(self, slot: Slot) -> None:
-        if slot in self._claimed:
+        if slot in self._claimed and slot not in self._undeleted:
             return  # read already (by a sweep): it is being kept
         async with self._lock:
             stored = await self._read_stored(slot)
+            if self._still_undeleted(stored):
+                await self._delete_slot(slot)  # the same text, kept already
+                return
+            if slot in self._claimed:
+                return  # a sweep read it meanwhile: it is being kept
             claimed = self._keeper is not None
             if claimed:
-                self._claimed.add(slot)
+                self._claimed[slot] = stored.raw
             else:
                 await self._delete_slot(slot)
         self._take_stored(stored, claimed)
@@ -1314,20 +1341,20 @@ class Modem:
                 await self._select(mem)
                 listed = await self._list_stored(mem)
                 slots = {s.slot for s in listed}
-                for gone in [s for s in self._undeleted | self._unreadable if s[0] == mem]:
+                for gone in [s for s in set(self._undeleted) | self._unreadable if s[0] == mem]:
                     if gone not in slots:  # deleted by someone else meanwhile
-                        self._undeleted.discard(gone)
+                        self._undeleted.pop(gone, None)
                         self._unreadable.discard(gone)
-                        self._claimed.discard(gone)
+                        self._claimed.pop(gone, None)
                 claimed = self._keeper is not None
                 for stored in listed:
-                    if stored.slot in self._undeleted:
+                    if self._still_undeleted(stored):
                         await self._delete_slot(stored.slot)
                     elif stored.slot not in self._claimed:
                         fresh.append(stored)
                 for stored in fresh:
                     if claimed:
-                        self._claimed.add(stored.slot)
+                        self._claimed[stored.slot] = stored.raw
                     else:
                         await self._delete_slot(stored.slot)
             for stored in fresh:
@@ -1347,10 +1374,10 @@ class Modem:
                     except CmsError as exc:
                         if exc.code != 321:  # 321: not there any more, which is as good
                             raise
-                        self._claimed.discard(slot)
+                        self._claimed.pop(slot, None)
                     left.discard(slot)
         except BaseException:
-            self._undeleted.update(left)
+            self._remember_undeleted(left)
             raise
 
     async def _select(self, mem: str) -> None:
@@ -1363,8 +1390,8 @@ class Modem:
         mem, index = slot
         await self._select(mem)
         await self._cmd(C.CMGD.line(str(index)), timeout=self._slow(C.CMGD))
-        self._claimed.discard(slot)
-        self._undeleted.discard(slot)
+        self._claimed.pop(slot, None)
+        self._undeleted.pop(slot, None)
         self._unreadable.discard(slot)
 
     async def _read_stored(self, slot: Slot) -> _Stored:

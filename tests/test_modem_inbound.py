@@ -479,3 +479,35 @@ async def test_keeping_is_one_at_a_time_in_order_and_wait_closed_returns(sim: Si
     await asyncio.wait_for(waiter, 1)
     assert sorted(keeper.texts()) == [f"text {n}" for n in range(5)]
     assert keeper.most_busy == 1
+
+
+@pytest.mark.parametrize("announced", [True, False])
+async def test_a_new_text_in_a_slot_whose_delete_failed_is_read_not_deleted(
+    sim: Simulator, announced: bool
+) -> None:
+    """The delete of a kept text answers an error but did happen; a new text lands in the
+    freed slot. It is read and kept (announced by +CMTI, or found by a sweep), never
+    deleted unread as the old one; the old one, still there, is deleted and not offered."""
+    keeper = Keeper(sim)
+    modem = await _modem(sim, keeper)
+    try:
+        sim.faults.cmgd_errors = 1  # the delete answers an error ...
+        sim.inject_text(CALLER, "first")
+        await _until(sim, lambda: bool(keeper.items) and "AT+CMGD=1" in sim.commands)
+        await asyncio.sleep(0.05)
+        sim._state.storage["SM"].pop(1)  # ... but the SIM did let go
+        if announced:
+            sim.inject_text(VICTIM, "STOP")  # lands in the freed slot 1, +CMTI SM,1
+        else:
+            (pdu,) = encode_deliver(VICTIM, "STOP", timestamp=WHEN)
+            sim._state.storage["SM"][1] = ("0", pdu)  # silently: a lost +CMTI
+        await _until(sim, lambda: len(keeper.items) == 2 and not sim.stored())
+        # A kept text whose delete failed and that is still there: deleted, not offered.
+        sim.faults.cmgd_errors = 1
+        sim.inject_text(CALLER, "third")
+        await _until(sim, lambda: len(keeper.items) == 3 and not sim.stored())
+        await asyncio.sleep(FAST.sweep * 2)
+    finally:
+        await modem.close()
+    assert keeper.texts() == ["first", "STOP", "third"]
+    assert [i.sender for i in keeper.items if isinstance(i, Deliver)] == [CALLER, VICTIM, CALLER]
