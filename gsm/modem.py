@@ -31,7 +31,7 @@ import logging
 import random
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Literal, Protocol
 
@@ -1123,7 +1123,7 @@ class Modem:
                 if _text_mode_cmt(urc.value):
                     read = C.parse_cmt_text(urc.value, urc.data, ucs2=self._charset == "UCS2")
                     for warning in read.warnings:
-                        log.warning("inbound text (+CMT): %s", warning)
+                        log.warning("inbound text (+CMT): %r", warning)
                     if read.message is not None:
                         self._take_message(read.message, None)
                 else:
@@ -1139,7 +1139,7 @@ class Modem:
             elif name == "+CREG":
                 self.registration = C.parse_creg(urc.value, query=False)
             else:
-                log.debug("URC %s", urc.line)
+                log.debug("URC %r", urc.line)
         except (ProtocolError, PduError) as exc:
             self.noise += 1
             data = "" if urc.data is None else f" / {urc.data!r}"
@@ -1158,27 +1158,30 @@ class Modem:
     def _take_stored(self, stored: _Stored, claimed: bool) -> None:
         mem, index = stored.slot
         for warning in stored.warnings:
-            log.warning("stored message %s/%d: %s", mem, index, warning)
+            log.warning("stored message %s/%d: %r", mem, index, warning)
         if stored.message is not None:
             self._take_message(stored.message, stored.slot if claimed else None)
             return
         if stored.problem is not None:
             self.noise += 1
             log.warning(
-                "unreadable stored message %s/%d (%s): %s", mem, index, stored.problem, stored.raw
+                "unreadable stored message %s/%d (%s): %r", mem, index, stored.problem, stored.raw
             )
         else:
-            log.info("stored message %s/%d is not an inbound text: %s", mem, index, stored.raw)
+            log.info("stored message %s/%d is not an inbound text: %r", mem, index, stored.raw)
         if claimed:
             # A keeper keeps only what can be read: this stays on the SIM for a person to
             # look at (its raw form is in the line above) and is not read again this run.
             self._unreadable.add(stored.slot)
 
     def _dispatch(self, ready: Ready) -> None:
+        if isinstance(ready.item, Deliver) and ready.slots:
+            named = tuple(f"{mem}:{index}" for mem, index in ready.slots)
+            ready = Ready(replace(ready.item, slots=named), ready.slots)
         if isinstance(ready.item, Deliver) and ready.item.incomplete:
             item = ready.item
             log.warning(
-                "a long text from %s: part(s) %s never came; handed on as far as it got",
+                "a long text from %r: part(s) %s never came; handed on as far as it got",
                 item.sender,
                 ",".join(map(str, item.missing)),
             )
@@ -1544,7 +1547,8 @@ def _text_mode_cmt(value: str) -> bool:
 def _kind(item: Inbound) -> str:
     if isinstance(item, StatusReport):
         return f"delivery report (reference {item.message_ref})"
-    return f"text from {item.sender}"
+    # %r: the sender is the caller's to choose (an alphanumeric one may hold a line break)
+    return f"text from {item.sender!r}"
 
 
 def _op_name(op: _SimOp) -> str:

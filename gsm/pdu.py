@@ -181,6 +181,10 @@ class Deliver:
     """Some parts of a concatenated text never came: `text` holds the parts that did, in
     order, and `missing` numbers the others (1-based)."""
     missing: tuple[int, ...] = ()
+    slots: tuple[str, ...] = ()
+    """The SIM storage slots ("SM:3") the modem read this text (every part) from, under
+    a keeper; empty for a direct +CMT. The same slots again mean the same stored text
+    read again (a refused or undeleted one), not a new one. Set by the modem driver."""
 
 
 @dataclass(frozen=True, slots=True)

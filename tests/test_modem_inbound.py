@@ -511,3 +511,42 @@ async def test_a_new_text_in_a_slot_whose_delete_failed_is_read_not_deleted(
         await modem.close()
     assert keeper.texts() == ["first", "STOP", "third"]
     assert [i.sender for i in keeper.items if isinstance(i, Deliver)] == [CALLER, VICTIM, CALLER]
+
+
+async def test_a_sender_with_a_line_break_cannot_forge_a_log_line(
+    sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    sender = "Bank\nFAKE"  # an alphanumeric sender is the caller's to choose
+
+    async def refuse(_item: Inbound) -> bool:
+        raise RuntimeError("database down")
+
+    modem = Modem(sim.device, timeouts=FAST)
+    modem.set_keeper(refuse)
+    await asyncio.wait_for(modem.start(), 10)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="gsm.modem"):
+            (pdu,) = encode_deliver(sender, "hello", timestamp=WHEN)
+            sim.inject_pdu(pdu)
+            await _until(sim, lambda: "the keeper failed" in caplog.text)
+    finally:
+        await modem.close()
+    assert "Bank\\nFAKE" in caplog.text
+    assert not any("\n" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_text_names_the_sim_slots_it_was_read_from(sim: Simulator) -> None:
+    keeper = Keeper(sim)
+    modem = await _modem(sim, keeper)
+    try:
+        sim.inject_text(CALLER, LONG)  # three parts: slots 1, 2, 3
+        await _until(sim, lambda: bool(keeper.items) and not sim.stored())
+        sim.inject_text(CALLER, "direct", direct=True)
+        await _until(sim, lambda: len(keeper.items) == 2)
+    finally:
+        await modem.close()
+    long, direct = keeper.items
+    assert isinstance(long, Deliver)
+    assert isinstance(direct, Deliver)
+    assert (long.text, sorted(long.slots)) == (LONG, ["SM:1", "SM:2", "SM:3"])
+    assert (direct.text, direct.slots) == ("direct", ())
