@@ -13,7 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-MODULES = ["tests.bench.bench_ami", "tests.bench.bench_at", "tests.bench.bench_service"]
+MODULES = [
+    "tests.bench.bench_ami",
+    "tests.bench.bench_at",
+    "tests.bench.bench_service",
+    "tests.bench.bench_replies",
+]
 OUT = Path(__file__).resolve().parents[2] / "BENCHMARKS.md"
 
 
