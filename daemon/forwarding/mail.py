@@ -249,6 +249,8 @@ class MailForwarder:
                 use_tls=cfg.smtp.tls == "tls",
                 start_tls=cfg.smtp.tls == "starttls",
                 timeout=cfg.smtp.timeout,
+                # a fixed EHLO name: no DNS lookup of this host (getfqdn) for every mail
+                local_hostname=_domain(cfg.smtp.from_address),
             )
         refused = result[0] if isinstance(result, tuple) and result else {}
         if refused:
