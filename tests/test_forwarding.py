@@ -123,6 +123,7 @@ async def test_a_reply_is_mailed_once_with_the_call_it_answers(
     assert mail["In-Reply-To"] == mail["References"]
 
     await office.inbox.receive(NUMBERS[0], "STOP")
+    await office.outbox.process_due()  # its confirmation goes first
     await office.mail.process_due()
     second = server.mails[1]
     assert second["Subject"].startswith("Opt-out from +1 202-555-0101")
@@ -299,3 +300,26 @@ async def test_every_address_refused_fails_at_once(store: Store) -> None:
     (row,) = sqlite3.connect(store.path).execute("SELECT state, last_error FROM forwards")
     assert row[0] == "failed"
     assert "550" in row[1]
+
+
+async def test_texts_to_callers_go_before_mail_for_at_most_ten_seconds(
+    store: Store, smtp: tuple[Inbox_, int]
+) -> None:
+    server, port = smtp
+    office = Office(store, _cfg(port))
+    office.sender.ready = False  # a burst waits in the outbox
+    await office.outbox.enqueue(
+        destination=NUMBERS[1],
+        text="sorry we missed you",
+        template_kind=None,
+        call_ids=[],
+        parts=1,
+        kind=MessageKind.TEST,
+    )
+    await office.inbox.receive(NUMBERS[0], "call me")
+    assert await office.mail.process_due() == 0  # the text is still queued: mail waits
+    office.clock.advance(9)
+    assert await office.mail.process_due() == 0
+    office.clock.advance(1)
+    assert await office.mail.process_due() == 1  # never more than MAIL_YIELD
+    assert len(server.mails) == 1

@@ -39,6 +39,7 @@ from daemon.decide.hours import office_zone
 from daemon.decide.templates import clean_text
 from daemon.events import Event, ReplyReceived
 from daemon.logsetup import kv
+from daemon.model import MessageState
 from daemon.store.reports import ReplyRow
 from daemon.store.store import Store, StoreError, StoreTx
 
@@ -53,6 +54,10 @@ GIVE_UP_AFTER = 86_400.0
 IDLE_POLL = 3600.0
 #: A whole mail may take this many SMTP timeouts (connect, hello, TLS, login, mail, data).
 SEND_STEPS = 6
+#: The longest a mail waits for queued texts to go first.
+MAIL_YIELD = 10.0
+#: How often a held-back mail looks again.
+YIELD_POLL = 0.5
 
 _KIND_WORDS = {
     "opt_out": "Opt-out",
@@ -146,6 +151,7 @@ class MailForwarder:
         self._clock = clock
         self._send: MailSend = send if send is not None else aiosmtplib.send
         self._wake = asyncio.Event()
+        self._yielded = False
 
     def reconfigure(self, cfg: Config) -> None:
         """New addresses and server from now on (SIGHUP)."""
@@ -171,6 +177,9 @@ class MailForwarder:
                 log.exception(kv(event="bug", during="forwarding", error=repr(exc)))
                 nxt = self._clock.now() + RETRY_FIRST
             delay = IDLE_POLL if nxt is None else max(0.0, nxt - self._clock.now())
+            if self._yielded:  # mail held back for texts: look again soon
+                self._yielded = False
+                delay = min(delay, YIELD_POLL)
             await self._wait(min(delay, IDLE_POLL))
 
     async def _wait(self, delay: float) -> None:
@@ -185,9 +194,18 @@ class MailForwarder:
                     await f
 
     async def process_due(self) -> int:
-        """Try every due mail once; returns how many the server took."""
+        """Try every due mail once; returns how many the server took.
+
+        Texts to callers go first: while the outbox has texts queued (a burst of missed
+        calls), a mail younger than MAIL_YIELD waits for the next pass, so building and
+        sending mail never delays a missed-call text; no mail waits longer than that.
+        """
         now = self._clock.now()
         due = await self._store.read(lambda tx: tx.due_forwards(now))
+        if due and await self._store.count_messages((MessageState.QUEUED,)):
+            due = [f for f in due if now - float(f["created_at"]) >= MAIL_YIELD]
+            if not due:
+                self._yielded = True
         taken = 0
         for fwd in due:
             if await self._one(fwd):
