@@ -16,7 +16,15 @@ from datetime import UTC, datetime, timedelta, timezone
 from gsm import gsm7
 from gsm.at import split_fields
 from gsm.errors import ProtocolError
-from gsm.pdu import DataCoding, Deliver, PduError, StatusReport, data_coding
+from gsm.pdu import (
+    Concat,
+    DataCoding,
+    Deliver,
+    PduError,
+    StatusReport,
+    data_coding,
+    decode_user_data,
+)
 
 DEFAULT_TIMEOUT = 2.0
 
@@ -395,20 +403,39 @@ def _deliver(
     length: str | None,
     lines: list[str],
     ucs2: bool,
+    fo: str | None = None,
 ) -> tuple[Deliver, tuple[str, ...]]:
     announced = _unquote(length or "").strip()
     if announced.isdigit() and int(announced) > 0 and not lines:
         # The text line was taken for something else (a text "OK" for the final code):
         # an error, so that the message is not deleted as if it were empty.
         raise ProtocolError(f"<length> {announced} but no text line")
-    text, coding, warnings = _body(lines, ucs2=ucs2, coding=_coding(dcs))
+    concat: Concat | None = None
+    warnings: tuple[str, ...]
+    first = _unquote(fo or "").strip()
+    dcoding = _coding(dcs)
+    if first.isdigit() and int(first) & 0x40 and dcoding is not None:
+        # TP-UDHI: the whole user data, header included, as hex (27.005 3.1 <data>):
+        # the header tells which part of a long text this is.
+        packed = "".join(line.strip() for line in lines)
+        try:
+            data = bytes.fromhex(packed)
+            udl = int(announced) if announced.isdigit() else len(data)
+            if dcoding == "gsm7" and not announced.isdigit():
+                udl = len(data) * 8 // 7
+            text, concat = decode_user_data(udl, data, udhi=True, coding=dcoding)
+        except (ValueError, PduError) as exc:
+            raise ProtocolError(f"user data with a header not readable: {exc}") from None
+        coding, warnings = dcoding, ()
+    else:
+        text, coding, warnings = _body(lines, ucs2=ucs2, coding=dcoding)
     smsc = _address(sca, "145", ucs2) if sca is not None and _unquote(sca) else None
     return (
         Deliver(
             sender=_address(oa, tooa, ucs2),
             text=text,
             timestamp=parse_text_scts(scts, ucs2=ucs2),
-            concat=None,  # text mode shows no User Data Header: each part on its own
+            concat=concat,
             encoding=coding,
             smsc=smsc,
         ),
@@ -467,7 +494,9 @@ def _read_one(
         dcs = rest[6] if full else None
         sca = rest[7] if full else None
         length = rest[9] if full else None
+    fo = rest[4] if not listing and len(rest) >= 10 else None
     return _deliver(
+        fo=fo,
         oa=rest[0],
         scts=rest[2],
         tooa=tooa,
@@ -524,6 +553,7 @@ def parse_cmt_text(value: str, text: str, *, ucs2: bool = False) -> TextRead:
         raise ProtocolError(f"+CMT: cannot read {value!r}")
     full = len(fields) >= 10
     message, warnings = _deliver(
+        fo=fields[4] if full else None,
         oa=fields[0],
         scts=fields[2],
         tooa=fields[3] if full else None,

@@ -1427,15 +1427,33 @@ class Modem:
                 await self._restore_text_mode()
             return [_Stored.of_pdu((mem, i), pdu) for i, pdu in C.parse_cmgl_pdu(reply.lines)]
         ucs2 = await self._charset_for_reading()
+        out: list[_Stored] = []
         try:
             reply = await self._cmd_string_arg(C.CMGL, "ALL", ucs2)
+            # Each listed index is read again with AT+CMGR: its header has <fo> and <dcs>
+            # (a long text's part comes as hex with its User Data Header), and a listing
+            # line forged inside a text makes at most a needless read of a real slot.
+            indexes = sorted(
+                {r.index for r in C.parse_cmgl_text(reply.lines, ucs2=ucs2) if r.index is not None}
+            )
+            for index in indexes:
+                slot = (mem, index)
+                try:
+                    one = await self._cmd(
+                        C.CMGR.line(str(index)), prefix="+CMGR:", timeout=self._slow(C.CMGR)
+                    )
+                except CmsError as exc:
+                    if exc.code == 321:  # no such slot: a forged listing line
+                        continue
+                    raise
+                try:
+                    read = C.parse_cmgr_text(one.lines, ucs2=ucs2)
+                except ProtocolError as exc:
+                    read = C.TextRead(None, index, error=str(exc))
+                out.append(_Stored.of_text(slot, read, "\n".join(one.lines)))
         finally:
             await self._restore_charset()
-        return [
-            _Stored.of_text((mem, r.index), r, "\n".join(r.raw))
-            for r in C.parse_cmgl_text(reply.lines, ucs2=ucs2)
-            if r.index is not None
-        ]
+        return out
 
     async def _pdu_for_reading(self) -> bool:
         """Text mode reads stored messages in PDU mode (AT+CMGF=0 around the read) where

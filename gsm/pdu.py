@@ -701,6 +701,15 @@ def _read_user_data(reader: _Reader, udhi: bool, coding: DataCoding) -> tuple[st
     return body.decode("latin-1"), concat
 
 
+def decode_user_data(
+    udl: int, data: bytes, *, udhi: bool, coding: DataCoding
+) -> tuple[str, Concat | None]:
+    """TP-UD as text mode shows it in hex (27.005 3.1 <data> with TP-UDHI set): the text
+    and the concatenation element of its User Data Header. `udl` is TP-UDL (septets for
+    GSM-7, octets otherwise)."""
+    return _read_user_data(_Reader(bytes([min(max(udl, 0), 255)]) + data), udhi, coding)
+
+
 def _start(pdu_hex: str) -> tuple[_Reader, str | None, int]:
     reader = _Reader(_from_hex(pdu_hex))
     smsc = _read_smsc(reader)

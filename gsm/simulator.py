@@ -866,6 +866,8 @@ class Simulator:
         if st.csdh:
             tooa = 145 if msg.sender.startswith("+") else 129 if msg.sender.isdigit() else 208
             length = len(msg.text) if msg.encoding == "gsm7" else len(body) // 2
+            if _udhi(pdu):  # hex of the whole user data: <length> is its TP-UDL
+                length = _udl(pdu)
             if listing:
                 head += f",{tooa},{length}"
             else:
@@ -896,6 +898,8 @@ class Simulator:
         """27.005 3.1 <data>: UCS-2 and 8-bit data as hex of their octets, whatever the
         AT+CSCS (so a lone surrogate comes as it was sent); GSM-7 text in the TE
         character set: UCS-2 hex, or IRA/GSM with what ASCII lacks as "?"."""
+        if _udhi(pdu):  # TP-UDHI: the whole user data, header too, in hex
+            return _user_data_octets(pdu, header=True).hex().upper()
         if msg.encoding != "gsm7":
             return _user_data_octets(pdu).hex().upper()
         if self._state.cscs == "UCS2":
@@ -1002,7 +1006,20 @@ def _report_fields(report: StatusReport, pdu: str, ucs2: bool) -> str:
     )
 
 
-def _user_data_octets(pdu: str) -> bytes:
+def _udhi(pdu: str) -> bool:
+    """TP-UDHI of a PDU: its user data starts with a header."""
+    return bool(int(pdu[2 + 2 * int(pdu[:2], 16) :][:2], 16) & 0x40)
+
+
+def _udl(pdu: str) -> int:
+    """TP-UDL of an SMS-DELIVER PDU."""
+    raw = bytes.fromhex(pdu)
+    i = 1 + raw[0] + 1
+    i += 2 + (raw[i] + 1) // 2 + 2 + 7
+    return raw[i]
+
+
+def _user_data_octets(pdu: str, *, header: bool = False) -> bytes:
     """The user data of an SMS-DELIVER PDU without its header: what a modem shows in text
     mode, as hex, for a UCS-2 or 8-bit text (TS 23.040 9.2.2.1 field by field)."""
     raw = bytes.fromhex(pdu)
@@ -1013,7 +1030,7 @@ def _user_data_octets(pdu: str) -> bytes:
     i += 2 + 7  # TP-PID, TP-DCS, TP-SCTS
     udl = raw[i]
     data = raw[i + 1 : i + 1 + udl]
-    if first & 0x40:  # TP-UDHI: skip the User Data Header
+    if first & 0x40 and not header:  # TP-UDHI: skip the User Data Header
         data = data[1 + data[0] :]
     return data
 

@@ -323,12 +323,15 @@ async def test_text_mode_a_text_cannot_forge_another_or_end_a_command(
         assert [s.text for s in sim.sent] == ["still fine"]
 
 
-async def test_text_mode_long_texts_are_reassembled() -> None:
-    async with running("sim800", Faults(no_ucs2=True)) as sim:
+@pytest.mark.parametrize(("no_pdu", "direct"), [(False, False), (False, True), (True, False)])
+async def test_text_mode_long_texts_are_reassembled(no_pdu: bool, direct: bool) -> None:
+    """Stored parts read in PDU mode; a direct +CMT part or one read in text mode (a modem
+    refusing PDU mode) shows its user data with its header in hex, which is read."""
+    async with running("sim800", Faults(no_ucs2=True, no_pdu=no_pdu)) as sim:
         keeper = Keeper(sim)
         modem = await _modem(sim, keeper, mode="text")
         try:
-            sim.inject_text(CALLER, LONG)
+            sim.inject_text(CALLER, LONG, direct=direct)
             await _until(sim, lambda: bool(keeper.items) and not sim.stored())
         finally:
             await modem.close()
