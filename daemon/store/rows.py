@@ -668,13 +668,15 @@ class StoreTx:
         return cur.lastrowid
 
     def forwards_since(self, sender: str, channel: str, since: float) -> int:
-        """How many replies of `sender` were queued for `channel` since `since`."""
+        """How many replies `sender` sent since `since` were queued for `channel` (a
+        forward is written with its reply)."""
         return int(
             self._scalar(
-                "SELECT COUNT(DISTINCT f.reply_id) FROM forwards f"
-                " JOIN replies r ON r.id = f.reply_id"
-                " WHERE r.sender = ? AND f.channel = ? AND f.created_at >= ?",
-                (sender, channel, since),
+                # from the sender's recent replies (an index), not from every forward
+                "SELECT COUNT(DISTINCT f.reply_id) FROM replies r"
+                " JOIN forwards f ON f.reply_id = r.id"
+                " WHERE r.sender = ? AND r.received_at >= ? AND f.channel = ?",
+                (sender, since, channel),
             )
         )
 

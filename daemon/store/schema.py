@@ -159,6 +159,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX forwards_due ON forwards(state, next_attempt_at);
     CREATE INDEX forwards_reply ON forwards(reply_id, channel);
     CREATE INDEX forwards_channel_time ON forwards(channel, created_at);
+    CREATE INDEX replies_sender ON replies(sender, received_at);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
