@@ -12,13 +12,15 @@ The packages follow the data flow (DESIGN.md):
     sending/  the one Sender interface and its senders (the modem supervisor, a recorder)
     replies/  what callers text back: keywords (STOP, START, HELP), the inbox that keeps,
               links and obeys each reply
-    sinks/    the event bus and what listens to it: the log, the counters
+    sinks/    the events (what happened, typed), the bus and what listens: the log, the
+              counters
     app/      the assembly: the pipeline (tracker events to decisions and texts), the
               service (`textback run`), the dry run behind `textback replay`
     cli/      one module per command
 
 Beside them, the leaves everything may import: model (calls, outcomes, reasons, message
-states and kinds), events (what sinks hear), errors (TextbackError), clock, config,
-logsetup. A package imports only from the leaves and from the packages listed above it,
-never from one below (tests/test_layout.py checks this); gsm/ never imports daemon/.
+states and kinds), errors (TextbackError, the root every package's errors share, so it
+sits below them all), clock, config, logsetup. A package imports only from the leaves and
+from the packages listed above it, never from one below (tests/test_layout.py checks
+this); gsm/ never imports daemon/.
 """

@@ -15,7 +15,11 @@ import pytest
 
 from daemon.app.pipeline import Pipeline
 from daemon.clock import ManualClock
-from daemon.events import (
+from daemon.model import MessageKind, MessageState, Outcome
+from daemon.outbox.outbox import Outbox
+from daemon.sinks.bus import EventBus, QueueSink
+from daemon.sinks.counters import CounterSink
+from daemon.sinks.events import (
     Event,
     OptOutChanged,
     ReplyReceived,
@@ -23,10 +27,6 @@ from daemon.events import (
     TextMerged,
     TextWritten,
 )
-from daemon.model import MessageKind, MessageState, Outcome
-from daemon.outbox.outbox import Outbox
-from daemon.sinks.bus import EventBus, QueueSink
-from daemon.sinks.counters import CounterSink
 from daemon.sinks.log import LogSink
 from daemon.store.store import Store, StoreTx
 from tests.outbox_fakes import NUMBERS, FakeSender, Permanent, Retryable, call, cfg
@@ -217,7 +217,7 @@ async def test_events_of_an_open_transaction_wait_for_its_commit(store: Store) -
 async def test_a_raising_sink_stops_neither_the_others_nor_the_outbox(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="daemon.events")
+    caplog.set_level(logging.DEBUG, logger="daemon.sinks.events")
     rec = Recorder()
     bus = EventBus([Boom(), rec])
     store = await Store.open(tmp_path / "tb.db", bus=bus)
@@ -240,7 +240,7 @@ async def test_a_raising_sink_stops_neither_the_others_nor_the_outbox(
     ]
     assert bus.errors["boom"] == 3
     assert bus.errors["recorder"] == 0
-    errors = [r for r in caplog.records if r.name == "daemon.events"]
+    errors = [r for r in caplog.records if r.name == "daemon.sinks.events"]
     # Loud once per sink and error type, then quiet.
     assert [r.levelno for r in errors] == [logging.ERROR, logging.DEBUG, logging.DEBUG]
     assert errors[0].getMessage().startswith("event=sink_error sink=boom on=TextWritten")
@@ -326,7 +326,7 @@ async def test_queue_sink_delivers_in_order_in_its_own_task() -> None:
 async def test_a_full_queue_sink_drops_and_counts_and_never_blocks(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="daemon.events")
+    caplog.set_level(logging.DEBUG, logger="daemon.sinks.events")
     gate = asyncio.Event()
     sink = ListSink(maxsize=2, gate=gate)
     task = asyncio.create_task(sink.run())

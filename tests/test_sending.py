@@ -12,7 +12,6 @@ import pytest
 
 from daemon.clock import ManualClock
 from daemon.config import ModemConfig
-from daemon.events import Event, ModemStateChanged
 from daemon.sending.modem import MODEM_RETRY_FIRST, ModemSender, ModemSupervisor
 from daemon.sending.sender import (
     ERROR_CHARS,
@@ -22,6 +21,7 @@ from daemon.sending.sender import (
     result_of_error,
 )
 from daemon.sinks.bus import EventBus
+from daemon.sinks.events import Event, ModemStateChanged
 from daemon.store.store import Store
 from gsm.errors import (
     CMS_RETRYABLE,

@@ -17,10 +17,10 @@ from daemon.check import Severity, check_config, has_errors, validate
 from daemon.cli import check as check_cli
 from daemon.clock import ManualClock
 from daemon.config import load_config
-from daemon.events import Event, ModemStateChanged, TextChanged
 from daemon.model import MessageKind, MessageState
 from daemon.sdnotify import Notifier
 from daemon.sinks.bus import EventBus
+from daemon.sinks.events import Event, ModemStateChanged, TextChanged
 from gsm import simulator
 from tests.outbox_fakes import NUMBERS
 

@@ -34,14 +34,6 @@ from daemon.decide.policy import (
     number_range,
     sending_pause,
 )
-from daemon.events import (
-    CallbackCancelled,
-    GuardTripped,
-    PolicyError,
-    SendingPaused,
-    SendingResumed,
-    TextReworded,
-)
 from daemon.logsetup import kv
 from daemon.model import (
     MISSED_OUTCOMES,
@@ -54,6 +46,14 @@ from daemon.model import (
     TrackerEvent,
 )
 from daemon.outbox.outbox import Outbox
+from daemon.sinks.events import (
+    CallbackCancelled,
+    GuardTripped,
+    PolicyError,
+    SendingPaused,
+    SendingResumed,
+    TextReworded,
+)
 from daemon.store.store import Message, Store, StoreError, StoreTx
 
 # The journal name operators filter on: kept stable when modules move.

@@ -18,9 +18,9 @@ import shlex
 import signal
 
 from daemon.config import Config
-from daemon.events import Event, ReplyReceived
 from daemon.logsetup import kv
 from daemon.sinks.bus import QueueSink
+from daemon.sinks.events import Event, ReplyReceived
 
 log = logging.getLogger("daemon.forwarding")
 

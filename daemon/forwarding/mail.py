@@ -37,9 +37,9 @@ from daemon.clock import Clock
 from daemon.config import Config
 from daemon.decide.hours import office_zone
 from daemon.decide.templates import clean_text
-from daemon.events import Event, ReplyReceived
 from daemon.logsetup import kv
 from daemon.model import MessageState
+from daemon.sinks.events import Event, ReplyReceived
 from daemon.store.reports import ReplyRow
 from daemon.store.store import Store, StoreError, StoreTx
 

@@ -31,7 +31,6 @@ from daemon.clock import Clock
 from daemon.config import Config
 from daemon.decide.policy import Pause, cap_pause
 from daemon.errors import TextbackError
-from daemon.events import Event, ModemStateChanged, TextChanged, TextMerged, TextWritten
 from daemon.logsetup import kv
 from daemon.model import PENDING_STATES, MessageKind, MessageState
 from daemon.sending.sender import (
@@ -42,6 +41,7 @@ from daemon.sending.sender import (
     SendStatus,
     result_of_error,
 )
+from daemon.sinks.events import Event, ModemStateChanged, TextChanged, TextMerged, TextWritten
 from daemon.store.rows import OPTED_OUT
 from daemon.store.store import Message, Store, StoreError, StoreTx
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from daemon.clock import Clock
 from daemon.config import ModemConfig
-from daemon.events import ModemStateChanged
 from daemon.logsetup import kv
 from daemon.sending.sender import (
     SendRequest,
@@ -24,6 +23,7 @@ from daemon.sending.sender import (
     result_of_error,
 )
 from daemon.sinks.bus import EventBus
+from daemon.sinks.events import ModemStateChanged
 from daemon.store.store import Store, StoreError
 from gsm.errors import GsmError, PinError
 from gsm.modem import Modem, ModemInfo, Timeouts

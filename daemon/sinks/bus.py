@@ -14,12 +14,12 @@ import logging
 from collections import Counter
 from collections.abc import Iterable
 
-from daemon.events import Event, Sink
 from daemon.logsetup import kv
 from daemon.sinks.counters import CounterSink
+from daemon.sinks.events import Event, Sink
 from daemon.sinks.log import LogSink
 
-log = logging.getLogger("daemon.events")
+log = logging.getLogger("daemon.sinks.events")
 
 #: Default bound of a QueueSink's queue: minutes of a busy office's events.
 QUEUE_SINK_SIZE = 1000

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from daemon.events import (
+from daemon.model import FINAL_STATES, MessageState
+from daemon.sinks.events import (
     AmiGap,
     CallDecided,
     CallRecorded,
@@ -25,7 +26,6 @@ from daemon.events import (
     SendingPaused,
     TextChanged,
 )
-from daemon.model import FINAL_STATES, MessageState
 
 
 def durable_counts(event: Event) -> list[tuple[str, float]]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 
-from daemon.events import (
+from daemon.logsetup import kv
+from daemon.model import MessageState
+from daemon.sinks.events import (
     AmiGap,
     CallbackCancelled,
     CallDecided,
@@ -27,8 +29,6 @@ from daemon.events import (
     TextReworded,
     TextWritten,
 )
-from daemon.logsetup import kv
-from daemon.model import MessageState
 
 _texts = logging.getLogger("daemon.outbox")
 _calls = logging.getLogger("daemon.pipeline")

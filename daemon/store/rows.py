@@ -17,16 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 from daemon.config import Config
 from daemon.decide.policy import PolicyFacts
-from daemon.events import (
-    AmiGap,
-    CallDecided,
-    CallRecorded,
-    DeliveryReported,
-    Event,
-    OptOutChanged,
-    ReplyReceived,
-    TextChanged,
-)
 from daemon.model import (
     LIVE_STATES,
     PENDING_STATES,
@@ -37,6 +27,16 @@ from daemon.model import (
     Reason,
 )
 from daemon.sinks.counters import durable_counts
+from daemon.sinks.events import (
+    AmiGap,
+    CallDecided,
+    CallRecorded,
+    DeliveryReported,
+    Event,
+    OptOutChanged,
+    ReplyReceived,
+    TextChanged,
+)
 
 if TYPE_CHECKING:
     from daemon.store.store import Store

@@ -36,10 +36,10 @@ import aiosqlite
 from daemon.config import Config
 from daemon.decide.policy import PolicyFacts
 from daemon.errors import TextbackError
-from daemon.events import Event
 from daemon.logsetup import kv
 from daemon.model import FinishedCall, MessageKind, MessageState
 from daemon.sinks.bus import EventBus
+from daemon.sinks.events import Event
 from daemon.store import reports, schema
 from daemon.store.reports import HistoryRow, PeriodStats, ReplyRow
 from daemon.store.rows import Message, StoreTx

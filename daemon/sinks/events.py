@@ -9,7 +9,8 @@ are emitted by their owner when they happen.
 Sinks (daemon/sinks/: the log, the counters; later MQTT, metrics, mail) only listen: the
 pipeline and the outbox never call a sink, and a new feature is a new sink.
 
-This module imports only daemon.model: anything may import it.
+This module imports only daemon.model: any package that emits or hears events may import
+it (everything but intake and decide, which emit nothing).
 """
 
 from __future__ import annotations
