@@ -426,7 +426,13 @@ def _check_replies(cfg: Config) -> list[Problem]:
         )
     for i, address in enumerate(rc.forward_email):
         if "@" not in address or address.strip() != address or not address.strip():
-            out.append(_err(f"replies.forward_email[{i}]", f"{address!r} is not a mail address"))
+            out.append(
+                _err(
+                    f"replies.forward_email[{i}]",
+                    f"{address!r} is not a mail address",
+                    'write one address per string, e.g. ["desk@example.com"]',
+                )
+            )
     region = cfg.textback.home_region
     for i, staff in enumerate(rc.forward_sms):
         if classify_caller(staff, home_region=region).kind is not CallerKind.VALID:

@@ -196,7 +196,6 @@ class Service:
             at=sms.at,
             incomplete=sms.incomplete,
             modem=sms.modem,
-            sms_key=sms.sms_key,
         )
 
     async def _serve(self) -> int:

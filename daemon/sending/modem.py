@@ -48,25 +48,11 @@ class InboundSms:
     at: float
     modem: str
     incomplete: bool
-    sms_key: str | None  # names one SMS across reads; None: no name that is safe
 
 
 #: What takes an inbound text (the reply inbox, daemon.replies): it must have kept it
 #: when it returns, and raise StoreError when it could not.
 TextKeeper = Callable[[InboundSms], Awaitable[object]]
-
-
-def sms_key(item: Deliver) -> str | None:
-    """A name for one SMS that a second read of the same SIM slot would give again.
-
-    None for now, on purpose: sender, time stamp (to the second) and text do not name an
-    SMS (a flood of the same text in one second is many texts), and a SIM slot is reused
-    once freed. Without a name, a text read twice (a crash between keeping it and freeing
-    its slot) is kept twice: a second STOP confirms nothing more (the list does not
-    change), and the office may get one mail twice, which is better than a text lost.
-    """
-    del item
-    return None
 
 
 class ModemSender:
@@ -229,7 +215,8 @@ class ModemSupervisor:
         """The modem's keeper: a delivery report or an inbound text, into the store. The
         SIM lets go of it only once this returns True (after the commit); a StoreError
         leaves it there, and the modem offers it again at its next sweep. An item may be
-        offered twice after a crash (kept twice then: see `sms_key`)."""
+        offered twice after a crash: it is kept twice then (sender, second and text do not
+        name an SMS, so nothing merges the two; a second STOP changes nothing)."""
         now = self._clock.now()
         try:
             if isinstance(item, StatusReport):
@@ -254,7 +241,6 @@ class ModemSupervisor:
                 at=now,
                 modem=self._name,
                 incomplete=item.incomplete,
-                sms_key=sms_key(item),
             )
         )
 
