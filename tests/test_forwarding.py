@@ -307,7 +307,7 @@ async def test_every_address_refused_fails_at_once(store: Store) -> None:
     assert "550" in row[1]
 
 
-async def test_texts_to_callers_go_before_mail_for_at_most_ten_seconds(
+async def test_texts_to_callers_go_before_mail_for_at_most_a_minute(
     store: Store, smtp: tuple[Inbox_, int]
 ) -> None:
     server, port = smtp
@@ -323,7 +323,7 @@ async def test_texts_to_callers_go_before_mail_for_at_most_ten_seconds(
     )
     await office.inbox.receive(NUMBERS[0], "call me")
     assert await office.mail.process_due() == 0  # the text is still queued: mail waits
-    office.clock.advance(9)
+    office.clock.advance(59)
     assert await office.mail.process_due() == 0
     office.clock.advance(1)
     assert await office.mail.process_due() == 1  # never more than MAIL_YIELD

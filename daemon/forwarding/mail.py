@@ -54,8 +54,13 @@ GIVE_UP_AFTER = 86_400.0
 IDLE_POLL = 3600.0
 #: A whole mail may take this many SMTP timeouts (connect, hello, TLS, login, mail, data).
 SEND_STEPS = 6
-#: The longest a mail waits for queued texts to go first.
-MAIL_YIELD = 10.0
+#: The longest a mail waits for queued texts to go first. A burst that the daemon's own
+#: CPU paces (texts queued faster than it can hand them to the modem) lasts seconds, so
+#: this bound is rarely reached there; behind a real modem's pace (3-7 s a text) a queue
+#: can last long, and a mail about a reply then still leaves within a minute. A shorter
+#: bound does not spare the texts anything in a steady flow of replies: each mail only
+#: leaves that much later, and the mails still go out during the burst.
+MAIL_YIELD = 60.0
 #: How often a held-back mail looks again.
 YIELD_POLL = 0.5
 
@@ -177,9 +182,12 @@ class MailForwarder:
                 log.exception(kv(event="bug", during="forwarding", error=repr(exc)))
                 nxt = self._clock.now() + RETRY_FIRST
             delay = IDLE_POLL if nxt is None else max(0.0, nxt - self._clock.now())
-            if self._yielded:  # mail held back for texts: look again soon
+            if self._yielded:
+                # Mail held back for texts: look again soon, but not at every reply that
+                # comes meanwhile (two queries each, on the connection the sends use).
                 self._yielded = False
-                delay = min(delay, YIELD_POLL)
+                await self._clock.sleep(min(delay, YIELD_POLL))
+                continue
             await self._wait(min(delay, IDLE_POLL))
 
     async def _wait(self, delay: float) -> None:

@@ -6,8 +6,8 @@ Everything runs against the real daemon process (`python -m daemon.cli run`), wi
 helpers of tests/bench/bench_service.py: the fake Asterisk (its BenchServer over loopback
 TCP), the modem simulator on a real pty, the same calls (trace 02 with fresh ids and
 callers from the fictional 555-01xx blocks of eight area codes) and the same burst. This
-process also hosts a real SMTP server (aiosmtpd's Controller, its own thread, on a free
-loopback port); the daemon forwards every reply there (`[replies] forward_email`,
+process starts a real SMTP server as a process of its own (tests/bench/smtp_sink.py:
+aiosmtpd's Controller on a free loopback port, each mail's arrival time reported back); the daemon forwards every reply there (`[replies] forward_email`,
 `[smtp] tls = "none"`). Inbound texts come in through the simulator's `inject_text`
 (stored on the SIM, announced with +CMTI, as the driver configures the SIM800).
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import collections
 import email
 import email.policy
@@ -38,7 +39,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any
 
 import aiosmtplib
-from aiosmtpd.controller import Controller
 
 from gsm import simulator
 from tests.bench.bench_service import (
@@ -106,31 +105,54 @@ def reply_text(token: str) -> str:
 
 
 class Mailbox:
-    """aiosmtpd handler: when each mail's DATA was handed over, by the token in it."""
+    """The SMTP server (tests/bench/smtp_sink.py, a process of its own): when each mail's
+    DATA was handed over, by the token in it."""
 
     def __init__(self) -> None:
         self.at: dict[str, float] = {}
         self.content: dict[str, bytes] = {}
         self.untagged = 0
+        self.port = 0
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        now = time.time()
-        content = bytes(envelope.content)
-        m = _REF.search(content)
-        if m is None:
-            self.untagged += 1
-        else:
-            token = m.group(1).decode()
-            self.at[token] = now
-            self.content[token] = content
-        return "250 OK"
+    async def start(self) -> int:
+        """Start the server process; its port."""
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.bench.smtp_sink",
+            stdout=asyncio.subprocess.PIPE,
+            limit=1 << 24,
+        )
+        assert self._proc.stdout is not None
+        first = await asyncio.wait_for(self._proc.stdout.readline(), 30)
+        if not first.startswith(b"PORT "):
+            raise RuntimeError(f"smtp_sink said {first!r}")
+        self.port = int(first.split()[1])
+        self._reader = asyncio.create_task(self._read(self._proc.stdout))
+        return self.port
 
+    async def _read(self, stdout: asyncio.StreamReader) -> None:
+        while line := await stdout.readline():
+            mail = json.loads(line)
+            token = mail["token"]
+            if token is None:
+                self.untagged += 1
+                continue
+            self.at[token] = float(mail["at"])
+            if mail["content"] is not None:
+                self.content[token] = base64.b64decode(mail["content"])
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    async def stop(self) -> None:
+        """Stop the server process (every mail line it wrote read first)."""
+        if self._proc is None:
+            return
+        if self._proc.returncode is None:
+            self._proc.send_signal(signal.SIGTERM)
+        await self._proc.wait()
+        if self._reader is not None:
+            await self._reader
 
 
 # -- measuring ---------------------------------------------------------------------------
@@ -430,9 +452,7 @@ async def session(quick: bool, workdir: Path, maker: CallMaker) -> dict[str, Any
     n_in = 1 if quick else 3  # bursts during the issue's stream
     res: dict[str, Any] = {"rounds": []}
     mailbox = Mailbox()
-    smtp_port = free_port()
-    controller = Controller(mailbox, hostname="127.0.0.1", port=smtp_port)
-    controller.start()
+    smtp_port = await mailbox.start()
     server = TimedServer()
     port = await server.start()
     try:
@@ -532,7 +552,7 @@ async def session(quick: bool, workdir: Path, maker: CallMaker) -> dict[str, Any
                 notify.close()
     finally:
         await server.close()
-        controller.stop()
+        await mailbox.stop()
     return res
 
 
