@@ -73,6 +73,9 @@ class FinishedCall:
     dialled: str = ""  # outbound calls: the number an office phone dialled
     answered_by: str = ""  # the channel/agent that answered, when a person did
     channel: str = ""  # the originating channel
+    #: nothing rang and the PBX answered (IVR, announcement): seconds from that answer to
+    #: the caller's hang-up, judged against min_ring; None otherwise or when unknowable
+    ivr_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -603,6 +603,27 @@ def parse_imei(lines: tuple[str, ...]) -> str | None:
     return None
 
 
+def parse_cpms_memories(value: str) -> tuple[str, ...]:
+    """The <mem1> list of an AT+CPMS=? answer (the memories to read and delete in):
+    `("ME","MT","SM","SR"),(...),(...)`, or Wavecom's `(("SM","BM","SR"),("SM"))`.
+    Empty when the modem lists none (Nokia: `(),(),()`)."""
+    m = re.search(r"\(([^()]*)\)", value)
+    if m is None:
+        raise ProtocolError(f"+CPMS: no list of memories in {value!r}")
+    return tuple(_unquote(x).strip().upper() for x in m.group(1).split(",") if x.strip())
+
+
+def cnmi_with_ds(cnmi: str, ds: int) -> str:
+    """`AT+CNMI=<mode>,<mt>,<bm>,<ds>,<bfr>` with another <ds> (27.005 3.4.1): 0 no
+    delivery reports, 1 pushed as +CDS, 2 stored by the modem and announced with +CDSI."""
+    head, _, args = cnmi.partition("=")
+    fields = args.split(",")
+    while len(fields) < 4:
+        fields.append("0")
+    fields[3] = str(ds)
+    return f"{head}={','.join(fields)}"
+
+
 @dataclass(frozen=True, slots=True)
 class Quirks:
     """What one modem family does differently. Matched by the AT+CGMI answer."""
@@ -612,7 +633,8 @@ class Quirks:
     iccid: str = "AT+CCID"
     # Answers AT+CPIN? without a final OK (tests/data/modem/wavecommultiband900e1800.json).
     cpin_without_ok: bool = False
-    # AT+CNMI to route +CMTI and delivery reports; None: the modem has no +CNMI.
+    # AT+CNMI to route +CMTI and delivery reports; None: the modem has no +CNMI. Its
+    # <ds> is the driver's choice (Modem `reports`: stored where the modem can).
     cnmi: str | None = "AT+CNMI=2,1,0,1,0"
     note: str = ""
 
@@ -624,7 +646,8 @@ QUIRKS: dict[str, Quirks] = {
     # Quectel EC25&EC21 AT Commands Manual V1.3: AT+QCCID answers "+QCCID: <iccid>".
     "quectel": Quirks("quectel", iccid="AT+QCCID", note="EC25/EG25"),
     # Huawei module AT Command Interface Specification: AT^ICCID? -> ^ICCID: <iccid>.
-    # Status reports are routed to storage (ds=2, +CDSI), read with AT+CPMS="SR".
+    # Status reports can be routed to storage (ds=2, +CDSI), read with AT+CPMS="SR"
+    # (AT+CPMS=? lists "SR": tests/data/modem/huaweie1752.json).
     "huawei": Quirks("huawei", iccid="AT^ICCID?", cnmi="AT+CNMI=2,1,0,2,0", note="E3372/E1752"),
     "wavecom": Quirks("wavecom", cpin_without_ok=True, note="AT+CPIN? lacks OK"),
     "zte": Quirks("zte", iccid="AT+ZGETICCID", note="URCs before the prompt"),

@@ -70,6 +70,14 @@ log = logging.getLogger(__name__)
 Keeper = Callable[[Inbound], Awaitable[bool]]
 """Stores an inbound item for good: True once its SIM slots may be deleted (set_keeper)."""
 
+Reports = Literal["auto", "stored", "direct"]
+"""How delivery reports reach us (AT+CNMI <ds>, 27.005 3.4.1): "stored" (ds=2) keeps them
+in the modem's memory with +CDSI, so those that come while nobody listens (the daemon
+down or restarting) are read at the next start; "direct" (ds=1) pushes them as +CDS,
+lost when nobody listens; "auto" stores them where AT+CPMS=? offers the status-report
+memory "SR" (a modem storing reports where they cannot be read loses them: Huawei's
+MU509 manual says so of +CDSI), else pushes them."""
+
 ESC = b"\x1b"
 CTRL_Z = b"\x1a"
 
@@ -167,6 +175,8 @@ class ModemInfo:
     """"pdu" or "text": how texts are sent."""
     inbound: bool
     """Inbound texts and delivery reports are indicated (AT+CNMI accepted)."""
+    reports: str = "off"
+    """How delivery reports come: "stored" (+CDSI), "direct" (+CDS) or "off"."""
 
 
 class _Lost:
@@ -266,8 +276,17 @@ class Modem:
         validity_minutes: int | None = None,
         reconnect: bool = True,
         require_network: bool = True,
+        reports: Reports = "auto",
     ) -> None:
         self.device = device
+        if reports not in ("auto", "stored", "direct"):
+            raise ValueError(f"reports: {reports!r} is not auto, stored or direct")
+        self._reports: Reports = reports
+        self.report_routing = "off"
+        """How delivery reports come since start-up: "stored" (AT+CNMI ds=2, +CDSI),
+        "direct" (ds=1, +CDS) or "off" (no AT+CNMI, or one without reports)."""
+        self._report_mems: set[str] = set()
+        """Memories other than SM that stored reports are read from (sweeps)."""
         self._require_network = require_network
         self.baudrate = baudrate
         self._pin = C.check_pin(pin) if pin else None
@@ -653,13 +672,55 @@ class Modem:
             await self._cmd(C.CSCA.line(f'"{self._smsc}",145'), timeout=self._slow(C.CSCA))
         await self._set_mode()
         self._inbound_on = False
-        if self._quirks.cnmi:
-            try:
-                await self._cmd(self._quirks.cnmi)
-                self._inbound_on = True
-            except CommandError as exc:
-                log.warning("modem refuses %s (%s): no inbound texts", self._quirks.cnmi, exc)
+        self.report_routing = "off"
+        self._report_mems = set()
         self._read_mem = "SM"
+        if self._quirks.cnmi:
+            await self._indications(self._quirks.cnmi)
+
+    async def _indications(self, cnmi: str) -> None:
+        """AT+CNMI with the best <ds> the modem takes: stored reports (2) where `reports`
+        allows and the modem has a memory to read them from, else pushed ones (1), else
+        none (0: inbound texts are still indicated)."""
+        tries = [1, 0]
+        if self._reports != "direct":
+            listed = await self._memories()
+            if self._reports == "stored" or "SR" in listed:
+                tries.insert(0, 2)
+            if "SR" in listed:
+                self._report_mems.add("SR")
+        for ds in tries:
+            line = C.cnmi_with_ds(cnmi, ds)
+            try:
+                await self._cmd(line)
+            except CommandError as exc:
+                log.info("modem refuses %s (%s)", line, exc)
+                continue
+            self._inbound_on = True
+            self.report_routing = {2: "stored", 1: "direct"}.get(ds, "off")
+            break
+        else:
+            log.warning("modem refuses AT+CNMI (%s): no inbound texts", cnmi)
+            return
+        if self.report_routing != "stored":
+            self._report_mems.clear()
+            if self._reports == "stored":
+                log.warning("modem cannot store delivery reports: %s", self.report_routing)
+        elif self._report_mems:
+            # The memory read last may still be selected from before (a predecessor killed
+            # while it read "SR"): say which one reads go to.
+            with contextlib.suppress(CommandError):
+                await self._cmd(C.CPMS.line('"SM"'), prefix=C.CPMS.prefix)
+
+    async def _memories(self) -> tuple[str, ...]:
+        """AT+CPMS=?: the memories messages can be read from (empty if it will not say)."""
+        try:
+            reply = await self._cmd(C.CPMS.line("?"), prefix=C.CPMS.prefix)
+            values = reply.values("+CPMS:")
+            return C.parse_cpms_memories(values[0]) if values else ()
+        except (CommandError, ProtocolError) as exc:
+            log.debug("AT+CPMS=? not answered (%s)", exc)
+            return ()
 
     async def _wait_for_at(self) -> None:
         loop = asyncio.get_running_loop()
@@ -885,6 +946,7 @@ class Modem:
             else "unknown",
             mode=self._mode,
             inbound=self._inbound_on,
+            reports=self.report_routing,
         )
 
     async def _imei(self) -> str | None:
@@ -1116,7 +1178,10 @@ class Modem:
         name = urc.name.upper()
         try:
             if name in ("+CMTI", "+CDSI"):
-                self._ops.put_nowait(_Read(C.parse_cmti(urc.value)))
+                slot = C.parse_cmti(urc.value)
+                if name == "+CDSI" and slot[0] != "SM":
+                    self._report_mems.add(slot[0])  # swept from now on too
+                self._ops.put_nowait(_Read(slot))
             elif name == "+CMT":
                 if urc.data is None:
                     raise ProtocolError("its PDU line never came")
@@ -1335,13 +1400,18 @@ class Modem:
         """Read every stored message not read yet: texts (and reports) that arrived
         while nobody listened (the daemon down, a +CMTI lost with a reopen), and those
         a keeper refused; delete those kept whose delete failed before."""
-        memories = ["SM"]
-        if self._quirks.cnmi and self._quirks.cnmi.split(",")[3:4] == ["2"]:
-            memories.append("SR")  # delivery reports stored there (+CDSI)
+        memories = ["SM", *sorted(self._report_mems - {"SM"})]  # reports stored (+CDSI)
         for mem in memories:
             fresh: list[_Stored] = []
             async with self._lock:
-                await self._select(mem)
+                try:
+                    await self._select(mem)
+                except CommandError as exc:
+                    if mem == "SM":
+                        raise
+                    log.warning("cannot read stored delivery reports in %s: %s", mem, exc)
+                    self._report_mems.discard(mem)
+                    continue
                 listed = await self._list_stored(mem)
                 slots = {s.slot for s in listed}
                 for gone in [s for s in set(self._undeleted) | self._unreadable if s[0] == mem]:

@@ -76,6 +76,13 @@ class Profile:
     """Commands answered +CME ERROR: 515 (busy) right after AT+CFUN=1."""
     boot: tuple[str, ...] = ()
     noise: tuple[str, ...] = ()
+    memories: tuple[str, ...] = ("SM", "ME")
+    """What AT+CPMS=? lists and AT+CPMS takes (messages are read and deleted there)."""
+    cpms_test: str = ""
+    """The AT+CPMS=? answer line when it is not the usual three lists of `memories`."""
+    report_memory: str | None = None
+    """Where AT+CNMI ds=2 stores delivery reports (announced with +CDSI); None: the
+    modem refuses ds=2."""
     doc: str = ""
 
 
@@ -102,10 +109,13 @@ PROFILES: dict[str, Profile] = {
             "RING",
             '+CLIP: "+12025550142",145,"",0,"",0',
         ),
+        # V1.09 AT+CPMS: "SM", "ME", "SM_P", "ME_P", "MT"; AT+CNMI <ds> 0 or 1 only.
+        memories=("SM", "ME", "SM_P", "ME_P", "MT"),
         doc=(
             "SIMCom SIM800 Series AT Command Manual V1.09: echo on at power-up (ATE1 is the"
             " default); AT+CCID; AT+CMGS (4.2.5, max response 60 s) after the CRLF '> '"
-            " prompt of TS 27.005 3.5.1; AT+CNMI ds=1 gives '+CDS: <length><CR><LF><pdu>';"
+            " prompt of TS 27.005 3.5.1; AT+CNMI ds=1 gives '+CDS: <length><CR><LF><pdu>'"
+            " (ds=2 is not among its values: reports cannot be stored);"
             " the unsolicited codes of its summary table (RDY, +CFUN, +CPIN, Call Ready,"
             " SMS Ready, *PSUTTZ, DST, +CIEV)."
         ),
@@ -128,6 +138,9 @@ PROFILES: dict[str, Profile] = {
         prompt=b"> ",
         boot=("^BOOT:12345678,0,0,0,75", "^SIMST: 1", "^SRVST: 2"),
         noise=("^RSSI: 17", "^MODE: 5,4", "^DSFLOWRPT:00000A,0,0,0,0,0,0", "^SRVST: 2"),
+        # tests/data/modem/huaweie1752.json: AT+CPMS=? lists "ME","MT","SM","SR".
+        memories=("ME", "MT", "SM", "SR"),
+        report_memory="SR",
         doc=(
             "Huawei E3372/E1752 (HUAWEI AT Command Interface Specification, ^RSSI/^MODE/"
             "^BOOT unsolicited reports); unsupported commands answer 'COMMAND NOT SUPPORT'"
@@ -150,9 +163,14 @@ PROFILES: dict[str, Profile] = {
         # Quectel power-up: RDY, +CPIN: READY, +QUSIM: 1, then +QIND: SMS DONE / PB DONE.
         boot=("RDY", "+CPIN: READY", "+QUSIM: 1", "+QIND: SMS DONE", "+QIND: PB DONE"),
         noise=('+QIND: "csq",21,99', '+CGREG: 1,"2B0F","0A6B2C1",7', "RING"),
+        # Its URC table has +CDSI ("new message status report is received, and saved to
+        # memory"); that the memory is "SR" is our assumption.
+        memories=("SM", "ME", "MT", "SR"),
+        report_memory="SR",
         doc=(
             "Quectel EC25 (EC25&EC21 AT Commands Manual V1.3): AT+QCCID, AT+CEREG for LTE"
-            " registration, +QIND/+QUSIM unsolicited reports, the CRLF '> ' prompt."
+            " registration, +QIND/+QUSIM unsolicited reports, the CRLF '> ' prompt;"
+            " delivery reports stored (+CDSI), in SR (assumed)."
         ),
     ),
     "wavecom": Profile(
@@ -168,6 +186,10 @@ PROFILES: dict[str, Profile] = {
         cpin_without_ok=True,
         busy_after_cfun=2,
         noise=("+WIND: 5,1", "+WIND: 2", "RING"),
+        # tests/data/modem/wavecommultiband900e1800.json: AT+CPMS=? and AT+CNMI=2,1,0,2.
+        memories=("SM", "BM", "SR"),
+        cpms_test='+CPMS: (("SM","BM","SR"),("SM"))',
+        report_memory="SR",
         doc=(
             "Wavecom Multiband 900E/1800 (tests/data/modem/wavecommultiband900e1800.json):"
             " AT+CPIN? answers without a final OK; AT+CGMR gives ERROR; the two commands"
@@ -217,6 +239,10 @@ class Faults:
     """Refuse AT+CSCS="UCS2" (text mode then reads texts in IRA)."""
     cmgd_errors: int = 0
     """The next this many AT+CMGD fail with +CMS ERROR: 500 (nothing deleted)."""
+    accept_delay: float = 0.0
+    """Seconds the network takes to accept a message part: the wait between its body
+    (the part is recorded as sent at once) and +CMGS. A kill in this wait leaves the
+    text in flight."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +340,19 @@ class Simulator:
         self._changed = asyncio.Event()
         self._stopped = False
         self._return_timer: asyncio.TimerHandle | None = None
+        self.report_delay: float | None = None
+        """Seconds after a part that asked for one (TP-SRR) was taken until the network's
+        delivery report arrives (None: none come by themselves; `inject_report` still
+        works). It is stored (AT+CNMI ds=2) or pushed (ds=1) as `inject_report` says,
+        also while nobody listens (`host_closed`)."""
+        self.report_status = 0
+        """TP-ST of the reports made after `report_delay` (0: received by the recipient)."""
+        self.reports: list[tuple[int, str, int]] = []
+        """Every delivery report the network gave: (message reference, recipient, TP-ST)."""
+        self.host_open = True
+        """Someone holds the port open. False (`host_closed`): everything the modem says
+        is lost, as on a real port nobody reads (a +CDS pushed then is gone for good)."""
+        self._report_timers: set[asyncio.TimerHandle] = set()
 
     # ----------------------------------------------------------------- life cycle
 
@@ -326,6 +365,9 @@ class Simulator:
     async def stop(self) -> None:
         """Close the pty and stop; remove the temporary directory."""
         self._stopped = True
+        for timer in self._report_timers:
+            timer.cancel()
+        self._report_timers.clear()
         if self._return_timer is not None:
             self._return_timer.cancel()
         self._close_pty()
@@ -357,6 +399,22 @@ class Simulator:
     def present(self) -> bool:
         """True while the pty exists."""
         return self._master >= 0
+
+    def host_closed(self) -> None:
+        """The program on the port is gone (killed): what the modem says from now on is
+        lost, and so is what it said that the dead program never read."""
+        self.host_open = False
+        self._out.clear()
+        if self._slave >= 0:
+            os.set_blocking(self._slave, False)
+            with contextlib.suppress(OSError):
+                while os.read(self._slave, 4096):
+                    pass
+            os.set_blocking(self._slave, True)
+
+    def host_opened(self) -> None:
+        """A program holds the port again (call before starting it)."""
+        self.host_open = True
 
     def _power_on(self) -> None:
         master, slave = os.openpty()
@@ -410,7 +468,7 @@ class Simulator:
             self._rx.put_nowait(data)
 
     def _send(self, data: bytes) -> None:
-        if self._master < 0:
+        if self._master < 0 or not self.host_open:
             return
         self._out += data
         self._flush()
@@ -626,18 +684,25 @@ class Simulator:
             await self._answer([])
         elif up.startswith("+CNMI="):
             try:
-                st.cnmi = tuple(int(x or "0") for x in cmd[6:].split(","))
+                cnmi = tuple(int(x or "0") for x in cmd[6:].split(","))
             except ValueError:
                 await self._answer([], self._error(303, cms=True))
+                return None
+            if cnmi[3:4] == (2,) and p.report_memory is None:
+                await self._answer([], self._error(303, cms=True))  # not among its <ds>
             else:
+                st.cnmi = cnmi
                 await self._answer([])
+        elif up == "+CPMS=?":
+            lists = ",".join(["(" + ",".join(f'"{m}"' for m in p.memories) + ")"] * 3)
+            await self._answer([p.cpms_test or f"+CPMS: {lists}"])
         elif up.startswith("+CPMS="):
             mem = self._string_arg(cmd[6:].split(",")[0]).upper()
-            if mem not in st.storage:
+            if mem not in p.memories:
                 await self._answer([], self._error(302, cms=True))
             else:
                 st.read_mem = mem
-                used = len(st.storage[mem])
+                used = len(st.storage.setdefault(mem, {}))
                 await self._answer([f"+CPMS: {used},50,{used},50,{used},50"])
         elif up.startswith("+CMGS="):
             return await self._cmgs(cmd[6:].strip())
@@ -763,6 +828,8 @@ class Simulator:
             self.vanish()
             return
         ref = 999 if faults.bad_message_ref else record.message_ref
+        if faults.accept_delay:
+            await asyncio.sleep(faults.accept_delay)
         await self._answer([*lead, f"+CMGS: {ref}"])
 
     def _next_mr(self) -> int:
@@ -772,6 +839,8 @@ class Simulator:
     def _record(self, part: PartRecord) -> None:
         self.parts.append(part)
         self._accepted += 1
+        if part.status_report and self.report_delay is not None:
+            self._schedule_report(part.message_ref, part.number)
         if part.total == 1 or part.reference is None:
             self.sent.append(
                 SentSms(
@@ -909,7 +978,7 @@ class Simulator:
     # ------------------------------------------------------------------ injection
 
     def _store(self, mem: str, pdu: str) -> int:
-        box = self._state.storage[mem]
+        box = self._state.storage.setdefault(mem, {})
         index = next(i for i in range(1, 1000) if i not in box)
         box[index] = ("0", pdu)
         self._notify()
@@ -965,9 +1034,23 @@ class Simulator:
         self._notify()
         return None
 
+    def _schedule_report(self, message_ref: int, recipient: str) -> None:
+        """The network's report on a part, `report_delay` seconds from now."""
+        assert self.report_delay is not None
+
+        def fire() -> None:
+            self._report_timers.discard(timer)
+            if not self._stopped:
+                self.inject_report(message_ref, recipient, status=self.report_status)
+
+        timer = asyncio.get_running_loop().call_later(self.report_delay, fire)
+        self._report_timers.add(timer)
+
     def inject_report(self, message_ref: int, recipient: str, *, status: int = 0) -> None:
         """A delivery report arrives: +CDS (ds=1; a line of fields in text mode) or stored
-        in SR with +CDSI (ds=2)."""
+        in the profile's report memory with +CDSI (ds=2). Pushed while nobody listens
+        (`host_closed`) it is lost; stored, it waits there."""
+        self.reports.append((message_ref, recipient, status))
         now = datetime.now(UTC).replace(microsecond=0)
         pdu = encode_status_report(message_ref, recipient, status=status, scts=now, discharge=now)
         ds = self._state.cnmi[3] if len(self._state.cnmi) > 3 else 0
@@ -977,8 +1060,9 @@ class Simulator:
             head, _ = self._text_view(pdu, listing=False)
             self._send(f"\r\n+CDS: {head}\r\n".encode())
         elif ds == 2:
-            index = self._store("SR", pdu)
-            self._send(f'\r\n+CDSI: "SR",{index}\r\n'.encode())
+            mem = self.profile.report_memory or "SR"
+            index = self._store(mem, pdu)
+            self._send(f'\r\n+CDSI: "{mem}",{index}\r\n'.encode())
 
 
 TEXT_STATS = ("REC UNREAD", "REC READ", "STO UNSENT", "STO SENT")

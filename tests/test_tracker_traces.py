@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 
 from daemon.cli.replay import replay_bytes
 from daemon.config import Config
+from daemon.decide.policy import PolicyFacts, decide
 from daemon.model import FinishedCall
 from tests.conftest import AMI_DIR, load_sidecar, policy_verdict, trace_names
 
@@ -235,3 +236,49 @@ def test_sidecar_files_are_untouched_paths() -> None:
     # the trace folder is data; this test only guards that the helpers read it read-only
     assert isinstance(AMI_DIR, Path)
     assert all((AMI_DIR / f"{n}.ami").stat().st_size > 0 for n in TRACES)
+
+
+# -- the one derived trace ---------------------------------------------------------------------
+
+#: DERIVED, NOT RECORDED: trace 11 (IVR answers, caller hangs up after 3 s) with every event
+#: after the answer's first seconds moved 2.4 s earlier, so the caller hangs up 0.6 s after
+#: the IVR answered (and the Cdr's EndTime/Duration/BillableSeconds to match). No lab
+#: recording of an IVR misdial exists; its sidecar says the same under "derived".
+DERIVED_IVR = "11-ivr-hangup-short-derived"
+
+
+def _frames_without_timing(name: str) -> list[list[str]]:
+    timing = ("Timestamp: ", "EndTime: ", "Duration: ", "BillableSeconds: ")
+    raw = (AMI_DIR / f"{name}.ami").read_bytes().decode()
+    return [
+        [line for line in frame.split("\r\n") if not line.startswith(timing)]
+        for frame in raw.split("\r\n\r\n")
+    ]
+
+
+def test_derived_ivr_trace_differs_from_trace_11_only_in_timing() -> None:
+    assert load_sidecar(DERIVED_IVR)["derived"]["from"].startswith("11-ivr-hangup.ami")
+    assert _frames_without_timing(DERIVED_IVR) == _frames_without_timing("11-ivr-hangup")
+    assert (AMI_DIR / f"{DERIVED_IVR}.ami").read_bytes() != (
+        AMI_DIR / "11-ivr-hangup.ami"
+    ).read_bytes()
+
+
+def test_ivr_misdial_is_short_abandon_and_trace_11_still_texted() -> None:
+    cfg = lab_config()
+    (short,) = replay_bytes([(AMI_DIR / f"{DERIVED_IVR}.ami").read_bytes()], cfg)[0]
+    (long,) = replay_bytes([(AMI_DIR / "11-ivr-hangup.ami").read_bytes()], cfg)[0]
+    assert short.outcome.value == "short_abandon"
+    assert short.ivr_seconds is not None
+    assert abs(short.ivr_seconds - 0.6028) < 0.001
+    assert long.outcome.value == "ivr_abandon"
+    assert long.ivr_seconds is not None
+    assert abs(long.ivr_seconds - 3.0028) < 0.001
+    d = decide(short, PolicyFacts(), cfg, short.ended_at)
+    assert (d.action, str(d.reason)) == ("suppress", "short_abandon")
+    assert d.detail == "caller hung up 0.6s after the PBX answered, nothing rang (min_ring 1s)"
+    # with a lower min_ring the same 0.6 s is a caller the IVR lost: texted
+    low = cfg.model_copy(update={"calls": cfg.calls.model_copy(update={"min_ring": 0.5})})
+    (again,) = replay_bytes([(AMI_DIR / f"{DERIVED_IVR}.ami").read_bytes()], low)[0]
+    assert again.outcome.value == "ivr_abandon"
+    assert policy_verdict(again, low) == ("send", "missed")

@@ -584,6 +584,62 @@ def test_ivr_then_ringing_then_caller_hangs_up_is_abandoned() -> None:
 
 
 @pytest.mark.parametrize(
+    ("hang_after", "outcome"),
+    [(0.6, Outcome.SHORT_ABANDON), (0.999, Outcome.SHORT_ABANDON), (1.0, Outcome.IVR_ABANDON)],
+)
+def test_caller_leaving_an_ivr_within_min_ring_of_its_answer_is_short_abandon(
+    hang_after: float, outcome: Outcome
+) -> None:
+    """Nothing rang: the wait judged against min_ring runs from the PBX's answer."""
+    caller = Chan("PJSIP/trunk-00000001", "6.6", "6.6", num="+12025550166", exten="5551003")
+    # the PBX answers 2 s after the call came in (time before the answer is not judged)
+    msgs = [
+        caller.ev("Newchannel", T0 - 2),
+        caller.ev("Newexten", T0, Application="Answer"),
+        caller.ev("Newstate", T0, ChannelStateDesc="Up"),
+        caller.ev("Newexten", T0 + 0.01, Application="Playback"),
+        caller.ev("Hangup", T0 + hang_after),
+    ]
+    (call,) = finished(feed_all(CallTracker(make_cfg(), ManualClock(T0)), msgs))
+    assert call.outcome is outcome
+    assert call.ring_seconds == 0.0
+    assert call.ivr_seconds is not None
+    assert abs(call.ivr_seconds - hang_after) < 1e-6
+    decision, reason = policy_verdict(call, make_cfg())
+    assert decision == ("suppress" if outcome is Outcome.SHORT_ABANDON else "send")
+    assert reason == ("short_abandon" if outcome is Outcome.SHORT_ABANDON else "missed")
+
+
+def test_pbx_hanging_up_an_ivr_at_once_is_not_the_caller_misdialling() -> None:
+    caller = Chan("PJSIP/trunk-00000001", "6.6", "6.6", num="+12025550166", exten="5551003")
+    msgs = [
+        caller.ev("Newchannel", T0),
+        caller.ev("Newstate", T0, ChannelStateDesc="Up"),
+        caller.ev("Newexten", T0 + 0.1, Application="Hangup"),
+        caller.ev("Hangup", T0 + 0.2),
+    ]
+    (call,) = finished(feed_all(CallTracker(make_cfg(), ManualClock(T0)), msgs))
+    assert call.outcome is Outcome.IVR_ABANDON
+    assert call.ivr_seconds is None
+
+
+def test_ivr_min_ring_follows_reconfigure() -> None:
+    tracker = CallTracker(make_cfg(), ManualClock(T0))
+    tracker.reconfigure(make_cfg(min_ring=0.5))
+    (call,) = finished(
+        feed_all(
+            tracker,
+            _ivr_then(
+                Chan("PJSIP/trunk-00000001", "6.6", "6.6", num="+12025550166", exten="5551003").ev(
+                    "Hangup", T0 + 0.6
+                )
+            ),
+        )
+    )
+    assert call.outcome is Outcome.IVR_ABANDON  # 0.6 s >= the new min_ring
+
+
+@pytest.mark.parametrize(
     ("app", "outcome"),
     [("Hangup", Outcome.NO_ANSWER), ("Busy", Outcome.BUSY), ("Congestion", Outcome.BUSY)],
 )

@@ -8,7 +8,8 @@ Order of checks (the first that matches is the reason; `CHECK_ORDER` lists the w
 
 1. `not_inbound`    internal or outbound call
 2. `answered`       a person answered
-3. `short_abandon`  the caller hung up before min_ring
+3. `short_abandon`  the caller hung up before min_ring (of ringing, or of an IVR or
+                    announcement when nothing rang)
    (the call itself first: a call that was never missed says so, whoever called)
 4. `anonymous`      the caller withheld the number, or there is none; nothing about the
                     number is looked at, even if the carrier passed one along
@@ -340,10 +341,17 @@ def decide(call: FinishedCall, facts: PolicyFacts, cfg: Config, now: float) -> D
         by = clean_text(call.answered_by, 60)
         return _suppress(Reason.ANSWERED, f"answered by {by}" if by else "answered")
     if call.outcome is Outcome.SHORT_ABANDON:
+        min_ring = format_duration(cfg.calls.min_ring)
+        if call.ivr_seconds is not None and call.ring_seconds == 0:
+            # nothing rang: the caller's wait began when the PBX answered (IVR, announcement)
+            return _suppress(
+                Reason.SHORT_ABANDON,
+                f"caller hung up {call.ivr_seconds:.1f}s after the PBX answered, "
+                f"nothing rang (min_ring {min_ring})",
+            )
         return _suppress(
             Reason.SHORT_ABANDON,
-            f"caller hung up after {call.ring_seconds:.1f}s "
-            f"(min_ring {format_duration(cfg.calls.min_ring)})",
+            f"caller hung up after {call.ring_seconds:.1f}s (min_ring {min_ring})",
         )
     if call.outcome not in MISSED_OUTCOMES:  # every outcome is listed; stay safe if not
         return _suppress(Reason.ANSWERED, f"outcome {call.outcome} is not a missed call")

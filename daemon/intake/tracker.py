@@ -21,11 +21,14 @@ What each outcome is built from (see `_classify`):
   queue_abandon       QueueCallerAbandon
   abandoned           the caller hung up while legs rang (DialEnd CANCEL, or legs still
                       open at the caller's hang-up), or before anything happened;
-  short_abandon       ... within `min_ring` seconds of the call's start (a misdial)
+  short_abandon       ... within `min_ring` seconds of the call's start (a misdial);
+                      or, when nothing rang, within `min_ring` seconds of the PBX
+                      answering the caller (IVR, announcement: `ivr_seconds`)
   no_answer           the last dial ended NOANSWER, a queue timed out, or the dialplan
                       hung up (Hangup app) with nothing answered
   busy                the last dial ended BUSY / CHANUNAVAIL / CONGESTION
-  ivr_abandon         the PBX answered the caller's channel (IVR, announcement), nobody else
+  ivr_abandon         the PBX answered the caller's channel (IVR, announcement), nobody
+                      else, and the caller stayed min_ring or more (or the PBX hung up)
   not_inbound         the caller's channel did not come in from outside (by context,
                       trunk endpoint or DID); an office phone dialling a trunk emits
                       OutboundDialled and keeps the number in `dialled`
@@ -172,6 +175,7 @@ class _Call:
         "origin_pending",
         "outside_legs",
         "pbx_answered",
+        "pbx_answered_at",
         "pbx_hangup",
         "pending",
         "pres_prohibited",
@@ -216,6 +220,7 @@ class _Call:
         self.in_queue = False
         self.queue_abandoned = False
         self.pbx_answered = False
+        self.pbx_answered_at: float | None = None  # the caller's channel went Up (PBX or person)
         self.pbx_hangup = False
         self.caller_left_ringing = False
         self.end_unknown = False  # the caller's hang-up was never seen (expiry, gap)
@@ -409,6 +414,7 @@ class CallTracker:
             self._origin_event(call, msg)
             if msg.get("ChannelStateDesc") == "Up" and not call.pbx_answered:
                 call.pbx_answered = True
+                call.pbx_answered_at = self._ts(msg)
         return None
 
     def _on_newexten(self, msg: Message) -> list[TrackerEvent] | None:
@@ -676,6 +682,7 @@ class CallTracker:
             dialled=call.dialled,
             answered_by=call.answered_by,
             channel=call.channel,
+            ivr_seconds=self._ivr_wait(call),
         )
 
     def _classify(self, call: _Call, at: float) -> Outcome:
@@ -701,10 +708,36 @@ class CallTracker:
         if call.last_dial in _BUSY_STATUSES:
             return Outcome.BUSY
         if call.pbx_answered:
+            listened = self._ivr_wait(call)
+            if listened is not None and listened < self._min_ring:
+                return Outcome.SHORT_ABANDON  # a misdial: hung up as the greeting began
             return Outcome.IVR_ABANDON
         if call.pbx_hangup:
             return Outcome.NO_ANSWER
         return self._abandon(call, hung)
+
+    @staticmethod
+    def _ivr_wait(call: _Call) -> float | None:
+        """The PBX answered (IVR, announcement), nothing rang, and the caller hung up:
+        the seconds from that answer to the hang-up, else None.
+
+        That is the time the caller waited (they heard whom they had called when the PBX
+        answered), judged against min_ring as the ringing is for a call that rang. None
+        when the PBX hung up (the caller did not leave), when the hang-up was never seen,
+        or for a call adopted at a resync (its times are estimates).
+        """
+        if (
+            not call.pbx_answered
+            or call.ring_start is not None
+            or call.queue_joined
+            or call.pbx_hangup
+            or call.end_unknown
+            or call.adopted
+            or call.pbx_answered_at is None
+            or call.origin_hungup_at is None
+        ):
+            return None
+        return max(0.0, call.origin_hungup_at - call.pbx_answered_at)
 
     def _abandon(self, call: _Call, hung: float) -> Outcome:
         # the caller's whole wait counts, not only the ringing: a caller who hung up
