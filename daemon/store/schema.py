@@ -161,5 +161,28 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX forwards_channel_time ON forwards(channel, created_at);
     CREATE INDEX replies_sender ON replies(sender, received_at);
     """,
+    # 5: delivery reports (issue 10): every report the modem handed on, with the text it
+    # was matched to; when a text last went to a sender (attempted_at: what a report's
+    # window starts from, kept when a crash makes the text `uncertain`), and who settled
+    # a text's fate after the fact (resolved_by: 'delivery_report') and when it was
+    # delivered.
+    """
+    ALTER TABLE messages ADD COLUMN attempted_at REAL;
+    ALTER TABLE messages ADD COLUMN resolved_by TEXT;
+    ALTER TABLE messages ADD COLUMN delivered_at REAL;
+    CREATE TABLE delivery_reports (
+        id INTEGER PRIMARY KEY,
+        reference INTEGER NOT NULL,
+        recipient TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        modem TEXT NOT NULL DEFAULT '',
+        message_id INTEGER REFERENCES messages(id),
+        part_id INTEGER REFERENCES message_parts(id)
+    );
+    CREATE INDEX delivery_reports_message ON delivery_reports(message_id, received_at);
+    CREATE INDEX delivery_reports_time ON delivery_reports(received_at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
