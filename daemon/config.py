@@ -129,6 +129,12 @@ class CallsConfig(_Section):
     max_call_age: Duration = Field(
         6 * 3600.0, description="a call with no end seen after this long is dropped"
     )
+    unknown_presentation: Literal["text", "skip"] = Field(
+        "text",
+        description="a caller whose withheld flag nothing could tell (no channelvars "
+        "CALLERID(pres), no Getvar answer): text them (fail open, logged) or skip "
+        "(not texted: presentation_unknown)",
+    )
 
     @property
     def carrier_voicemail_seconds(self) -> float:
@@ -147,6 +153,18 @@ class ModemConfig(_Section):
     mode: Literal["pdu", "text"] = Field("pdu", description="SMS mode; text only if PDU fails")
     smsc: str = Field("", description="SMS centre number, only if the SIM lacks one")
     status_reports: bool = Field(True, description="ask the network for delivery reports")
+    delivery_reports: Literal["auto", "stored", "direct"] = Field(
+        "auto",
+        description="how reports reach textback: stored by the modem (+CDSI; read at the"
+        " next start when they came while it was down), direct (+CDS; lost while it is"
+        " down), auto: stored where the modem can",
+    )
+    report_window: Duration = Field(
+        3600.0,
+        gt=0,
+        description="a report to the number of an uncertain text (a send a crash cut"
+        " off) up to this long after that send settles it: delivered",
+    )
     send_timeout: Duration = Field(60.0, description="longest wait for AT+CMGS to finish")
 
 
@@ -182,7 +200,9 @@ class TextbackConfig(_Section):
         8, ge=3, description="E.164 digits that make a 'number range' for the pumping guard"
     )
     business_name: str = Field("our office", description="{business_name} when no line sets one")
-    caller_name_fallback: str = Field("", description="{caller_name} when the PBX has no name")
+    caller_name_fallback: str = Field(
+        "", description="{caller_name} and {first_name} for a caller not in [contacts]"
+    )
     template: str = Field(
         "Sorry we missed your call to {business_name}. We will call you back soon.",
         description="text for a missed call in business hours",
@@ -318,6 +338,26 @@ class SmtpConfig(_Section):
     timeout: Duration = Field(30.0, description="an SMTP server silent this long has failed")
 
 
+class ContactsConfig(_Section):
+    """[contacts]: the callers the office knows by name; texts greet no one else by name."""
+
+    file: str = Field(
+        "",
+        description="the office's contacts: a CSV file (number,name[,first_name]) or a vCard"
+        " file exported from a phone book; re-read when it changes; empty: none",
+    )
+    astdb_family: str = Field(
+        "",
+        description='Asterisk database family of caller names (AMI DBGet), e.g. "cidname";'
+        " empty: none",
+    )
+    use_pbx_names: bool = Field(
+        False,
+        description="use the caller ID name the caller's network sent when it looks like a"
+        " person's name (it is the caller's own claim: off by default)",
+    )
+
+
 class DatabaseConfig(_Section):
     """[database]: where everything is kept."""
 
@@ -354,6 +394,7 @@ class Config(BaseSettings):
     lines: list[LineConfig] = Field(default_factory=list)
     replies: RepliesConfig = Field(default_factory=RepliesConfig)  # type: ignore[arg-type]
     smtp: SmtpConfig = Field(default_factory=SmtpConfig)  # type: ignore[arg-type]
+    contacts: ContactsConfig = Field(default_factory=ContactsConfig)  # type: ignore[arg-type]
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)  # type: ignore[arg-type]
     log: LogConfig = Field(default_factory=LogConfig)  # type: ignore[arg-type]
 

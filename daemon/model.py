@@ -42,6 +42,7 @@ class Reason(StrEnum):
     ANSWERED = "answered"
     NOT_INBOUND = "not_inbound"
     ANONYMOUS = "anonymous"
+    PRESENTATION_UNKNOWN = "presentation_unknown"  # unknown_presentation = "skip"
     INVALID_NUMBER = "invalid_number"
     SHORT_ABANDON = "short_abandon"
     COOLDOWN = "cooldown"
@@ -104,7 +105,9 @@ class MessageState(StrEnum):
     """Where a text is in the outbox (DESIGN.md, Storage; the `messages.state` column).
 
     waiting -> queued -> sending -> sent | failed | uncertain; a pending text (waiting or
-    queued) may instead be cancelled or expire.
+    queued) may instead be cancelled or expire. The network's delivery reports move a
+    sent text to delivered once every part is, and settle an uncertain one (delivered, or
+    failed when the network could not deliver it; `resolved_by` says so).
     """
 
     WAITING = "waiting"  # in its wait step (missed-call texts only)
@@ -115,6 +118,7 @@ class MessageState(StrEnum):
     CANCELLED = "cancelled"
     EXPIRED = "expired"
     UNCERTAIN = "uncertain"  # may or may not have gone out; never resent blindly
+    DELIVERED = "delivered"  # the network reported it delivered (every part)
 
 
 #: Not yet handed to a sender: may still be cancelled, merged into, or expire.
@@ -122,7 +126,11 @@ PENDING_STATES: frozenset[MessageState] = frozenset({MessageState.WAITING, Messa
 #: Still in the outbox's hands (what the STATUS line counts as waiting).
 OPEN_STATES: frozenset[MessageState] = PENDING_STATES | {MessageState.SENDING}
 #: Went out, or may still go out: these count for caps, cooldown and the pumping guard.
-LIVE_STATES: frozenset[MessageState] = OPEN_STATES | {MessageState.SENT, MessageState.UNCERTAIN}
+LIVE_STATES: frozenset[MessageState] = OPEN_STATES | {
+    MessageState.SENT,
+    MessageState.UNCERTAIN,
+    MessageState.DELIVERED,
+}
 #: A text's life ends in one of these.
 FINAL_STATES: frozenset[MessageState] = frozenset(
     {
@@ -131,6 +139,7 @@ FINAL_STATES: frozenset[MessageState] = frozenset(
         MessageState.CANCELLED,
         MessageState.EXPIRED,
         MessageState.UNCERTAIN,
+        MessageState.DELIVERED,
     }
 )
 

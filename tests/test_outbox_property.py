@@ -234,7 +234,7 @@ async def _setup(path: Path, clock: ManualClock, state: str) -> int:
     mid = await outbox.enqueue(destination=NUMBERS[0], text="hi", template_kind=None, call_ids=[1])
     if state == "cancelled":
         await outbox.cancel(NUMBERS[0], "called_back")
-    if state in ("queued", "sent", "failed"):
+    if state in ("queued", "sent", "failed", "delivered"):
         if state == "failed":
             sender.script.append(Retryable("no network"))
         clock.advance(30)
@@ -244,6 +244,9 @@ async def _setup(path: Path, clock: ManualClock, state: str) -> int:
         await outbox.process_due()
     if state == "uncertain":
         await store.update_message(mid, now=clock.now(), state="uncertain")
+    if state == "delivered":  # the network's report for its one part
+        [part] = await store.message_parts(mid)
+        await store.record_delivery(part["reference"], "delivered", clock.now())
     m = await store.get_message(mid)
     assert m is not None
     assert m.state == state
@@ -261,6 +264,7 @@ async def _setup(path: Path, clock: ManualClock, state: str) -> int:
         ("cancelled", "cancelled", 0),
         ("expired", "expired", 0),
         ("uncertain", "uncertain", 0),
+        ("delivered", "delivered", 0),
     ],
 )
 async def test_restart_in_each_state(tmp_path: Path, state: str, expected: str, sends: int) -> None:
@@ -385,5 +389,6 @@ async def test_kill_9_during_a_send_leaves_it_uncertain(tmp_path: Path, resend: 
 
 def test_every_state_is_covered_by_a_restart_test() -> None:
     covered = {"waiting", "queued", "sent", "failed", "cancelled", "expired", "uncertain"}
+    covered.add("delivered")
     covered.add("sending")  # the kill -9 test
     assert covered == set(MESSAGE_STATES)

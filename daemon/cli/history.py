@@ -70,6 +70,12 @@ def _why(r: HistoryRow) -> str:
         return r.detail or r.reason or ""
     if r.message == "merged":
         return f"joined message {r.message_id}"
+    if r.resolved_by == "delivery_report":
+        # was uncertain (its send cut off by a crash): the network's report settled it
+        was = f"was uncertain: {r.message_reason}" if r.message_reason else "was uncertain"
+        if r.message == MessageState.DELIVERED:
+            return f"resolved by delivery report ({was})"
+        return f"delivery report: not delivered ({was})"
     if r.message in _WHY_STATES:
         return r.message_reason or r.message
     return ""

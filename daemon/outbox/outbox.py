@@ -393,6 +393,8 @@ class Outbox:
                     )
                     tx.emit(_changed(m, MessageState.UNCERTAIN, now, reason="in_flight_at_restart"))
                     counts["uncertain"] += 1
+                    # a delivery report read before this recovery may settle it at once
+                    tx.resolve_uncertain(m.id, now, self._cfg.modem.report_window)
 
         # Read first: a start with nothing in flight writes nothing (and works while
         # another process holds the write lock).
@@ -544,6 +546,8 @@ class Outbox:
                 sender=result.sender or None,
             )
             tx.emit(_changed(m, MessageState.UNCERTAIN, now, reason="send_uncertain", error=err))
+            # its delivery report may have come while the send waited for +CMGS
+            tx.resolve_uncertain(m.id, now, self._cfg.modem.report_window)
             return
         if (uncertain or result.retryable) and attempt < tb.max_attempts:
             wait = tb.retry_backoff * 2 ** (attempt - 1)

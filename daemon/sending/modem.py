@@ -167,6 +167,8 @@ class ModemSupervisor:
                     pin=m.pin or None,
                     smsc=m.smsc.replace(" ", "") or None,
                     mode=m.mode,
+                    # [modem] delivery_reports: stored by the modem where it can
+                    reports=m.delivery_reports,
                     # [modem] send_timeout: the longest wait for +CMGS after the message body
                     timeouts=self._timeouts or Timeouts(send=m.send_timeout),
                 )
@@ -221,7 +223,16 @@ class ModemSupervisor:
         try:
             if isinstance(item, StatusReport):
                 status = "delivered" if item.delivered else ("failed" if item.final else "pending")
-                await self._store.record_delivery(item.message_ref, status, now)
+                # by reference; else it may settle an uncertain text to that number
+                await self._store.record_delivery(
+                    item.message_ref,
+                    status,
+                    now,
+                    recipient=item.recipient,
+                    tp_status=item.status,
+                    modem=self._name,
+                    window=self._cfg.report_window,
+                )
             else:
                 await self._text(item, now)
         except StoreError as exc:

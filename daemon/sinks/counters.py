@@ -37,10 +37,12 @@ def durable_counts(event: Event) -> list[tuple[str, float]]:
             return [("decisions.send", at)]
         case CallDecided(reason=reason, at=at):
             return [(f"suppressed.{reason}", at)]
-        case TextChanged(state=state, reason=reason, at=at) if state in FINAL_STATES:
+        case TextChanged(state=state, reason=reason, at=at, was=was) if state in FINAL_STATES:
             out = [(f"texts.{state}", at)]
             if state is MessageState.CANCELLED and reason:
                 out.append((f"cancelled.{reason}", at))
+            if was is MessageState.UNCERTAIN:  # counted uncertain before: now settled
+                out.append((f"uncertain_resolved.{state}", at))
             return out
         case DeliveryReported(message_id=mid, status=status, at=at) if mid is not None:
             return [(f"delivery.{status}", at)]

@@ -65,7 +65,10 @@ class TextChanged:
 
     `reason` says why where there is a why: called_back, answered_on_retry, retry,
     max_age, send_uncertain, in_flight_at_restart, resend_uncertain, permanent_error,
-    max_attempts. The other fields are filled where they apply.
+    max_attempts, delivery_report (the network's report moved it). The other fields are
+    filled where they apply; `was` is the state a delivery report moved it from (`sent`,
+    or `uncertain` for a send a crash cut off, settled after the fact: then `references`
+    are the reports' and `age` the seconds since that send started).
     """
 
     message_id: int
@@ -80,6 +83,7 @@ class TextChanged:
     retry_in: float | None = None
     age: float | None = None
     sender: str = ""
+    was: MessageState | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -163,6 +163,22 @@ class LogSink:
         elif state is MessageState.EXPIRED:
             age = None if ev.age is None else f"{ev.age:.0f}s"
             _texts.warning(kv(**base, state=state, reason="max_age", age=age, last_error=ev.error))
+        elif ev.was is MessageState.UNCERTAIN:
+            # a send a crash (or an unclear answer) cut off, settled by the network's report
+            level = logging.INFO if state is MessageState.DELIVERED else logging.WARNING
+            fields = {
+                "state": state,
+                "was": ev.was,
+                "resolved_by": ev.reason,
+                "refs": ",".join(str(r) for r in ev.references) or None,
+                "after": None if ev.age is None else f"{ev.age:.0f}s",
+            }
+            if ev.error is not None:
+                fields["error"] = ev.error
+            _texts.log(level, kv(**base, **fields))
+        elif state is MessageState.DELIVERED:
+            # every part reported delivered; each report has its own delivery_report line
+            _texts.debug(kv(**base, state=state, reason=ev.reason))
         elif state is MessageState.UNCERTAIN and ev.error is not None:
             _texts.warning(kv(**base, state=state, reason=ev.reason, error=ev.error))
         elif state is MessageState.UNCERTAIN:

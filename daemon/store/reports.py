@@ -35,6 +35,7 @@ class HistoryRow:
     message: str | None  # message state, "merged" for a call joined to another's text
     message_reason: str | None  # why a text was cancelled, or its last error
     text: str | None
+    resolved_by: str | None = None  # 'delivery_report': an uncertain text settled after
 
 
 @dataclass(slots=True)
@@ -127,7 +128,7 @@ def history(
         "SELECT c.id AS call_id, c.linkedid, c.caller, c.caller_name, c.did, c.outcome,"
         " c.ended_at, c.ring_seconds, c.voicemail_left, d.action, d.reason, d.detail,"
         " d.message_id, d.merged, d.text, m.state AS mstate, m.reason AS mreason,"
-        " m.last_error"
+        " m.last_error, m.resolved_by"
         " FROM calls c"
         " LEFT JOIN decisions d ON d.id = (SELECT MAX(id) FROM decisions WHERE call_id = c.id)"
         " LEFT JOIN messages m ON m.id = d.message_id"
@@ -168,6 +169,7 @@ def history(
                 message=state,
                 message_reason=r["mreason"] or r["last_error"],
                 text=r["text"],
+                resolved_by=r["resolved_by"],
             )
         )
     return out

@@ -73,6 +73,9 @@ class Message:
     kind: MessageKind = MessageKind.MISSED_CALL
     line: str = ""
     sender: str = ""
+    attempted_at: float | None = None  # when it last went to a sender
+    resolved_by: str | None = None  # 'delivery_report': its fate settled after the fact
+    delivered_at: float | None = None
 
 
 def _row_message(row: sqlite3.Row) -> Message:
@@ -96,7 +99,27 @@ def _row_message(row: sqlite3.Row) -> Message:
         kind=MessageKind(row["kind"]),
         line=row["line"],
         sender=row["sender"],
+        attempted_at=row["attempted_at"],
+        resolved_by=row["resolved_by"],
+        delivered_at=row["delivered_at"],
     )
+
+
+def _attempt_time(m: Message) -> float:
+    """When the text last went to a sender (rows from before schema 5: its last change)."""
+    return m.updated_at if m.attempted_at is None else m.attempted_at
+
+
+def same_number(a: str, b: str) -> bool:
+    """Do two spellings name one phone number? A report's recipient may come in national
+    form ("2025550123") for a text sent to "+12025550123": the digits of one end the
+    other's, eight digits at least."""
+    da = "".join(ch for ch in a if ch.isdigit())
+    db = "".join(ch for ch in b if ch.isdigit())
+    if not da or not db:
+        return False
+    short, long_ = sorted((da, db), key=len)
+    return short == long_ or (len(short) >= 8 and long_.endswith(short))
 
 
 def placeholders(items: Sequence[object]) -> str:
@@ -413,6 +436,8 @@ class StoreTx:
             "sender": sender,
         }
         sets = {k: v for k, v in cols.items() if v is not None}
+        if state == MessageState.SENDING:
+            sets["attempted_at"] = now  # a delivery report's window starts here
         if clear_error:
             sets["last_error"] = None
         assign = "".join(f"{k} = ?, " for k in sets)
@@ -520,26 +545,208 @@ class StoreTx:
             sender=sender or None,
         )
         self.add_parts(message_id, references, now)
+        self._early_reports(message_id, now)
 
     # -- what the modem hears ---------------------------------------------------------------
 
-    def record_delivery(self, reference: int, status: str, now: float) -> int | None:
-        """A delivery report for a modem reference; returns the message id it belongs to.
+    def record_delivery(
+        self,
+        reference: int,
+        status: str,
+        now: float,
+        *,
+        recipient: str = "",
+        tp_status: int | None = None,
+        modem: str = "",
+        window: float = 0.0,
+    ) -> int | None:
+        """A delivery report (`status`: delivered, failed or pending; `tp_status` its
+        TP-ST) for a modem reference to `recipient`; kept, and matched to a text: returns
+        the message id it belongs to, None when no text of ours is known to have it.
 
-        References wrap at 256, so the most recent part with that reference is meant.
+        Matched first by reference: references wrap at 256, so the most recent part with
+        that reference (to that recipient, when the report names one) is meant. Else, a
+        final report settles the oldest `uncertain` text to that recipient whose send
+        started at most `window` seconds before (the reference of a send a crash cut off
+        is unknown): delivered, or failed if the network could not deliver it; never
+        resent. A text of several parts is settled once a report came for each.
         """
-        row = self._conn.execute(
-            "SELECT id, message_id FROM message_parts WHERE reference = ? ORDER BY id DESC LIMIT 1",
-            (reference,),
-        ).fetchone()
-        mid = None if row is None else int(row["message_id"])
-        if row is not None:
+        if tp_status is None:
+            tp_status = {"delivered": 0, "pending": 0x20}.get(status, 0x40)
+        rid = int(
             self._conn.execute(
-                "UPDATE message_parts SET status = ?, status_at = ? WHERE id = ?",
-                (status, now, row["id"]),
-            )
+                "INSERT INTO delivery_reports"
+                " (reference, recipient, status, outcome, received_at, modem)"
+                " VALUES (?,?,?,?,?,?) RETURNING id",
+                (reference, recipient, tp_status, status, now, modem),
+            ).fetchone()[0]
+        )
+        mid = self._report_on_part(rid, reference, recipient, status, now)
+        if mid is None and status != "pending" and recipient:
+            for m in self._uncertain_to(recipient, now, window):
+                self._link_report(rid, m.id, None)
+                self._settle_uncertain(m, now)
+                mid = m.id
+                break
         self.emit(DeliveryReported(reference=reference, message_id=mid, status=status, at=now))
         return mid
+
+    def resolve_uncertain(self, message_id: int, now: float, window: float) -> bool:
+        """A text just made `uncertain`: reports kept before (read at start-up before the
+        restart's recovery, or during a send that ended unclear) that fit it settle it now.
+        Returns whether it was settled."""
+        m = self.get_message(message_id)
+        if m is None or m.state is not MessageState.UNCERTAIN:
+            return False
+        start = _attempt_time(m)
+        rows = self._conn.execute(
+            "SELECT id, recipient FROM delivery_reports WHERE message_id IS NULL"
+            " AND outcome != 'pending' AND received_at >= ? AND received_at <= ? ORDER BY id",
+            (start, start + window),
+        ).fetchall()
+        for r in rows:
+            if same_number(str(r["recipient"]), m.destination):
+                self._link_report(int(r["id"]), m.id, None)
+                if self._settle_uncertain(m, now):
+                    return True
+        return False
+
+    def _report_on_part(
+        self, rid: int, reference: int, recipient: str, status: str, now: float
+    ) -> int | None:
+        """The part with this reference (and recipient) that the report is about: its
+        status noted, its text delivered when every part is. Returns the text's id."""
+        rows = self._conn.execute(
+            "SELECT p.id, p.message_id, m.destination FROM message_parts p"
+            " JOIN messages m ON m.id = p.message_id"
+            " WHERE p.reference = ? ORDER BY p.id DESC LIMIT 32",
+            (reference,),
+        ).fetchall()
+        row = next(
+            (r for r in rows if not recipient or same_number(recipient, str(r["destination"]))),
+            None,
+        )
+        if row is None:
+            return None
+        mid = int(row["message_id"])
+        self._conn.execute(
+            "UPDATE message_parts SET status = ?, status_at = ? WHERE id = ?",
+            (status, now, row["id"]),
+        )
+        self._link_report(rid, mid, int(row["id"]))
+        if status == "delivered":
+            self._delivered_if_every_part(mid, now)
+        return mid
+
+    def _delivered_if_every_part(self, message_id: int, now: float) -> None:
+        """A `sent` text whose every part is reported delivered becomes `delivered`."""
+        left = self._scalar(
+            "SELECT COUNT(*) FROM message_parts WHERE message_id = ? AND status != 'delivered'",
+            (message_id,),
+        )
+        m = self.get_message(message_id)
+        if left or m is None or m.state is not MessageState.SENT:
+            return
+        self._conn.execute(
+            "UPDATE messages SET state = 'delivered', delivered_at = ?, updated_at = ?"
+            " WHERE id = ? AND state = 'sent'",
+            (now, now, message_id),
+        )
+        self.emit(
+            TextChanged(
+                message_id=m.id,
+                destination=m.destination,
+                kind=m.kind,
+                state=MessageState.DELIVERED,
+                at=now,
+                reason="delivery_report",
+                was=MessageState.SENT,
+            )
+        )
+
+    def _uncertain_to(self, recipient: str, now: float, window: float) -> list[Message]:
+        """`uncertain` texts to `recipient` whose send started within `window` before
+        `now`, oldest first."""
+        rows = self._conn.execute(
+            "SELECT * FROM messages WHERE state = 'uncertain'"
+            " AND COALESCE(attempted_at, updated_at) BETWEEN ? AND ?"
+            " ORDER BY COALESCE(attempted_at, updated_at), id",
+            (now - window, now),
+        ).fetchall()
+        return [m for m in map(_row_message, rows) if same_number(recipient, m.destination)]
+
+    def _link_report(self, report_id: int, message_id: int, part_id: int | None) -> None:
+        self._conn.execute(
+            "UPDATE delivery_reports SET message_id = ?, part_id = ? WHERE id = ?",
+            (message_id, part_id, report_id),
+        )
+
+    def _settle_uncertain(self, m: Message, now: float) -> bool:
+        """Settle an `uncertain` text once a final report is linked for each of its parts:
+        delivered if every one says so, else failed (the network had it and gave up).
+        Returns whether it was settled."""
+        rows = self._conn.execute(
+            "SELECT reference, outcome, status FROM delivery_reports"
+            " WHERE message_id = ? AND outcome != 'pending' ORDER BY id",
+            (m.id,),
+        ).fetchall()
+        outcomes: dict[int, tuple[str, int]] = {}
+        for r in rows:
+            outcomes[int(r["reference"])] = (str(r["outcome"]), int(r["status"]))
+        if len(outcomes) < max(m.parts, 1):
+            return False
+        bad = [st for outcome, st in outcomes.values() if outcome != "delivered"]
+        state = MessageState.FAILED if bad else MessageState.DELIVERED
+        error = f"not delivered: the network's report says TP-ST {bad[0]:#04x}" if bad else None
+        self._conn.execute(
+            "UPDATE messages SET state = ?, resolved_by = 'delivery_report',"
+            " delivered_at = ?, sent_at = COALESCE(sent_at, attempted_at, updated_at),"
+            " last_error = COALESCE(?, last_error), updated_at = ?"
+            " WHERE id = ? AND state = 'uncertain'",
+            (str(state), None if bad else now, error, now, m.id),
+        )
+        self.emit(
+            TextChanged(
+                message_id=m.id,
+                destination=m.destination,
+                kind=m.kind,
+                state=state,
+                at=now,
+                reason="delivery_report",
+                references=tuple(sorted(outcomes)),
+                error=error,
+                age=now - _attempt_time(m),
+                was=MessageState.UNCERTAIN,
+            )
+        )
+        return True
+
+    def _early_reports(self, message_id: int, now: float) -> None:
+        """Reports that came before their text's references were written (a fast network,
+        a slow commit) are matched now."""
+        m = self.get_message(message_id)
+        if m is None:
+            return
+        rows = self._conn.execute(
+            "SELECT d.id, d.reference, d.recipient, d.outcome FROM delivery_reports d"
+            " WHERE d.message_id IS NULL AND d.received_at >= ? AND d.reference IN"
+            " (SELECT reference FROM message_parts WHERE message_id = ?) ORDER BY d.id",
+            (_attempt_time(m), message_id),
+        ).fetchall()
+        for r in rows:
+            if not same_number(str(r["recipient"]), m.destination):
+                continue
+            part = self._scalar(
+                "SELECT id FROM message_parts WHERE message_id = ? AND reference = ?",
+                (message_id, r["reference"]),
+            )
+            self._conn.execute(
+                "UPDATE message_parts SET status = ?, status_at = ? WHERE id = ?",
+                (r["outcome"], now, part),
+            )
+            self._link_report(int(r["id"]), message_id, int(part))
+            if r["outcome"] == "delivered":
+                self._delivered_if_every_part(message_id, now)
 
     def add_reply(
         self,
@@ -624,7 +831,8 @@ class StoreTx:
         `since`: what a reply from that number answers."""
         row = self._conn.execute(
             "SELECT * FROM messages WHERE destination = ? AND kind = ?"
-            " AND state IN ('sent', 'uncertain') AND COALESCE(sent_at, updated_at) >= ?"
+            " AND state IN ('sent', 'uncertain', 'delivered')"
+            " AND COALESCE(sent_at, updated_at) >= ?"
             " ORDER BY COALESCE(sent_at, updated_at) DESC, id DESC LIMIT 1",
             (destination, str(MessageKind.MISSED_CALL), since),
         ).fetchone()

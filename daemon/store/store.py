@@ -594,9 +594,31 @@ class Store:
 
     # -- what the modem hears, opt-outs, gaps, counters -----------------------------------
 
-    async def record_delivery(self, reference: int, status: str, now: float) -> int | None:
-        """A delivery report for a modem reference; returns the message id it belongs to."""
-        return await self._write(lambda tx: tx.record_delivery(reference, status, now))
+    async def record_delivery(
+        self,
+        reference: int,
+        status: str,
+        now: float,
+        *,
+        recipient: str = "",
+        tp_status: int | None = None,
+        modem: str = "",
+        window: float = 0.0,
+    ) -> int | None:
+        """A delivery report, kept and matched to its text (see `StoreTx.record_delivery`:
+        by reference, else an `uncertain` text to `recipient` within `window`); returns
+        the message id it belongs to."""
+        return await self._write(
+            lambda tx: tx.record_delivery(
+                reference,
+                status,
+                now,
+                recipient=recipient,
+                tp_status=tp_status,
+                modem=modem,
+                window=window,
+            )
+        )
 
     async def add_reply(
         self, sender: str, text: str, now: float, *, optout: bool = False
