@@ -402,6 +402,27 @@ def _check_textback(cfg: Config) -> list[Problem]:
     return out
 
 
+def presentation_lines(cfg: Config) -> list[str]:
+    """What `textback check` says about withheld callers: how they are told, and what
+    happens to a caller nothing could tell about (as far as the config shows)."""
+    if not cfg.ami.enabled:
+        return ["no PBX ([ami] enabled = false): no call is tracked"]
+    skip = cfg.calls.unknown_presentation == "skip"
+    return [
+        "told by: manager.conf channelvars = CALLERID(pres) (recommended; check cannot "
+        "read manager.conf)",
+        "else by: Getvar while the call is up (needs write = reporting for "
+        + f"[{cfg.ami.username}])",
+        'always: "anonymous" or no number',
+        "neither tells (journal: event=presentation_unknown): "
+        + (
+            "NOT texted, reason presentation_unknown (unknown_presentation = skip)"
+            if skip
+            else 'texted, fail open (unknown_presentation = text; "skip" would not text)'
+        ),
+    ]
+
+
 def _parses(raw: str, region: str) -> bool:
     try:
         return phonenumbers.is_valid_number(phonenumbers.parse(raw, region))
@@ -800,6 +821,7 @@ def report(path: Path, cfg: Config | None, problems: Sequence[Problem]) -> list[
     if cfg is not None:
         out += ["Settings in effect (secrets hidden):", *settings_lines(cfg), ""]
         out += ["Texts:", *template_lines(cfg), ""]
+        out += ["Withheld numbers (never texted):", *presentation_lines(cfg), ""]
     errors = [p for p in problems if p.severity is Severity.ERROR]
     warnings = [p for p in problems if p.severity is Severity.WARNING]
     if problems:

@@ -43,6 +43,7 @@ class Reason(StrEnum):
     NOT_INBOUND = "not_inbound"
     ANONYMOUS = "anonymous"
     PRESENTATION_UNKNOWN = "presentation_unknown"  # unknown_presentation = "skip"
+    PRESENTATION_UNKNOWN = "presentation_unknown"  # unknown_presentation = "skip"
     INVALID_NUMBER = "invalid_number"
     SHORT_ABANDON = "short_abandon"
     COOLDOWN = "cooldown"
@@ -77,6 +78,9 @@ class FinishedCall:
     #: nothing rang and the PBX answered (IVR, announcement): seconds from that answer to
     #: the caller's hang-up, judged against min_ring; None otherwise or when unknowable
     ivr_seconds: float | None = None
+    #: an event (manager.conf channelvars) or a Getvar answer said whether the caller
+    #: withheld the number; False: nothing could tell ([calls] unknown_presentation)
+    presentation_known: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -362,7 +362,13 @@ def test_every_reason_word_is_covered() -> None:
 
 def test_check_order_first_matching_reason_wins() -> None:
     """Start with a call that is wrong in every way, fix one thing at a time."""
-    c = mkcall(inbound=False, outcome=Outcome.ANSWERED, withheld=True, caller="12")
+    c = mkcall(
+        inbound=False,
+        outcome=Outcome.ANSWERED,
+        withheld=True,
+        caller="12",
+        presentation_known=False,
+    )
     tb: dict[str, Any] = {
         "blocklist": ["202-555-0123"],
         "home_region": "CA",
@@ -374,7 +380,9 @@ def test_check_order_first_matching_reason_wins() -> None:
     seen: list[str] = []
 
     def step() -> Decision:
-        d = decide(c, facts, config(lines, **tb), NOW)
+        cfg = config(lines, **tb)
+        skip = cfg.calls.model_copy(update={"unknown_presentation": "skip"})
+        d = decide(c, facts, cfg.model_copy(update={"calls": skip}), NOW)
         seen.append(f"{d.reason}" + (" (pumping)" if "pumping" in d.detail else ""))
         return d
 
@@ -386,6 +394,8 @@ def test_check_order_first_matching_reason_wins() -> None:
     c = dataclasses.replace(c, outcome=Outcome.NO_ANSWER)
     step()
     c = dataclasses.replace(c, withheld=False)
+    step()
+    c = dataclasses.replace(c, presentation_known=True)
     step()
     c = dataclasses.replace(c, caller=CALLER)
     step()
@@ -412,6 +422,7 @@ def test_check_order_first_matching_reason_wins() -> None:
         "answered",
         "short_abandon",
         "anonymous",
+        "presentation_unknown",
         "invalid_number",
         "blocked",
         "destination_not_allowed",

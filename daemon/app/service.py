@@ -109,6 +109,8 @@ class Service:
         #: Callers' channels whose presentation was asked with Getvar (no channelvars).
         self._pres_asked: set[str] = set()
         self._ask_pres = True
+        #: Inbound calls finished with the presentation unknown (first one at WARNING).
+        self._pres_unknown = 0
         #: Unexpected exceptions survived (each logged with its traceback).
         self.bugs = 0
 
@@ -376,6 +378,7 @@ class Service:
                     if isinstance(ev, FinishedCall):
                         self._redirected.discard(ev.linkedid)
                         self._pres_asked.discard(ev.linkedid)
+                        self._note_presentation(ev)
                 await self.pipeline.handle_many(batch)
             except Exception as exc:
                 # a bug must cost these calls at most, not the daemon (and every call after);
@@ -387,6 +390,23 @@ class Service:
             finally:
                 for _ in batch:
                     self._events.task_done()
+
+    def _note_presentation(self, call: FinishedCall) -> None:
+        """An inbound caller whose withheld flag nothing could tell (no channelvars, no
+        Getvar answer): said at WARNING the first time, at DEBUG after."""
+        if not call.inbound or call.presentation_known or call.withheld:
+            return
+        self._pres_unknown += 1
+        level = logging.WARNING if self._pres_unknown == 1 else logging.DEBUG
+        log.log(
+            level,
+            kv(
+                event="presentation_unknown",
+                linkedid=call.linkedid,
+                unknown_presentation=self.cfg.calls.unknown_presentation,
+                fix="manager.conf: channelvars = CALLERID(pres), or write = reporting",
+            ),
+        )
 
     async def _expire_loop(self) -> None:
         while True:

@@ -13,6 +13,8 @@ Order of checks (the first that matches is the reason; `CHECK_ORDER` lists the w
    (the call itself first: a call that was never missed says so, whoever called)
 4. `anonymous`      the caller withheld the number, or there is none; nothing about the
                     number is looked at, even if the carrier passed one along
+   `presentation_unknown`  [calls] unknown_presentation = "skip" and nothing (manager.conf
+                    channelvars, a Getvar) said whether the caller withheld the number
 5. `invalid_number` not a valid E.164 number (phonenumbers, with home_region)
 6. `blocked`        on [textback] blocklist (any format; compared as E.164)
 7. `destination_not_allowed`  a country not allowed (default: home_region only; +1 is
@@ -72,6 +74,7 @@ CHECK_ORDER: tuple[Reason, ...] = (
     Reason.ANSWERED,
     Reason.SHORT_ABANDON,
     Reason.ANONYMOUS,
+    Reason.PRESENTATION_UNKNOWN,
     Reason.INVALID_NUMBER,
     Reason.BLOCKED,
     Reason.DESTINATION_NOT_ALLOWED,
@@ -202,6 +205,14 @@ def _destination(call: FinishedCall, cfg: Config) -> tuple[str | None, Reason | 
     if judged.kind is CallerKind.ANONYMOUS:
         why = "the caller withheld the number" if call.withheld else "no caller number"
         return None, Reason.ANONYMOUS, why
+    if not call.presentation_known and cfg.calls.unknown_presentation == "skip":
+        # the number may be one the caller withheld: never trusted, never recorded as one
+        return (
+            None,
+            Reason.PRESENTATION_UNKNOWN,
+            "nothing said whether the caller withheld the number (no CALLERID(pres) in "
+            "the events, no Getvar answer); unknown_presentation = skip",
+        )
     shown = clean_text(call.caller, 40)
     if judged.kind is not CallerKind.VALID or judged.e164 is None:
         return None, Reason.INVALID_NUMBER, f"caller ID {shown!r} is not a valid phone number"

@@ -40,6 +40,8 @@ rang (IVR, busy). A caller who left a queue counts from joining it (Asterisk's H
 Inbound callers are withheld when any event of their channel carries CALLERID(pres) or
 CALLERID(num-pres) prohib* (manager.conf channelvars), when NewCallerid says Prohibited,
 when `set_presentation` is told so (a Getvar answer), or when the number is "anonymous".
+A call none of whose caller events, and no Getvar answer, said the presentation either way
+finishes with `presentation_known` False ([calls] unknown_presentation decides).
 """
 
 from __future__ import annotations
@@ -178,6 +180,7 @@ class _Call:
         "pbx_answered_at",
         "pbx_hangup",
         "pending",
+        "pres_known",
         "pres_prohibited",
         "queue_abandoned",
         "queue_join_at",
@@ -226,6 +229,7 @@ class _Call:
         self.end_unknown = False  # the caller's hang-up was never seen (expiry, gap)
         self.origin_hungup_at: float | None = None
         self.pres_prohibited = False
+        self.pres_known = False  # an event or a Getvar said the presentation, either way
         self.dialled = ""
         self.dialling_started = False
         self.adopted = False
@@ -341,11 +345,15 @@ class CallTracker:
         once any says prohibited, the caller stays withheld (never text a withheld caller).
         """
         pres = msg.get("ChanVariable:CALLERID(pres)")
-        if pres is not None and pres.startswith("prohib"):
-            call.pres_prohibited = True
+        if pres is not None:
+            call.pres_known = call.pres_known or bool(pres)
+            if pres.startswith("prohib"):
+                call.pres_prohibited = True
         num_pres = msg.get("ChanVariable:CALLERID(num-pres)")
-        if num_pres is not None and num_pres.startswith("prohib"):
-            call.pres_prohibited = True
+        if num_pres is not None:
+            call.pres_known = call.pres_known or bool(num_pres)
+            if num_pres.startswith("prohib"):
+                call.pres_prohibited = True
 
     def is_inbound_caller(self, uniqueid: str) -> bool:
         """True when `uniqueid` is the caller's own channel of an inbound call in progress."""
@@ -358,6 +366,8 @@ class CallTracker:
         call = self._chan_call.get(uniqueid)
         if call is None or call.origin != uniqueid:
             return False
+        if value:
+            call.pres_known = True
         if value.startswith("prohib"):
             call.pres_prohibited = True
         return True
@@ -449,7 +459,10 @@ class CallTracker:
         if call is None or msg["Uniqueid"] != call.origin:
             return None
         self._origin_event(call, msg)
-        if "Prohibited" in msg.get("CID-CallingPres", ""):
+        calling_pres = msg.get("CID-CallingPres", "")
+        if calling_pres:
+            call.pres_known = True
+        if "Prohibited" in calling_pres:
             call.pres_prohibited = True
         if call.inbound:
             # a caller-name lookup may fill the name in later; the number stays as it came
@@ -679,6 +692,7 @@ class CallTracker:
             ring_seconds=ring_seconds,
             voicemail_left=voicemail_left,
             withheld=call.pres_prohibited or call.caller.strip().lower() in _WITHHELD_NUMBERS,
+            presentation_known=call.pres_known,
             dialled=call.dialled,
             answered_by=call.answered_by,
             channel=call.channel,
