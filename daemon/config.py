@@ -135,12 +135,6 @@ class CallsConfig(_Section):
         "CALLERID(pres), no Getvar answer): text them (fail open, logged) or skip "
         "(not texted: presentation_unknown)",
     )
-    unknown_presentation: Literal["text", "skip"] = Field(
-        "text",
-        description="a caller whose withheld flag nothing could tell (no channelvars "
-        "CALLERID(pres), no Getvar answer): text them (fail open, logged) or skip "
-        "(not texted: presentation_unknown)",
-    )
 
     @property
     def carrier_voicemail_seconds(self) -> float:
