@@ -43,7 +43,6 @@ class Reason(StrEnum):
     NOT_INBOUND = "not_inbound"
     ANONYMOUS = "anonymous"
     PRESENTATION_UNKNOWN = "presentation_unknown"  # unknown_presentation = "skip"
-    PRESENTATION_UNKNOWN = "presentation_unknown"  # unknown_presentation = "skip"
     INVALID_NUMBER = "invalid_number"
     SHORT_ABANDON = "short_abandon"
     COOLDOWN = "cooldown"
