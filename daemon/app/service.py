@@ -60,14 +60,13 @@ _PRES_KEY = "ChanVariable:CALLERID(pres)"
 #: Getvar bookkeeping is cleared past this many calls (only ringing calls matter).
 PRES_ASKED_MAX = 10_000
 
-#: Keys a SIGHUP cannot change without a restart (connections and files are open; the
-#: store's day boundaries for counters and caps follow the zone it was opened with).
-#: None: the whole section. Everything else applies from the next call.
+#: Keys a SIGHUP cannot change without a restart (connections and files are open).
+#: None: the whole section. Everything else applies from the next call; [hours] timezone
+#: too (business hours, {time}/{day}, and the store's days for counters and caps).
 RESTART_KEYS: dict[str, tuple[str, ...] | None] = {
     "ami": ("host", "port", "username", "secret", "keepalive", "ping_timeout", "max_backoff"),
     "modem": None,
     "database": None,
-    "hours": ("timezone",),
 }
 
 
@@ -468,6 +467,10 @@ class Service:
             if changed:
                 keys_text = ",".join(f"{section}.{k}" for k in changed)
                 log.warning(kv(event="reload_partial", keys=keys_text, needs="restart"))
+        if self.store is not None and self.store.timezone != new.hours.timezone:
+            zone = new.hours.timezone
+            log.info(kv(event="timezone_changed", old=self.store.timezone, new=zone))
+            self.store.set_timezone(zone)
         self.cfg = new
         self.tracker.reconfigure(new)
         if self.pipeline is not None:

@@ -420,6 +420,17 @@ class Store:
 
     # -- calendar --------------------------------------------------------------------------
 
+    @property
+    def timezone(self) -> str:
+        """The zone whose calendar days the counters and caps use."""
+        return self._tz.key
+
+    def set_timezone(self, tz: str) -> None:
+        """Use another zone's calendar days from now on ([hours] timezone changed by a
+        SIGHUP). Days already counted keep their dates; the day of the change may be
+        split between the old zone's date and the new one's."""
+        self._tz = ZoneInfo(tz)
+
     def day_of(self, ts: float) -> str:
         """The calendar day (YYYY-MM-DD, in the store's zone) of a timestamp."""
         return datetime.fromtimestamp(ts, self._tz).date().isoformat()
