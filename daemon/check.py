@@ -40,11 +40,13 @@ from daemon.config_example import (
     section_models,
     toml_value,
 )
+from daemon.contacts.book import ContactsFileError, load_book
 from daemon.decide.hours import DAYS, office_zone, parse_holiday, parse_span
 from daemon.decide.numbers import CallerKind, classify_caller
 from daemon.decide.templates import (
     FIELDS,
-    SAMPLE_CALLER_NAME,
+    NAME_FIELDS,
+    SAMPLE_CONTACT,
     Preview,
     check_template,
     render_preview,
@@ -110,6 +112,7 @@ def validate(cfg: Config) -> list[Problem]:
     out += _check_hours(cfg)
     out += _check_lines(cfg)
     out += _check_database(cfg)
+    out += _check_contacts(cfg)
     out += _check_texts(cfg)
     return out
 
@@ -383,22 +386,152 @@ def _check_textback(cfg: Config) -> list[Problem]:
         )
     for name in TEMPLATE_KEYS:
         out += check_template_fields(getattr(tb, name), f"textback.{name}")
-    uses_name = [f"textback.{n}" for n in TEMPLATE_KEYS if "{caller_name}" in getattr(tb, n)]
-    uses_name += [
-        f"lines[{i}].{n}"
-        for i, line in enumerate(cfg.lines)
-        for n in TEMPLATE_KEYS
-        if "{caller_name}" in (getattr(line, n) or "")
-    ]
+    uses_name = _name_field_users(cfg)
     if uses_name and not tb.caller_name_fallback.strip():
+        key, field = uses_name[0]
         out.append(
             _warn(
-                uses_name[0],
-                "uses {caller_name}, but caller_name_fallback is empty: callers the PBX "
-                'has no name for get e.g. "Hi , sorry we missed you"',
+                key,
+                f"uses {{{field}}}, but caller_name_fallback is empty: callers not in the "
+                'contacts get e.g. "Hi , sorry we missed you"',
                 'set [textback] caller_name_fallback, e.g. "there" ("Hi there, ...")',
             )
         )
+    return out
+
+
+def _name_field_users(cfg: Config) -> list[tuple[str, str]]:
+    """(template key, name field) of every template that greets the caller by name."""
+    tb, out = cfg.textback, []
+    tables: list[tuple[str, Any]] = [("textback", tb)]
+    tables += [(f"lines[{i}]", line) for i, line in enumerate(cfg.lines)]
+    for prefix, table in tables:
+        for name in TEMPLATE_KEYS:
+            text = getattr(table, name) or ""
+            for field in NAME_FIELDS:
+                if "{" + field + "}" in text:
+                    out.append((f"{prefix}.{name}", field))
+                    break
+    return out
+
+
+def _check_contacts(cfg: Config) -> list[Problem]:
+    """The contacts' sources exist (cheap: the file is read by `contacts_problems`), and
+    a name field in a template has someone to name."""
+    cc, out = cfg.contacts, []
+    path = cc.file.strip()
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            out.append(
+                _warn(
+                    "contacts.file",
+                    f"{path!r} is not a file: no caller is known by name",
+                    "export the phone book as CSV (number,name[,first_name]) or vCard",
+                )
+            )
+        elif not os.access(p, os.R_OK):
+            out.append(
+                _warn(
+                    "contacts.file",
+                    f"{path!r} is not readable by this user: no caller is known by name",
+                    "make it readable by the textback user (e.g. mode 0640, group textback)",
+                )
+            )
+    family = cc.astdb_family.strip()
+    if family and not cfg.ami.enabled:
+        out.append(
+            _warn(
+                "contacts.astdb_family",
+                "set, but [ami] enabled = false: there is no Asterisk database to ask",
+                "remove it, or turn AMI on",
+            )
+        )
+    if family and (not family.replace("_", "").replace("-", "").isalnum() or len(family) > 80):
+        out.append(
+            _err(
+                "contacts.astdb_family",
+                f"{family!r} is not an Asterisk database family name",
+                'the family the PBX keeps caller names in, e.g. "cidname"',
+            )
+        )
+    users = _name_field_users(cfg)
+    if users and not path and not family:
+        key, field = users[0]
+        network = (
+            "only a network name that looks like a person's (use_pbx_names) can fill it"
+            if cc.use_pbx_names
+            else "every caller gets caller_name_fallback"
+        )
+        out.append(
+            _warn(
+                key,
+                f"uses {{{field}}}, but no contacts are configured: {network}",
+                "set [contacts] file (the office's phone book as CSV or vCard) or "
+                'astdb_family (e.g. "cidname")',
+            )
+        )
+    return out
+
+
+def contacts_problems(cfg: Config) -> list[Problem]:
+    """What reading the contacts file finds: a file that cannot be used, rows skipped.
+
+    Warnings: the daemon keeps going with the list it had (or none). `textback check`
+    reads the file; the daemon's SIGHUP check does not (it reads the file itself)."""
+    path = cfg.contacts.file.strip()
+    if not path or not Path(path).is_file():
+        return []  # said by _check_contacts
+    try:
+        book = load_book(path, cfg.textback.home_region)
+    except ContactsFileError as exc:
+        return [
+            _warn(
+                "contacts.file",
+                f"cannot be used: {exc}",
+                "CSV: number,name[,first_name] a line; vCard: a .vcf export of the phone book",
+            )
+        ]
+    if not book.skipped_count:
+        return []
+    shown = "; ".join(book.skipped[:5])
+    more = f" (and {book.skipped_count - 5} more)" if book.skipped_count > 5 else ""
+    return [
+        _warn(
+            "contacts.file",
+            f"{_count(book.skipped_count, 'entry')} skipped: {shown}{more}",
+            "each entry needs a valid phone number and a name",
+        )
+    ]
+
+
+def contacts_lines(cfg: Config) -> list[str]:
+    """What `textback check` says about the contacts: where names come from."""
+    cc, out = cfg.contacts, []
+    path = cc.file.strip()
+    if path:
+        try:
+            book = load_book(path, cfg.textback.home_region)
+        except ContactsFileError as exc:
+            out.append(f"file {path}: not usable ({exc})")
+        else:
+            kind = "vCard" if book.kind == "vcard" else "CSV"
+            out.append(
+                f"file {path} ({kind}): {_count(len(book), 'number')}, "
+                f"{book.skipped_count} skipped, {book.duplicates} listed twice"
+            )
+    else:
+        out.append("file: none")
+    family = cc.astdb_family.strip()
+    out.append(
+        f"Asterisk database: family {family!r} (AMI DBGet)"
+        if family
+        else "Asterisk database: not asked"
+    )
+    if cc.use_pbx_names:
+        out.append("network names: used when they look like a person's name (use_pbx_names)")
+    else:
+        out.append("network names: never used (use_pbx_names = false)")
     return out
 
 
@@ -742,9 +875,9 @@ def settings_lines(cfg: Config) -> list[str]:
     return out
 
 
-def _previews(cfg: Config) -> list[Preview]:
+def _previews(cfg: Config, *, known: bool = True) -> list[Preview]:
     try:
-        return render_preview(cfg)
+        return render_preview(cfg, SAMPLE_CONTACT if known else None)
     except ValueError:  # only a text no SMS can carry (a lone surrogate); shown unrendered
         return []
 
@@ -758,12 +891,17 @@ def _cost(info: SmsInfo) -> str:
 def template_lines(cfg: Config) -> list[str]:
     """Every text rendered with sample values, with its SMS parts and encoding."""
     out = [
-        f'(sample caller "{SAMPLE_CALLER_NAME}", Tuesday 10:30; parts, encoding, '
+        f'(sample caller in the contacts: "{SAMPLE_CONTACT.name}", first name '
+        f'"{SAMPLE_CONTACT.first_name}"; Tuesday 10:30; parts, encoding, '
         "characters used/available)"
     ]
+    unknown = {p.label: p for p in _previews(cfg, known=False)}
     for preview in _previews(cfg):
         out.append(f"{preview.label}  [{_cost(preview.info)}]")
         out.append(f"    {preview.text}")
+        other = unknown.get(preview.label)
+        if other is not None and other.text != preview.text:
+            out.append(f"    caller not in the contacts: {other.text}")
     for i, line in enumerate(cfg.lines):
         if not line.enabled:
             out.append(f"lines[{i}] ({line.did}) is disabled: its callers are never texted")
@@ -821,6 +959,7 @@ def report(path: Path, cfg: Config | None, problems: Sequence[Problem]) -> list[
     if cfg is not None:
         out += ["Settings in effect (secrets hidden):", *settings_lines(cfg), ""]
         out += ["Texts:", *template_lines(cfg), ""]
+        out += ["Contacts (who texts greet by name):", *contacts_lines(cfg), ""]
         out += ["Withheld numbers (never texted):", *presentation_lines(cfg), ""]
     errors = [p for p in problems if p.severity is Severity.ERROR]
     warnings = [p for p in problems if p.severity is Severity.WARNING]
@@ -850,6 +989,7 @@ __all__ = [
     "check_config",
     "check_environment",
     "check_template_fields",
+    "contacts_problems",
     "has_errors",
     "problems_from_error",
     "report",

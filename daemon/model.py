@@ -83,6 +83,18 @@ class FinishedCall:
 
 
 @dataclass(frozen=True, slots=True)
+class Contact:
+    """A caller the office knows, from its own contacts (a file, the PBX's database).
+
+    Trusted as config is, unlike the caller ID name the caller's network sends.
+    """
+
+    name: str  # {caller_name}
+    first_name: str = ""  # {first_name}; "" when the contact gives none
+    source: str = ""  # where it came from, for logs: "file", "astdb"
+
+
+@dataclass(frozen=True, slots=True)
 class InboundAnswered:
     """A person answered an inbound call (emitted at answer time, before the hang-up)."""
 

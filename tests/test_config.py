@@ -443,6 +443,7 @@ def test_validate_accepts_a_full_office() -> None:
             "template": "Hi {caller_name}, sorry we missed your {day} {time} call to {did}.",
             "caller_name_fallback": "there",
         },
+        contacts={"astdb_family": "cidname"},
         hours={
             "fri": ["09:00-17:00", "22:00-02:00"],
             "sat": ["10:00-12:00", "13:00-24:00"],

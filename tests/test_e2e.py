@@ -87,7 +87,15 @@ business_name = {sales}
 
 [database]
 path = {db}
+
+[contacts]
+file = {contacts}
 {extra}"""
+
+#: The office's contacts file the e2e daemon reads (fictional 555-01xx numbers). Network
+#: caller names in the traces are never used (use_pbx_names is off): a caller not listed
+#: here is greeted with the fallback.
+CONTACTS = {"+12025550121": "Seán O'Brien"}
 
 
 def write_config(
@@ -102,7 +110,13 @@ def write_config(
     cooldown: str = "24h",
     mode: str = "pdu",
 ) -> Path:
-    """The daemon's TOML file (JSON strings are valid TOML basic strings)."""
+    """The daemon's TOML file (JSON strings are valid TOML basic strings), and the
+    contacts file beside it."""
+    contacts = path.parent / "contacts.csv"
+    contacts.write_text(
+        "number,name\n" + "".join(f"{n},{name}\n" for n, name in CONTACTS.items()),
+        encoding="utf-8",
+    )
     path.write_text(
         _CONFIG.format(
             port=port,
@@ -116,6 +130,7 @@ def write_config(
             template_vm=json.dumps(TEMPLATE_VM),
             sales=json.dumps(SALES),
             db=json.dumps(str(db)),
+            contacts=json.dumps(str(contacts)),
             extra=extra,
         )
     )
@@ -253,9 +268,8 @@ def render(call: dict[str, Any], template: str = TEMPLATE) -> str:
     business = SALES if call["did"] == "5551002" else BUSINESS
     if call.get("voicemail_left") is True:
         template = TEMPLATE_VM
-    return template.replace("{caller_name}", call["caller_name"] or FALLBACK).replace(
-        "{business_name}", business
-    )
+    name = CONTACTS.get(call.get("caller_e164") or "", FALLBACK)
+    return template.replace("{caller_name}", name).replace("{business_name}", business)
 
 
 @dataclass

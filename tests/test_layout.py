@@ -22,10 +22,12 @@ ALLOWED: dict[str, set[str]] = {
     "outbox": {"decide", "sending", "store", "sinks"},
     "replies": {"decide", "outbox", "store", "sinks", "gsm"},
     "forwarding": {"decide", "store", "sinks"},
+    "contacts": {"decide"},  # caller numbers in E.164; the Asterisk database is handed in
     "app": {
         "intake",
         "replies",
         "forwarding",
+        "contacts",
         "decide",
         "store",
         "outbox",

@@ -341,10 +341,10 @@ async def test_a_bug_on_one_event_is_loud_and_the_next_call_still_works(
     rig = Rig(store, cfg(delay="0s"))
     real = pipeline_mod.decide
 
-    def buggy(c: Any, *args: Any) -> Any:
+    def buggy(c: Any, *args: Any, **kw: Any) -> Any:
         if c.caller == NUMBERS[1]:
             raise KeyError("a bug")
-        return real(c, *args)
+        return real(c, *args, **kw)
 
     monkeypatch.setattr(pipeline_mod, "decide", buggy)
     bad, good = call(NUMBERS[1], at=T0), call(NUMBERS[2], at=T0 + 1)
@@ -411,10 +411,10 @@ async def test_a_bug_in_a_burst_costs_only_that_call(
     rig = Rig(store, cfg(delay="0s"), drive=False)
     real = pipeline_mod.decide
 
-    def buggy(c: Any, *args: Any) -> Any:
+    def buggy(c: Any, *args: Any, **kw: Any) -> Any:
         if c.caller == NUMBERS[1]:
             raise KeyError("a bug")
-        return real(c, *args)
+        return real(c, *args, **kw)
 
     monkeypatch.setattr(pipeline_mod, "decide", buggy)
     burst = [call(n, at=T0) for n in NUMBERS[:4]]

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.config import Config, TextbackConfig
+from daemon.decide.names import CALLER_NAME_MAX
 from daemon.decide.templates import (
-    CALLER_NAME_MAX,
     FIELDS,
     TemplateError,
     caller_name_value,
@@ -27,7 +27,7 @@ from daemon.decide.templates import (
     render_preview,
     select_template,
 )
-from daemon.model import FinishedCall, Outcome
+from daemon.model import Contact, FinishedCall, Outcome
 from gsm.pdu import sms_info
 
 NY = ZoneInfo("America/New_York")
@@ -59,6 +59,14 @@ def mkcall(**kw: Any) -> FinishedCall:
 
 def config(**textback: Any) -> Config:
     return Config(textback={"business_name": "Main Street Dental", **textback})
+
+
+def pbx_config(**textback: Any) -> Config:
+    """A config that lets person-like network caller names into texts (use_pbx_names)."""
+    return Config(
+        textback={"business_name": "Main Street Dental", **textback},
+        contacts={"use_pbx_names": True},
+    )
 
 
 def has_control(text: str) -> bool:
@@ -168,28 +176,35 @@ HOSTILE = [
 
 
 @pytest.mark.parametrize("name", HOSTILE)
-def test_hostile_caller_names_become_inert_text(name: str) -> None:
-    cfg = config(template="Hi {caller_name}, {business_name}.")
+def test_hostile_caller_names_never_reach_a_text(name: str) -> None:
+    # Even with use_pbx_names, a network name with control, format or odd characters is
+    # not a person's name: the fallback goes out instead.
+    cfg = pbx_config(template="Hi {caller_name}, {business_name}.", caller_name_fallback="there")
     kind, text = render_for_call(cfg, mkcall(caller_name=name), OPEN)
     assert kind == "in_hours"
     assert not has_control(text)
-    assert "\r" not in text
-    assert "\n" not in text
-    assert "\x1a" not in text
-    value = caller_name_value(mkcall(caller_name=name), "there")
-    assert len(value) <= CALLER_NAME_MAX
-    assert text == f"Hi {value}, Main Street Dental."
+    assert text == "Hi there, Main Street Dental."
+    assert caller_name_value(cfg, mkcall(caller_name=name)) == "there"
 
 
-def test_caller_name_is_cleaned_collapsed_and_cut() -> None:
-    assert caller_name_value(mkcall(caller_name="  JANE \r\n  DOE\x00 "), "") == "JANE DOE"
-    assert caller_name_value(mkcall(caller_name="\u202eJane"), "") == "Jane"
+def test_network_name_used_only_with_use_pbx_names() -> None:
+    c = mkcall(caller_name="  JANE   DOE ")
+    assert caller_name_value(config(caller_name_fallback="there"), c) == "there"
+    assert caller_name_value(pbx_config(), c) == "JANE DOE"
+    # longer than CALLER_NAME_MAX: not cut into a stranger's name, left out
+    long = mkcall(caller_name="Bartholomew Fitzgerald-Worthington")
+    assert caller_name_value(pbx_config(caller_name_fallback="there"), long) == "there"
+
+
+def test_contact_names_are_cleaned_and_cut() -> None:
+    cfg = config()
     long = "Bartholomew Maximilian Fitzgerald-Worthington"
-    cut = caller_name_value(mkcall(caller_name=long), "")
+    cut = caller_name_value(cfg, mkcall(), Contact(long))
     assert cut == long[:CALLER_NAME_MAX].rstrip()
     assert len(cut) == CALLER_NAME_MAX
     # Cut after "A" * 29 + " ": no trailing space.
-    assert caller_name_value(mkcall(caller_name="A" * 29 + " B"), "") == "A" * 29
+    assert caller_name_value(cfg, mkcall(), Contact("A" * 29 + " B")) == "A" * 29
+    assert caller_name_value(cfg, mkcall(), Contact(" JANE \r\n DOE\x00 ")) == "JANE DOE"
 
 
 @pytest.mark.parametrize(
@@ -212,8 +227,8 @@ def test_caller_name_is_cleaned_collapsed_and_cut() -> None:
     ],
 )
 def test_no_real_name_gives_the_fallback(name: str) -> None:
-    assert caller_name_value(mkcall(caller_name=name), "there") == "there"
-    cfg = config(template="Hi {caller_name}!", caller_name_fallback="friend")
+    cfg = pbx_config(template="Hi {caller_name}!", caller_name_fallback="friend")
+    assert caller_name_value(cfg, mkcall(caller_name=name), fallback="there") == "there"
     assert render_for_call(cfg, mkcall(caller_name=name), OPEN)[1] == "Hi friend!"
 
 
@@ -231,7 +246,7 @@ def test_accented_names_are_folded_only_to_keep_the_text_gsm7(
     name: str, shown: str, encoding: str
 ) -> None:
     cfg = config(template="Hi {caller_name}, " + "x" * 120)
-    text = render_for_call(cfg, mkcall(caller_name=name), OPEN)[1]
+    text = render_for_call(cfg, mkcall(), OPEN, Contact(name))[1]
     assert text.startswith(f"Hi {shown}, ")
     info = sms_info(text)
     assert info.encoding == encoding
@@ -239,8 +254,15 @@ def test_accented_names_are_folded_only_to_keep_the_text_gsm7(
 
 
 def test_names_keep_their_accents_when_the_text_is_ucs2_anyway() -> None:
-    cfg = config(template="Merci {caller_name} 😀")
-    assert render_for_call(cfg, mkcall(caller_name="Zoë"), OPEN)[1] == "Merci Zoë 😀"
+    cfg = config(template="Merci {first_name} 😀")
+    assert render_for_call(cfg, mkcall(), OPEN, Contact("Zoë Adams", "Zoë"))[1] == "Merci Zoë 😀"
+
+
+def test_first_name_folds_with_the_full_name() -> None:
+    cfg = config(template="Hi {first_name} ({caller_name}), " + "x" * 120)
+    text = render_for_call(cfg, mkcall(), OPEN, Contact("Zoë Adams", "Zoë"))[1]
+    assert text.startswith("Hi Zoe (Zoe Adams), ")
+    assert sms_info(text).encoding == "gsm7"
 
 
 def test_clean_text_keeps_ordinary_letters_of_any_script() -> None:
@@ -251,12 +273,12 @@ def test_clean_text_keeps_ordinary_letters_of_any_script() -> None:
 @settings(max_examples=300, deadline=None)
 @given(name=st.text(max_size=200), did=st.text(max_size=30))
 def test_render_never_raises_and_never_evaluates_caller_data(name: str, did: str) -> None:
-    cfg = config(
+    cfg = pbx_config(
         template="Hi {caller_name}. {business_name} on {did}, call {callback_number} ({day} {time})"
     )
     c = mkcall(caller_name=name, did=did)
     _, text = render_for_call(cfg, c, OPEN)
-    value = caller_name_value(c, "")
+    value = caller_name_value(cfg, c)
     # The name as cleaned, or folded to GSM-7 when that keeps the text cheap.
     assert text.startswith((f"Hi {value}. Main Street Dental on ", f"Hi {gsm7_fold(value)}. "))
     assert len(value) <= CALLER_NAME_MAX
@@ -307,8 +329,8 @@ def test_lines_override_name_templates_and_callback_number() -> None:
     )
     # The line has no in-hours template of its own: [textback]'s, with the line's name.
     assert render_for_call(cfg, mkcall(), OPEN)[1] == f"Main Street Orthodontics {DID}"
-    other = mkcall(did="2025550199", caller_name="Jane", voicemail_left=True)
-    assert render_for_call(cfg, other, OPEN) == ("voicemail", "Got it, Jane")
+    other = mkcall(did="2025550199", voicemail_left=True)
+    assert render_for_call(cfg, other, OPEN, Contact("Jane")) == ("voicemail", "Got it, Jane")
     # No callback_number on that line: the DID itself.
     cfg2 = Config(lines=[{"did": "2025550199", "template": "Call {callback_number}"}])
     assert render_for_call(cfg2, mkcall(did="2025550199"), OPEN)[1] == "Call 2025550199"
@@ -337,8 +359,10 @@ def test_line_matches_the_did_written_another_way() -> None:
 
 def test_ten_megabyte_name_is_cheap() -> None:
     start = time.perf_counter()
-    value = caller_name_value(mkcall(caller_name="\u202e" + "A" * 10_000_000), "")
-    assert value == "A" * CALLER_NAME_MAX
+    value = caller_name_value(pbx_config(), mkcall(caller_name="\u202e" + "A" * 10_000_000))
+    assert value == ""
+    cut = caller_name_value(config(), mkcall(), Contact("\u202e" + "A" * 10_000_000))
+    assert cut == "A" * CALLER_NAME_MAX
     assert time.perf_counter() - start < 0.5
 
 
@@ -394,11 +418,11 @@ def test_render_preview_lists_every_template_with_its_cost() -> None:
         "lines[1].template_voicemail",
     ]
     _, text, info = previews[0]  # unpacks like a tuple
-    assert text == "Hi Jane, sorry we missed you at 10:30 on Tuesday."
+    assert text == "Hi Jane Doe, sorry we missed you at 10:30 on Tuesday."
     assert (info.encoding, info.parts) == ("gsm7", 1)
-    assert previews[3].text == "Hi Jane, sorry we missed you at 10:30 on Tuesday."
+    assert previews[3].text == "Hi Jane Doe, sorry we missed you at 10:30 on Tuesday."
     assert previews[4].text.startswith("Thanks for calling Dental Annex.")
-    assert previews[5].text == "谢谢 Jane"
+    assert previews[5].text == "谢谢 Jane Doe"
     assert previews[5].info.encoding == "ucs2"
     assert previews[7].info.parts == 2
     assert previews[7].text.endswith(" Main Street Dental")
@@ -411,4 +435,12 @@ def test_render_preview_does_not_raise_on_a_broken_template() -> None:
 
 
 def test_fields_are_the_documented_set() -> None:
-    assert FIELDS == ("business_name", "caller_name", "did", "callback_number", "time", "day")
+    assert FIELDS == (
+        "business_name",
+        "caller_name",
+        "first_name",
+        "did",
+        "callback_number",
+        "time",
+        "day",
+    )

@@ -2,8 +2,9 @@
 
 `textback replay` uses this: the tracker's events go through the real Pipeline, Outbox and
 Store (a throw-away SQLite file) with a ManualClock set to each event's own time, and a
-sender that only records. So a repeat caller shows one text, a callback during the wait
-shows `cancelled`, exactly as the daemon would have done live.
+sender that only records; callers are named from `[contacts] file` as the daemon would. So
+a repeat caller shows one text, a callback during the wait shows `cancelled`, exactly as
+the daemon would have done live.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from daemon.app.pipeline import CallReport, Pipeline
 from daemon.clock import ManualClock
 from daemon.config import Config
+from daemon.contacts.names import Names
 from daemon.model import FinishedCall, TrackerEvent
 from daemon.outbox.outbox import Outbox
 from daemon.sending.recording import RecordingSender
@@ -52,7 +54,10 @@ async def dry_run(events: Iterable[TrackerEvent], cfg: Config) -> dict[str, Call
         )
         try:
             outbox = Outbox(cfg, store, clock, RecordingSender())
-            pipeline = Pipeline(cfg, store, outbox, clock)
+            # the contacts file as the daemon reads it; no PBX, so no Asterisk database
+            names = Names(cfg, clock)
+            await names.reload()
+            pipeline = Pipeline(cfg, store, outbox, clock, names=names)
             for ev in evs:
                 await _run_due(outbox, clock, max(clock.now(), event_time(ev)))
                 await pipeline.handle(ev)

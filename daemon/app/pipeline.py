@@ -24,6 +24,7 @@ from typing import Any
 
 from daemon.clock import Clock
 from daemon.config import Config
+from daemon.contacts.names import Names
 from daemon.decide.numbers import CallerKind, classify_caller
 from daemon.decide.policy import (
     Pause,
@@ -37,6 +38,7 @@ from daemon.decide.policy import (
 from daemon.logsetup import kv
 from daemon.model import (
     MISSED_OUTCOMES,
+    Contact,
     FinishedCall,
     InboundAnswered,
     MessageKind,
@@ -144,8 +146,11 @@ class Pipeline:
         clock: Clock,
         *,
         drive_outbox: bool = False,
+        names: Names | None = None,
     ) -> None:
         self._cfg = cfg
+        #: Who the office knows each caller as (None: nobody is known by name).
+        self._names = names
         self._store = store
         self._outbox = outbox
         self._clock = clock
@@ -238,13 +243,14 @@ class Pipeline:
             await self._failed(event, now)
 
     async def _finish_run(self, calls: list[FinishedCall], now: float) -> None:
+        contacts = await asyncio.gather(*(self._contact(call) for call in calls))
         cfg = self._cfg
         after: list[Callable[[], None]] = []
         pauses = _Pauses(self._tripped)
 
         def unit(tx: StoreTx) -> None:
-            for call in calls:
-                self._finish_in(tx, call, now, cfg, after=after, pauses=pauses)
+            for call, contact in zip(calls, contacts, strict=True):
+                self._finish_in(tx, call, now, cfg, after=after, pauses=pauses, contact=contact)
 
         try:
             await self._store.batch(unit)
@@ -360,12 +366,26 @@ class Pipeline:
         elif isinstance(event, OutboundDialled):
             await self._cancel(event.number, cancel_reason(event), now, event.linkedid)
 
+    async def _contact(self, call: FinishedCall) -> Contact | None:
+        """The office's contact for a missed caller (before the transaction: the lookup may
+        ask the PBX); None for every other call, or when the lookup fails."""
+        if self._names is None or not call.inbound or call.outcome not in MISSED_OUTCOMES:
+            return None
+        try:
+            return await self._names.lookup(call)
+        except Exception:  # a bug there costs the name, never the text
+            log.exception(kv(event="contact_lookup_error", linkedid=call.linkedid))
+            return None
+
     async def _finished(self, call: FinishedCall, now: float) -> None:
+        contact = await self._contact(call)
         cfg = self._cfg
         after: list[Callable[[], None]] = []
         pauses = _Pauses(self._tripped)
         await self._store.batch(
-            lambda tx: self._finish_in(tx, call, now, cfg, after=after, pauses=pauses)
+            lambda tx: self._finish_in(
+                tx, call, now, cfg, after=after, pauses=pauses, contact=contact
+            )
         )
         pauses.apply(self._tripped)
         for fn in after:
@@ -380,6 +400,7 @@ class Pipeline:
         *,
         after: list[Callable[[], None]],
         pauses: _Pauses,
+        contact: Contact | None = None,
     ) -> None:
         """Record one finished call, its decision and its text, inside `tx`.
 
@@ -397,7 +418,9 @@ class Pipeline:
         if pending is not None:
             self._outbox.join_in(tx, pending, call_id, now=now)
             detail = f"merged into message {pending.id}"
-            if call.voicemail_left and self._reword_for_voicemail(tx, call, pending, now, cfg=cfg):
+            if call.voicemail_left and self._reword_for_voicemail(
+                tx, call, pending, now, cfg=cfg, contact=contact
+            ):
                 reworded = tx.get_message(pending.id)
                 pending = reworded or pending
                 detail += f"; text reworded ({pending.template_kind})"
@@ -426,7 +449,7 @@ class Pipeline:
             )
         else:
             facts = tx.policy_facts(destination, now, cfg)
-            decision = decide(call, facts, cfg, now)
+            decision = decide(call, facts, cfg, now, contact=contact)
             action, reason, detail = decision.action, decision.reason, decision.detail
             mid = None
             if action == "send":
@@ -490,9 +513,10 @@ class Pipeline:
         now: float,
         *,
         cfg: Config,
+        contact: Contact | None,
     ) -> bool:
         """The joining call left a voicemail: the pending text thanks for the message."""
-        again = decide(call, PolicyFacts(), cfg, now)
+        again = decide(call, PolicyFacts(), cfg, now, contact=contact)
         kind = _template_kind(again.template_kind)
         if again.action != "send" or not again.text or kind == pending.template_kind:
             return False

@@ -10,7 +10,8 @@ while its modem is, and texts wait in the outbox meanwhile.
 
 systemd: READY=1 once config and database are up (not waiting for the PBX or the modem),
 STATUS lines a person can read, WATCHDOG=1 from the event loop, SIGTERM finishes the AT
-send in flight and exits within 10 s, SIGHUP reloads templates and policy.
+send in flight and exits within 10 s, SIGHUP reloads templates and policy (and re-reads
+the contacts file).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from daemon.app.pipeline import MAX_BATCH, Pipeline
 from daemon.check import Severity, check_config, log_warnings
 from daemon.clock import Clock, SystemClock
 from daemon.config import Config
+from daemon.contacts.names import Names
 from daemon.forwarding.command import ReplyCommand
 from daemon.forwarding.mail import MailForwarder
 from daemon.intake.client import AmiClient, AmiError
@@ -102,6 +104,8 @@ class Service:
         self.inbox: Inbox | None = None
         self.mail: MailForwarder | None = None
         self.reply_command: ReplyCommand | None = None
+        #: Who the office knows callers as ([contacts]); handed to the pipeline.
+        self.names: Names | None = None
         self._waiting = 0
         self._redirected: set[str] = set()
         self._bg: set[asyncio.Task[None]] = set()
@@ -177,7 +181,8 @@ class Service:
             keep_text=self._keep_text,
         )
         self.outbox = Outbox(cfg, self.store, self.clock, sender=self.sender)
-        self.pipeline = Pipeline(cfg, self.store, self.outbox, self.clock)
+        self.names = Names(cfg, self.clock, astdb=self._db_get)
+        self.pipeline = Pipeline(cfg, self.store, self.outbox, self.clock, names=self.names)
         if cfg.ami.enabled:
             self.ami = AmiClient(
                 cfg.ami,
@@ -187,6 +192,12 @@ class Service:
                 wanted=WANTED_EVENTS,
                 wanted_vars=WANTED_VARS,
             )
+
+    async def _db_get(self, family: str, key: str, timeout: float) -> str | None:
+        """The contacts' Asterisk database lookup (AMI DBGet); AmiError without AMI."""
+        if self.ami is None:
+            raise AmiError("[ami] enabled = false: no Asterisk database")
+        return await self.ami.db_get(family, key, timeout)
 
     async def _keep_text(self, sms: InboundSms) -> None:
         """A modem's inbound text, to the inbox (StoreError: not kept)."""
@@ -209,6 +220,8 @@ class Service:
         assert self.outbox is not None
         assert self.pipeline is not None
         assert self.sender is not None
+        assert self.names is not None
+        await self.names.reload()  # a bad file is logged; texts then use the fallback name
         cfg = self.cfg
         log.info(
             kv(
@@ -233,6 +246,7 @@ class Service:
                     tg.create_task(self._expire_loop(), name="expire"),
                     tg.create_task(self._status_loop(), name="status"),
                     tg.create_task(self._reload_loop(), name="reload"),
+                    tg.create_task(self.names.run(), name="contacts"),
                 ]
                 interval = self.notifier.watchdog_interval()
                 if interval:
@@ -448,6 +462,8 @@ class Service:
                 continue  # stopping: READY=1 after STOPPING=1 would confuse systemd
             self.notifier.reloading()
             self.reload()
+            if self.names is not None:
+                await self.names.reload()  # SIGHUP re-reads the contacts file too
             self.notifier.ready(self.status_line())
 
     def reload(self) -> bool:
@@ -481,6 +497,8 @@ class Service:
             self.mail.reconfigure(new)
         if self.reply_command is not None:
             self.reply_command.reconfigure(new)
+        if self.names is not None:
+            self.names.reconfigure(new)
         log.info(kv(event="reloaded", config=self.config_path))
         return True
 

@@ -46,12 +46,12 @@ from typing import Literal
 
 from daemon.config import Config, TextbackConfig, format_duration
 from daemon.decide.hours import office_zone
+from daemon.decide.names import caller_names
 from daemon.decide.numbers import CallerKind, CallerNumber, classify_caller, is_safe_destination
 from daemon.decide.templates import (
     TEMPLATE_KEYS,
     TemplateKind,
     business_name,
-    caller_name_value,
     clean_text,
     line_for,
     render,
@@ -60,6 +60,7 @@ from daemon.decide.templates import (
 )
 from daemon.model import (
     MISSED_OUTCOMES,
+    Contact,
     FinishedCall,
     InboundAnswered,
     OutboundDialled,
@@ -343,8 +344,18 @@ def _suppress(reason: Reason, detail: str, destination: str | None = None) -> De
     return Decision("suppress", reason, destination, None, None, detail=detail)
 
 
-def decide(call: FinishedCall, facts: PolicyFacts, cfg: Config, now: float) -> Decision:
-    """Send or suppress this finished call, with the first matching reason (module doc)."""
+def decide(
+    call: FinishedCall,
+    facts: PolicyFacts,
+    cfg: Config,
+    now: float,
+    *,
+    contact: Contact | None = None,
+) -> Decision:
+    """Send or suppress this finished call, with the first matching reason (module doc).
+
+    `contact`: the caller as the office's contacts know them (names the text may use).
+    """
     tb = cfg.textback
     if not call.inbound or call.outcome is Outcome.NOT_INBOUND:
         return _suppress(Reason.NOT_INBOUND, "internal or outbound call")
@@ -393,7 +404,7 @@ def decide(call: FinishedCall, facts: PolicyFacts, cfg: Config, now: float) -> D
     if pause is not None:
         return _suppress(Reason.CAP_REACHED, pause.detail, e164)
 
-    kind, text, info, note = _render(cfg, call, now)
+    kind, text, info, note = _render(cfg, call, now, contact)
     detail = f"{kind}, {info.parts} part{'s' if info.parts != 1 else ''} {info.encoding}"
     if note:
         detail += f"; {note}"
@@ -409,12 +420,14 @@ def decide(call: FinishedCall, facts: PolicyFacts, cfg: Config, now: float) -> D
     )
 
 
-def _render(cfg: Config, call: FinishedCall, now: float) -> tuple[TemplateKind, str, SmsInfo, str]:
+def _render(
+    cfg: Config, call: FinishedCall, now: float, contact: Contact | None
+) -> tuple[TemplateKind, str, SmsInfo, str]:
     """The text for a call and its cost; a broken template or [hours] (which the config
     check refuses) falls back to the built-in wording, so a config slip never silences a
     missed call. The last item says what went wrong, "" when nothing did."""
     try:
-        kind, text = render_for_call(cfg, call, now)
+        kind, text = render_for_call(cfg, call, now, contact)
         info = sms_info(text)  # a text the modem cannot encode is a broken text too
         if text.strip():
             return kind, text, info, ""
@@ -427,9 +440,13 @@ def _render(cfg: Config, call: FinishedCall, now: float) -> tuple[TemplateKind, 
         when = time_fields(datetime.fromtimestamp(now, UTC))
     except (ValueError, OverflowError, OSError):
         when = {"time": "", "day": ""}
+    names = caller_names(
+        contact, call.caller_name, use_pbx_names=cfg.contacts.use_pbx_names, fallback=""
+    )
     fields = {
         "business_name": clean_text(business_name(cfg, line_for(cfg, call.did)), 60),
-        "caller_name": caller_name_value(call, ""),
+        "caller_name": names.caller_name,
+        "first_name": names.first_name,
         "did": clean_text(call.did, 20),
         "callback_number": clean_text(call.did, 20),
         **when,

@@ -1,7 +1,9 @@
 """Text templates: which wording a missed call gets, and filling it in safely.
 
 A template is trusted config; everything a caller controls (the caller ID name, the DID
-the trunk reports) is untrusted. So templates are parsed with `string.Formatter().parse`
+the trunk reports) is untrusted. Which name a text may use at all is decided in
+`daemon.decide.names` (the office's contacts; a network name only when allowed and
+person-like). So templates are parsed with `string.Formatter().parse`
 and the values are pasted in as plain strings: `str.format` never sees caller data, and a
 caller name such as "{business_name}" or "%s" stays literal text. The fields are a fixed
 set (`FIELDS`); anything else in a template is a config error (`check_template`).
@@ -18,52 +20,28 @@ from typing import Literal, NamedTuple
 
 from daemon.config import Config, LineConfig
 from daemon.decide.hours import DAY_NAMES, local_time, schedule
+from daemon.decide.names import caller_names
+from daemon.decide.names import clean_text as clean_text  # noqa: PLC0414  # its old home
 from daemon.decide.numbers import CallerKind, classify_caller
 from daemon.errors import TextbackError
-from daemon.model import FinishedCall
+from daemon.model import Contact, FinishedCall
 from gsm.gsm7 import is_gsm7
 from gsm.pdu import SmsInfo, sms_info
 
 TemplateKind = Literal["in_hours", "after_hours", "voicemail"]
 
 #: The merge fields a template may use.
-FIELDS = ("business_name", "caller_name", "did", "callback_number", "time", "day")
+FIELDS = ("business_name", "caller_name", "first_name", "did", "callback_number", "time", "day")
+#: The fields that greet a caller by name: only the office's contacts fill them for sure.
+NAME_FIELDS = ("caller_name", "first_name")
 #: Config key of each template kind ([textback] and [[lines]] share the names).
 TEMPLATE_KEYS: dict[TemplateKind, str] = {
     "in_hours": "template",
     "after_hours": "template_after_hours",
     "voicemail": "template_voicemail",
 }
-#: Longest caller name put into a text (characters, after cleaning).
-CALLER_NAME_MAX = 30
 #: Longest DID / callback number put into a text.
 NUMBER_MAX = 20
-
-#: Caller ID names that mean "no name" (compared case-insensitively, after cleaning).
-_NO_NAME = frozenset(
-    {
-        "unknown",
-        "<unknown>",
-        "anonymous",
-        "unavailable",
-        "restricted",
-        "private",
-        "withheld",
-        "blocked",
-        "no caller id",
-        "unknown name",
-        "unknown caller",
-        "unknown number",
-        "anonymous caller",
-        "private caller",
-        "private number",
-        "no name",
-        "out of area",
-        "wireless caller",
-        "cell phone",
-        "toll free call",
-    }
-)
 
 
 class TemplateError(TextbackError, ValueError):
@@ -146,38 +124,23 @@ def _as_written(field: str, spec: str | None, conversion: str | None) -> str:
     return "{" + field + conv + (f":{spec}" if spec else "") + "}"
 
 
-def clean_text(raw: str, limit: int) -> str:
-    """Untrusted text made inert: no control, format (bidi override, zero-width),
-    surrogate, private-use or unassigned characters; whitespace runs become one space;
-    at most `limit` characters."""
-    # Bounded work whatever the input size (a caller ID name may be megabytes of junk):
-    # what lies beyond this many characters never makes it into a text anyway.
-    raw = raw[: max(16 * limit, 256)]
-    kept = []
-    for ch in unicodedata.normalize("NFC", raw):
-        cat = unicodedata.category(ch)
-        if ch.isspace() or cat in ("Zl", "Zp"):
-            kept.append(" ")  # CR, LF, tabs, line separators: a space, then collapsed
-        elif cat[0] == "C":  # Cc control, Cf format (U+202E ...), Cs, Co, Cn
-            continue
-        else:
-            kept.append(ch)
-    return " ".join("".join(kept).split())[:limit].rstrip()
+def caller_name_value(
+    cfg: Config, call: FinishedCall, contact: Contact | None = None, *, fallback: str | None = None
+) -> str:
+    """{caller_name}: the contact's name, else (with use_pbx_names) a person-like network
+    name, else the fallback ([textback] caller_name_fallback unless given)."""
+    return _names(cfg, call, contact, fallback)[0]
 
 
-def caller_name_value(call: FinishedCall, fallback: str) -> str:
-    """{caller_name}: the PBX's caller name when it is a real name, cleaned and cut."""
-    name = clean_text(call.caller_name, CALLER_NAME_MAX * 4)
-    if (
-        not name
-        or name.lower() in _NO_NAME
-        # A "name" without a single letter is a number or punctuation, not a name
-        # (many PBXes put the number itself into the name).
-        or not any(ch.isalpha() for ch in name)
-        or name == clean_text(call.caller, CALLER_NAME_MAX * 4)
-    ):
-        return fallback
-    return name[:CALLER_NAME_MAX].rstrip()
+def _names(
+    cfg: Config, call: FinishedCall, contact: Contact | None, fallback: str | None = None
+) -> tuple[str, str]:
+    return caller_names(
+        contact,
+        call.caller_name,
+        use_pbx_names=cfg.contacts.use_pbx_names,
+        fallback=cfg.textback.caller_name_fallback if fallback is None else fallback,
+    )
 
 
 def line_for(cfg: Config, did: str) -> LineConfig | None:
@@ -209,15 +172,20 @@ def business_name(cfg: Config, line: LineConfig | None) -> str:
     return cfg.textback.business_name
 
 
-def call_fields(cfg: Config, call: FinishedCall, now: float) -> dict[str, str]:
-    """Every merge field's value for one call, at time `now` (epoch seconds)."""
+def call_fields(
+    cfg: Config, call: FinishedCall, now: float, contact: Contact | None = None
+) -> dict[str, str]:
+    """Every merge field's value for one call, at time `now` (epoch seconds); `contact`:
+    the caller as the office's contacts know them (None: not known)."""
     line = line_for(cfg, call.did)
     did = clean_text(call.did, NUMBER_MAX)
     callback = line.callback_number if line is not None and line.callback_number else did
     local = local_time(cfg.hours, now)
+    caller_name, first_name = _names(cfg, call, contact)
     return {
         "business_name": business_name(cfg, line),
-        "caller_name": caller_name_value(call, cfg.textback.caller_name_fallback),
+        "caller_name": caller_name,
+        "first_name": first_name,
         "did": did,
         "callback_number": callback,
         **time_fields(local),
@@ -256,21 +224,23 @@ def select_template(cfg: Config, call: FinishedCall, now: float) -> tuple[Templa
     return kind, template_of(cfg, line, kind)
 
 
-def render_for_call(cfg: Config, call: FinishedCall, now: float) -> tuple[TemplateKind, str]:
+def render_for_call(
+    cfg: Config, call: FinishedCall, now: float, contact: Contact | None = None
+) -> tuple[TemplateKind, str]:
     """The template kind and the finished text for one call. TemplateError/ValueError on a
     broken config (which `textback check` and the daemon's start refuse)."""
     kind, template = select_template(cfg, call, now)
-    fields = call_fields(cfg, call, now)
+    fields = call_fields(cfg, call, now, contact)
     text = render(template, fields)
-    name = fields["caller_name"]
-    if not is_gsm7(text) and not is_gsm7(name):
+    names = {f: fields[f] for f in NAME_FIELDS}
+    if not is_gsm7(text) and not all(is_gsm7(v) for v in names.values()):
         # One accented letter in a caller's name would turn the whole text into UCS-2,
         # which holds 70 characters a part instead of 160: the same text can cost two or
-        # three times as much. Fold the name ("Zoë" -> "Zoe") when that alone keeps the
+        # three times as much. Fold the names ("Zoë" -> "Zoe") when that alone keeps the
         # text GSM-7; a name in another script ("李小龍") stays as it is.
-        folded = gsm7_fold(name)
-        if folded and is_gsm7(folded):
-            alt = render(template, {**fields, "caller_name": folded})
+        folded = {f: gsm7_fold(v) for f, v in names.items()}
+        if all(is_gsm7(v) for v in folded.values()):
+            alt = render(template, {**fields, **folded})
             if is_gsm7(alt):
                 text = alt
     return kind, text
@@ -300,8 +270,9 @@ def gsm7_fold(text: str) -> str:
 
 # -- previews for `textback check` --------------------------------------------------------
 
-#: Sample values for previews: a weekday morning, a short name.
-SAMPLE_CALLER_NAME = "Jane"
+#: Sample values for previews: a weekday morning, a caller in the office's contacts.
+SAMPLE_CONTACT = Contact("Jane Doe", "Jane", "sample")
+SAMPLE_CALLER_NAME = SAMPLE_CONTACT.name
 SAMPLE_DID = "+12025550100"
 _SAMPLE_LOCAL = datetime(2026, 3, 3, 10, 30)  # a Tuesday
 
@@ -314,16 +285,21 @@ class Preview(NamedTuple):
     info: SmsInfo
 
 
-def render_preview(cfg: Config) -> list[Preview]:
-    """Every configured template rendered with sample values ("Jane", Tuesday 10:30).
+def render_preview(cfg: Config, contact: Contact | None = SAMPLE_CONTACT) -> list[Preview]:
+    """Every configured template rendered with sample values: a caller in the contacts
+    ("Jane Doe", first name "Jane"; None: a caller nobody knows, who gets the fallback),
+    Tuesday 10:30.
 
     [textback]'s three templates first, then each [[lines]] entry's effective three.
     A broken template is shown with its bad fields as written, never raised.
     """
     out: list[Preview] = []
+    fallback = cfg.textback.caller_name_fallback
+    caller_name, first_name = caller_names(contact, "", use_pbx_names=False, fallback=fallback)
     base = {
         "business_name": cfg.textback.business_name,
-        "caller_name": SAMPLE_CALLER_NAME,
+        "caller_name": caller_name,
+        "first_name": first_name,
         "did": SAMPLE_DID,
         "callback_number": SAMPLE_DID,
         **time_fields(_SAMPLE_LOCAL),

@@ -244,6 +244,29 @@ class AmiClient:
             raise AmiError(f"AMI not connected, cannot send {action.get('Action')}")
         return await self._request(action, timeout)
 
+    async def db_get(self, family: str, key: str, timeout: float | None = None) -> str | None:
+        """One Asterisk database entry (AMI DBGet): its value, None when there is none.
+
+        Asterisk answers "Result will follow", a DBGetResponse event with `Val`, then
+        DBGetComplete; a missing entry is an Error "Database entry not found". Raises
+        AmiError when not connected or refused (a manager user without write = system or
+        reporting), AmiTimeout when no answer comes within `timeout`.
+        """
+        for part in (family, key):
+            if not part or any(ch in part for ch in "\r\n:") or len(part) > 80:
+                raise AmiError(f"not a database family or key: {part!r}")
+        answer = await self.action({"Action": "DBGet", "Family": family, "Key": key}, timeout)
+        head = answer[0] if answer else {}
+        if head.get("Response") != "Success":
+            message = head.get("Message", "no answer")
+            if "not found" in message.lower():
+                return None
+            raise AmiError(f"DBGet {family}/{key} refused: {message}")
+        for msg in answer[1:]:
+            if msg.get("Event") == "DBGetResponse":
+                return msg.get("Val", "")
+        return None
+
     # -- one connection ----------------------------------------------------------------
 
     async def _session(self) -> None:

@@ -28,7 +28,9 @@ from daemon.intake.stream import AmiStream
 log = logging.getLogger("daemon.ami.protocol")
 
 #: Events our own actions and the server's goodbye produce: always let through the filter.
-CONTROL_EVENTS = frozenset({"CoreShowChannel", "CoreShowChannelsComplete", "Shutdown"})
+CONTROL_EVENTS = frozenset(
+    {"CoreShowChannel", "CoreShowChannelsComplete", "DBGetResponse", "DBGetComplete", "Shutdown"}
+)
 
 
 def plain(messages: list[Any]) -> list[Message]:

@@ -3,7 +3,8 @@
 It speaks the part of the Asterisk Manager handshake the intake uses: the banner, Login
 (Success, or "Authentication failed" and a closed socket, as Asterisk does; "Events: off"
 holds the stream back), Events (EventMask on starts it), Ping, CoreShowChannels (the
-channels the trace has opened and not hung up so far), Getvar, Redirect, Logoff. After a
+channels the trace has opened and not hung up so far), Getvar, DBGet (from `astdb`, as
+Asterisk 13+ answers it), Redirect, Logoff. After a
 good Login it streams the trace's events, as fast as the socket takes them or paced by
 their `Timestamp:` headers. It can cut the connection at given byte offsets and, on the
 next connection, carries on from the next whole event (what a real Asterisk does: events
@@ -126,6 +127,8 @@ class ReplayServer:
         self.stats = ServerStats()
         #: Getvar answers: (channel, variable) -> value ("" for anything not listed).
         self.getvar_values: dict[tuple[str, str], str] = {}
+        #: The Asterisk database DBGet reads: (family, key) -> value.
+        self.astdb: dict[tuple[str, str], str] = {}
         self.finished = asyncio.Event()
         self.connected = asyncio.Event()
         self._server: asyncio.Server | None = None
@@ -273,6 +276,8 @@ class ReplayServer:
                     }
                 )
             )
+        elif name == "dbget":
+            conn.send(self._dbget(msg, head))
         elif name == "redirect":
             conn.send(encode({"Response": "Success", **head, "Message": "Redirect successful"}))
         elif name == "logoff":
@@ -283,6 +288,19 @@ class ReplayServer:
         else:
             conn.send(encode({"Response": "Error", **head, "Message": "Invalid/unknown command"}))
         return False, False
+
+    def _dbget(self, msg: Message, head: dict[str, str]) -> bytes:
+        family, key = msg.get("Family", ""), msg.get("Key", "")
+        value = self.astdb.get((family, key))
+        if value is None:
+            return encode({"Response": "Error", **head, "Message": "Database entry not found"})
+        start = {"Response": "Success", **head, "EventList": "start"}
+        out = [encode({**start, "Message": "Result will follow"})]
+        entry = {"Family": family, "Key": key, "Val": value}
+        out.append(encode({"Event": "DBGetResponse", **entry, **head}))
+        done = {"EventList": "Complete", "ListItems": "1"}
+        out.append(encode({"Event": "DBGetComplete", **head, **done}))
+        return b"".join(out)
 
     def _resume(self) -> None:
         """A new session starts at a whole event; what happened while nobody was

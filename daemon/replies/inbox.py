@@ -327,6 +327,7 @@ class Inbox:
         fields = {
             "business_name": clean_text(business_name(cfg, line), 60),
             "caller_name": cfg.textback.caller_name_fallback,
+            "first_name": cfg.textback.caller_name_fallback,
             "did": clean_text("" if call is None else call.did, 20),
             "callback_number": clean_text(callback, 20),
             **when,
