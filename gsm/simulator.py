@@ -400,6 +400,11 @@ class Simulator:
         """True while the pty exists."""
         return self._master >= 0
 
+    @property
+    def cnmi(self) -> tuple[int, ...]:
+        """The AT+CNMI in effect (<mode>,<mt>,<bm>,<ds>,<bfr>)."""
+        return self._state.cnmi
+
     def host_closed(self) -> None:
         """The program on the port is gone (killed): what the modem says from now on is
         lost, and so is what it said that the dead program never read."""

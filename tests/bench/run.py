@@ -18,6 +18,7 @@ MODULES = [
     "tests.bench.bench_at",
     "tests.bench.bench_service",
     "tests.bench.bench_replies",
+    "tests.bench.bench_crash",
 ]
 OUT = Path(__file__).resolve().parents[2] / "BENCHMARKS.md"
 
