@@ -76,6 +76,8 @@ def test_modem_probe_prints_identity(sim: SimProcess, capsys: pytest.CaptureFixt
     assert "869170031234567" in out
     assert "registered (home)" in out
     assert "-71 dBm" in out
+    # SIM800 cannot store delivery reports (no AT+CNMI ds=2): pushed, and the probe says so
+    assert "reports:      direct (+CDS: lost while textback is down)" in out
 
 
 def test_send_test_through_the_cli(sim: SimProcess, capsys: pytest.CaptureFixture[str]) -> None:

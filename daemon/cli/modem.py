@@ -83,7 +83,16 @@ def open_modem(cfg: Config, device: str, *, require_network: bool) -> Modem:
         ),
         reconnect=False,
         require_network=require_network,
+        reports=m.delivery_reports,
     )
+
+
+#: How `textback modem` says where delivery reports go (AT+CNMI <ds>).
+_REPORTS = {
+    "stored": "stored (kept by the modem while textback is down, +CDSI)",
+    "direct": "direct (+CDS: lost while textback is down)",
+    "off": "off (the modem sends none to textback)",
+}
 
 
 def format_info(info: ModemInfo) -> str:
@@ -101,6 +110,7 @@ def format_info(info: ModemInfo) -> str:
         ("registration", info.registration_text),
         ("SMS mode", info.mode),
         ("inbound SMS", "yes" if info.inbound else "no (modem has no AT+CNMI)"),
+        ("reports", _REPORTS.get(info.reports, info.reports)),
     ]
     return "\n".join(f"{k + ':':<14}{v if v is not None else 'unknown'}" for k, v in rows)
 
