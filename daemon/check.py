@@ -499,7 +499,8 @@ def contacts_problems(cfg: Config) -> list[Problem]:
     return [
         _warn(
             "contacts.file",
-            f"{_count(book.skipped_count, 'entry')} skipped: {shown}{more}",
+            f"{book.skipped_count} {'entry' if book.skipped_count == 1 else 'entries'} "
+            f"skipped: {shown}{more}",
             "each entry needs a valid phone number and a name",
         )
     ]

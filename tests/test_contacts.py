@@ -536,3 +536,67 @@ def test_check_says_a_missing_contacts_file_and_astdb_without_ami(tmp_path: Path
         "error",
         "'cid name' is not an Asterisk database family name",
     ) in found
+
+
+# -- the service: SIGHUP re-reads the file, the pipeline it assembles uses it ---------------
+
+
+async def test_service_sighup_rereads_the_contacts_file(tmp_path: Path) -> None:
+    import asyncio
+
+    from daemon.app.service import Service
+    from daemon.config import load_config
+    from daemon.sdnotify import Notifier
+
+    contacts = tmp_path / "contacts.csv"
+    contacts.write_text("+12025550131,Ann Lee,Ann\n")
+    path = tmp_path / "textback.toml"
+    path.write_text(
+        f"""
+[ami]
+enabled = false
+[textback]
+delay = "0s"
+pumping_max_per_range = 0
+caller_name_fallback = "there"
+template = "Hi {{first_name}}!"
+[hours]
+mon = ["00:00-24:00"]
+tue = ["00:00-24:00"]
+wed = ["00:00-24:00"]
+thu = ["00:00-24:00"]
+fri = ["00:00-24:00"]
+sat = ["00:00-24:00"]
+sun = ["00:00-24:00"]
+[contacts]
+file = "{contacts}"
+[database]
+path = "{tmp_path / "t.db"}"
+"""
+    )
+    svc = Service(load_config(path), path, clock=ManualClock(T0), notifier=Notifier(""))
+    svc.store = await Store.open(svc.cfg.database.path, tz=svc.cfg.hours.timezone)
+    reloads = asyncio.create_task(svc._reload_loop())
+    try:
+        svc._assemble()
+        assert svc.names is not None
+        assert svc.pipeline is not None
+        await svc.names.reload()  # what _serve does at start
+        first = named_call("+12025550131", "evil.example", T0)
+        await svc.pipeline.handle(first)
+        # the file changes; SIGHUP (request_reload) reads it at once: the clock has not
+        # moved, so no lookup would have looked at the file again yet
+        contacts.write_text("+12025550131,Ann Lee,Ann\n+12025550132,Bo Chen,Bo\n")
+        svc.request_reload()
+        for _ in range(400):
+            if len(svc.names.book) == 2:
+                break
+            await asyncio.sleep(0.005)  # the file is read in a worker thread
+        second = named_call("+12025550132", "evil.example", T0)
+        await svc.pipeline.handle(second)
+        texts = [(await svc.pipeline.report(c.linkedid)) for c in (first, second)]
+        assert [t.text if t else None for t in texts] == ["Hi Ann!", "Hi Bo!"]
+    finally:
+        reloads.cancel()
+        await asyncio.gather(reloads, return_exceptions=True)
+        await svc.store.close()
