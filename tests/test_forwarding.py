@@ -36,11 +36,13 @@ class Inbox_:
     def __init__(self, answer: str | None = None) -> None:
         self.mails: list[Message] = []
         self.rcpt: list[list[str]] = []
+        self.sessions: list[int] = []  # the connection each mail came in on
         self.answer = answer  # e.g. "550 no such user": refuse every mail
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.answer:
             return self.answer
+        self.sessions.append(id(session))
         self.mails.append(email.message_from_bytes(envelope.content))
         self.rcpt.append(list(envelope.rcpt_tos))
         return "250 OK"
@@ -129,6 +131,47 @@ async def test_a_reply_is_mailed_once_with_the_call_it_answers(
     assert second["Subject"].startswith("Opt-out from +1 202-555-0101")
     assert second["In-Reply-To"] == mail["In-Reply-To"]  # one thread per caller
     assert second["Message-ID"] != mail["Message-ID"]
+
+
+async def test_the_mails_of_a_pass_share_one_session_and_are_all_recorded(
+    store: Store, smtp: tuple[Inbox_, int]
+) -> None:
+    server, port = smtp
+    office = Office(store, _cfg(port))
+    for n in NUMBERS[:4]:
+        await office.inbox.receive(n, f"hello from {n}")
+    assert await office.mail.process_due() == 4
+    assert len(server.mails) == 4
+    assert len(set(server.sessions)) == 1  # one connection, EHLO and QUIT for the four
+    states = sqlite3.connect(store.path).execute("SELECT state, attempts FROM forwards")
+    assert [tuple(r) for r in states] == [("sent", 1)] * 4
+    assert await office.mail.process_due() == 0  # nothing sent twice
+    assert await store.counter("forwards.sent") == 4
+
+
+async def test_a_server_that_cannot_be_reached_is_tried_once_per_pass(store: Store) -> None:
+    accepted = 0
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        writer.close()  # no 220 greeting: the connection cannot be used
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        office = Office(store, _cfg(port))
+        for n in NUMBERS[:3]:
+            await office.inbox.receive(n, "anyone?")
+        assert await office.mail.process_due() == 0
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert accepted == 1  # not once per mail
+    rows = sqlite3.connect(store.path).execute(
+        "SELECT state, attempts, next_attempt_at - ? FROM forwards", (T0,)
+    )
+    assert [tuple(r) for r in rows] == [("pending", 1, 30.0)] * 3  # all wait for the next try
 
 
 async def test_smtp_down_waits_and_retries_then_delivers(store: Store) -> None:

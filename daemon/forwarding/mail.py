@@ -24,11 +24,9 @@ import contextlib
 import hashlib
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
-from typing import Any
 
 import aiosmtplib
 import phonenumbers
@@ -70,9 +68,6 @@ _KIND_WORDS = {
     "help": "HELP",
     "possible_opt_out": "Possible opt-out",
 }
-
-#: Sends one mail (aiosmtplib.send, or a test's stand-in).
-MailSend = Callable[..., Awaitable[Any]]
 
 
 def pretty_number(number: str) -> str:
@@ -148,13 +143,10 @@ class MailForwarder:
 
     name = "mail"
 
-    def __init__(
-        self, cfg: Config, store: Store, clock: Clock, *, send: MailSend | None = None
-    ) -> None:
+    def __init__(self, cfg: Config, store: Store, clock: Clock) -> None:
         self._cfg = cfg
         self._store = store
         self._clock = clock
-        self._send: MailSend = send if send is not None else aiosmtplib.send
         self._wake = asyncio.Event()
         self._yielded = False
 
@@ -207,6 +199,12 @@ class MailForwarder:
         Texts to callers go first: while the outbox has texts queued (a burst of missed
         calls), a mail younger than MAIL_YIELD waits for the next pass, so building and
         sending mail never delays a missed-call text; no mail waits longer than that.
+
+        The mails of one pass share one SMTP session (one connection, EHLO, STARTTLS and
+        login for up to a pass's 50 mails: after a burst the held-back mails leave
+        together), and those the server took are recorded `sent` in one transaction at
+        the end of the pass. A crash between the server taking a mail and that record
+        sends it again at the next start: a mail is delivered at least once.
         """
         now = self._clock.now()
         due = await self._store.read(lambda tx: tx.due_forwards(now))
@@ -214,13 +212,23 @@ class MailForwarder:
             due = [f for f in due if now - float(f["created_at"]) >= MAIL_YIELD]
             if not due:
                 self._yielded = True
-        taken = 0
-        for fwd in due:
-            if await self._one(fwd):
-                taken += 1
-        return taken
+        if not due:
+            return 0
+        session = _Session(self._cfg)
+        sent: list[sqlite3.Row] = []
+        try:
+            for fwd in due:
+                if await self._one(fwd, session):
+                    sent.append(fwd)
+        finally:
+            await session.close()
+            if sent:
+                await self._record_sent(sent)
+        return len(sent)
 
-    async def _one(self, fwd: sqlite3.Row) -> bool:
+    async def _one(self, fwd: sqlite3.Row, session: _Session) -> bool:
+        """One mail through the pass's session: True once the server took it (recorded
+        by the caller); any other end is recorded here."""
         cfg = self._cfg
         rows = await self._store.replies(reply_id=fwd["reply_id"], limit=1)
         if not rows:
@@ -238,8 +246,11 @@ class MailForwarder:
         except Exception as exc:  # a mail that cannot be built will never be: fail it
             await self._record(fwd, "failed", f"cannot build the mail: {exc!r}")
             return False
+        if session.down is not None:  # the server could not be reached this pass
+            await self._retry(fwd, session.down)
+            return False
         try:
-            await self._send_mail(message, recipients)
+            await session.send(message, recipients)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [e.code for e in exc.recipients]
             error = "; ".join(f"{e.recipient}: {e.code} {e.message}" for e in exc.recipients)
@@ -257,36 +268,8 @@ class MailForwarder:
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             await self._retry(fwd, f"{type(exc).__name__}: {exc}")
             return False
-        await self._record(fwd, "sent", None)
         log.info(kv(event="forwarded", reply=row.reply_id, channel="mail", to=len(recipients)))
         return True
-
-    async def _send_mail(self, message: EmailMessage, recipients: list[str]) -> None:
-        """One mail, bounded as a whole (the SMTP timeout bounds each step only); an address
-        the server refused while it took the others is said loudly."""
-        cfg = self._cfg
-        async with asyncio.timeout(SEND_STEPS * cfg.smtp.timeout):
-            result = await self._send(
-                message,
-                hostname=cfg.smtp.host,
-                port=cfg.smtp.port,
-                username=cfg.smtp.username or None,
-                password=cfg.smtp.password or None,
-                use_tls=cfg.smtp.tls == "tls",
-                start_tls=cfg.smtp.tls == "starttls",
-                timeout=cfg.smtp.timeout,
-                # a fixed EHLO name: no DNS lookup of this host (getfqdn) for every mail
-                local_hostname=_domain(cfg.smtp.from_address),
-            )
-        refused = result[0] if isinstance(result, tuple) and result else {}
-        if refused:
-            log.error(
-                kv(
-                    event="forward_refused",
-                    addresses=",".join(sorted(refused)),
-                    note="the other addresses got the mail",
-                )
-            )
 
     async def _retry(self, fwd: sqlite3.Row, error: str) -> None:
         now = self._clock.now()
@@ -320,6 +303,17 @@ class MailForwarder:
 
         await self._store.batch(unit)
 
+    async def _record_sent(self, fwds: list[sqlite3.Row]) -> None:
+        """Every mail of a pass the server took, `sent` in one transaction."""
+        now = self._clock.now()
+        done = [(int(f["id"]), int(f["attempts"]) + 1) for f in fwds]
+
+        def unit(tx: StoreTx) -> None:
+            for fid, attempts in done:
+                tx.update_forward(fid, now=now, state="sent", attempts=attempts)
+
+        await self._store.batch(unit)
+
     async def _record(self, fwd: sqlite3.Row, state: str, error: str | None) -> None:
         now = self._clock.now()
         attempts = int(fwd["attempts"]) + 1
@@ -339,3 +333,81 @@ class MailForwarder:
             tx.update_forward(fid, now=now, state=state, attempts=attempts, last_error=error)
 
         await self._store.batch(unit)
+
+
+class _Session:
+    """One SMTP session for the mails of a pass, opened at the first mail.
+
+    A connection that cannot be made (or EHLO, STARTTLS, the login fail) sets `down`:
+    the pass's other mails wait for the next try without each trying again. After any
+    error during a mail the connection is dropped and the next mail opens a new one, so
+    that no half-finished transaction is carried over.
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        self._cfg = cfg
+        self._client: aiosmtplib.SMTP | None = None
+        self.down: str | None = None
+
+    async def send(self, message: EmailMessage, recipients: list[str]) -> None:
+        """One mail, bounded as a whole (the SMTP timeout bounds each step only); an
+        address the server refused while it took the others is said loudly."""
+        timeout = self._cfg.smtp.timeout
+        try:
+            async with asyncio.timeout(SEND_STEPS * timeout):
+                client = await self._connected()
+                refused, _ = await client.send_message(message, recipients=recipients)
+        except BaseException:
+            self._drop()
+            raise
+        if refused:
+            log.error(
+                kv(
+                    event="forward_refused",
+                    addresses=",".join(sorted(refused)),
+                    note="the other addresses got the mail",
+                )
+            )
+
+    async def _connected(self) -> aiosmtplib.SMTP:
+        if self._client is not None and self._client.is_connected:
+            return self._client
+        smtp = self._cfg.smtp
+        client = aiosmtplib.SMTP(
+            hostname=smtp.host,
+            port=smtp.port,
+            username=smtp.username or None,
+            password=smtp.password or None,
+            use_tls=smtp.tls == "tls",
+            start_tls=smtp.tls == "starttls",
+            timeout=smtp.timeout,
+            # a fixed EHLO name: no DNS lookup of this host (getfqdn) for every session
+            local_hostname=_domain(smtp.from_address),
+        )
+        try:
+            await client.connect()
+        except aiosmtplib.SMTPResponseException:
+            client.close()
+            raise  # a refused login or EHLO: the caller says 5xx or 4xx
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            client.close()
+            self.down = f"{type(exc).__name__}: {exc}"
+            raise
+        self._client = client
+        return client
+
+    def _drop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    async def close(self) -> None:
+        """QUIT politely (bounded), or just drop the connection."""
+        client, self._client = self._client, None
+        if client is None or not client.is_connected:
+            return
+        try:
+            async with asyncio.timeout(self._cfg.smtp.timeout):
+                await client.quit()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            client.close()

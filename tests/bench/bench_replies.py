@@ -733,12 +733,16 @@ def markdown(r: dict[str, Any]) -> str:
 Command: `{cmd}` (alone: `.venv/bin/python -m tests.bench.bench_replies{alone_flag}`).
 The real daemon process as in the service section (same fake Asterisk, simulator and
 config: no wait, no cooldown, caps off), plus `[replies] forward_email` to a real SMTP
-server in this process (aiosmtpd's Controller, its own thread, a loopback port,
-`tls = "none"`; `forward_per_hour = 100` so that every reply is mailed). Inbound texts
+server in a process of its own (tests/bench/smtp_sink.py: aiosmtpd's Controller on a
+loopback port, `tls = "none"`; `forward_per_hour = 100` so that every reply is mailed).
+An earlier version ran the server as a thread of this process, where it shared the GIL
+with the modem simulator that the daemon's sends wait on: every mail then slowed the
+simulated modem, a cost no office has. Inbound texts
 are injected with the simulator's `inject_text` (stored on the SIM and announced with
 +CMTI; the driver reads each with AT+CMGR, hands it to the inbox and deletes it once
 kept). Each text carries a token found again in the mail and in the `replies` table.
-Times: the injection and `handle_DATA` both in this process (wall clock);
+Times: the injection (this process) and `handle_DATA` (the server's process), both
+wall clock on this machine;
 `received_at` is the daemon's clock when the driver handed the text over.
 Reply -> mail: {m["n"]} numbers got a missed-call text first (so each reply is linked
 and its mail names the call), then replied, {REPLY_RATE:g} per second, after one
@@ -814,7 +818,7 @@ SIGTERM the daemon exited with {r["exit_code"]}. Mails without a token: {r["mail
 
 Numbers come from one run on a shared, noisy 2-CPU machine (load average
 {load["before"][0]:.1f} before, {load["after"][0]:.1f} after); this process (fake Asterisk,
-simulator, SMTP server's thread) shares the two CPUs with the daemon. The baselines were
+simulator) and the SMTP server's process share the two CPUs with the daemon. The baselines were
 measured in the same run.
 """
 
