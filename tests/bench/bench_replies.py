@@ -7,9 +7,10 @@ helpers of tests/bench/bench_service.py: the fake Asterisk (its BenchServer over
 TCP), the modem simulator on a real pty, the same calls (trace 02 with fresh ids and
 callers from the fictional 555-01xx blocks of eight area codes) and the same burst. This
 process starts a real SMTP server as a process of its own (tests/bench/smtp_sink.py:
-aiosmtpd's Controller on a free loopback port, each mail's arrival time reported back); the daemon forwards every reply there (`[replies] forward_email`,
-`[smtp] tls = "none"`). Inbound texts come in through the simulator's `inject_text`
-(stored on the SIM, announced with +CMTI, as the driver configures the SIM800).
+aiosmtpd's Controller on a free loopback port, each mail's arrival time reported back);
+the daemon forwards every reply there (`[replies] forward_email`, `[smtp] tls = "none"`).
+Inbound texts come in through the simulator's `inject_text` (stored on the SIM,
+announced with +CMTI, as the driver configures the SIM800).
 
 1. Reply -> mail: one missed call (and its text) per number first, then one reply from
    each number, a few per second; each is timed from `inject_text` to the SMTP server's
@@ -773,31 +774,27 @@ scratch runs; none of that is part of `make bench`):
   driver hands a text over {m["read"]["p50"]:.1f} ms (p50) after it is stored on the SIM
   (+CMTI, AT+CMGR, the PDU decoded); then come the reply's transaction (one fsync), the
   forwarder's read of its queue and of the reply, the mail built with Python's `email`
-  package, and one new SMTP session per mail (aiosmtplib: connect, EHLO, MAIL, RCPT,
-  DATA, QUIT; it also runs `socket.getfqdn()` in a worker thread for every session, as
-  no `local_hostname` is passed). The direct send is the floor of that last step on
-  this server; a real server over a network adds its round trips and TLS.
+  package (its header registry parses every header it is given: about a quarter of the
+  loop's CPU per reply in a py-spy profile), and an SMTP session (aiosmtplib: connect,
+  EHLO, MAIL, RCPT, DATA, QUIT, with a fixed EHLO name so no DNS lookup). At a few
+  replies a second each pass has one mail; mails due together (after a burst) share one
+  session. The direct send is the floor of that last step on this server; a real server
+  over a network adds its round trips and TLS.
 - The issue's stream during a burst: a burst is texted as fast as the daemon's event
   loop goes (see the service section), and each inbound text costs that same daemon
   {cpu_ms:.1f} ms of CPU: at {s0["inbound"] / s0["window"]:.0f} texts/s that is
   {share:.0f}% of one core, so a slowdown of about {share:.0f}% is to be expected from
   CPU alone (measured: {100 * (verdicts["stream"][1] - 1):+.0f}% at p99,
-  {100 * (s50 - 1):+.0f}% at p50).{flip} Mail forwarding is what costs the margin: in
-  scratch runs of the same rounds (3 rounds, 9 bursts in the stream, 6 alone), the
-  stream with `forward_email` off slowed the sends by 1.05x at p99 (1.03x at p50) for
-  1.6-1.9 ms of daemon CPU per inbound text; with it on, 1.32x (1.15x) for 7-10 ms. The sends
-  lose more than the forwarder's CPU share, likely because the outbox sends one text at
-  a time through a chain of awaits (AT+CMGS, the prompt, the PDU, +CMGS, the `sending`
-  and `sent` transactions) and each step can wait on the loop behind the forwarder's
-  SMTP steps (a reading, not measured step by step). A py-spy profile of a scratch run
-  (1,000 texts at 17/s, no burst) put about half of the daemon's CPU per text in mail
-  forwarding (the `email` package building the mail ~17%, aiosmtplib and the socket
-  set-up of a new connection per mail ~25%), ~29% on the database thread (the two
-  commits per reply, the reply's and its mail's `sent`, ~12%; the inbox's statements
-  ~6%; handing results back to the loop ~10%) and ~12% in the modem driver's inbound
-  path. Ways to gain margin: one SMTP connection for all the mails due in a pass, a
-  fixed EHLO name, a cheaper mail build, or mails held back while the outbox has a
-  backlog.
+  {100 * (s50 - 1):+.0f}% at p50).{flip} Mail forwarding was what cost the margin
+  before this run's code: with `forward_email` off the same rounds slowed the sends by
+  1.05x at p99; with it on, 1.32x-1.53x, for 7-10 ms of daemon CPU per inbound text, about
+  half of it building and sending mail (a py-spy profile). The mail of a reply waited for
+  queued texts then only 10 s, so in a steady flow of replies every mail still left
+  during the burst, 10 s late. Now a mail waits while texts are queued for up to a
+  minute (longer than a burst the daemon's own pace sets), the mails held back leave
+  together over one SMTP session after the burst, and what remains during a burst is
+  reading and storing each text (AT+CMGR, the inbox's transaction, AT+CMGD under the
+  modem's command lock, between two sends).
 - The harsh stream ({h0["inbound"] / h0["window"]:.0f} texts/s, far beyond the issue's
   rate): nothing was lost, but the driver reads one text at a time (AT+CMGR, the
   inbox's transaction, AT+CMGD) under the command lock the sends use too: about
@@ -807,19 +804,14 @@ scratch runs; none of that is part of `make bench`):
   store holds a few tens (AT+CPMS tells), so on real hardware the SIM would be full
   long before and the rest would wait in the network: this stream measures the daemon,
   not a modem.
-- Found while profiling, not measured here: the inbox's per-sender forward count
-  (`forwards_since`: forwards joined to replies on the sender) scans the whole
-  `forwards` table inside each reply's transaction (no index serves it): 0.05 ms at
-  1,000 rows, 0.45 ms at 10,000, 5.5 ms at 100,000 (in memory, warm), growing with
-  every reply ever forwarded. This benchmark's table stays under 10,000 rows.
 
 Daemon log lines by level: {logs}; events logged at WARNING or above: {problems}. After
 SIGTERM the daemon exited with {r["exit_code"]}. Mails without a token: {r["mails_untagged"]}.
 
 Numbers come from one run on a shared, noisy 2-CPU machine (load average
 {load["before"][0]:.1f} before, {load["after"][0]:.1f} after); this process (fake Asterisk,
-simulator) and the SMTP server's process share the two CPUs with the daemon. The baselines were
-measured in the same run.
+simulator) and the SMTP server's process share the two CPUs with the daemon. The
+baselines were measured in the same run.
 """
 
 
