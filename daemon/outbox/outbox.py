@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 
 from daemon.clock import Clock
 from daemon.config import Config
@@ -100,6 +100,53 @@ def _changed(
         age=age,
         sender=sender,
     )
+
+
+def _move(
+    tx: StoreTx,
+    m: Message,
+    state: MessageState,
+    now: float,
+    *,
+    expect: Collection[MessageState] | None = None,
+    store_reason: str | None = None,
+    last_error: str | None = None,
+    attempts: int | None = None,
+    next_attempt_at: float | None = None,
+    sender: str | None = None,
+    reason: str | None = None,
+    attempt: int | None = None,
+    error: str | None = None,
+    retry_in: float | None = None,
+    age: float | None = None,
+) -> bool:
+    """Move a text to `state` and emit its TextChanged in the same transaction: the one
+    place a state change is written with the event the sinks word as its journal line.
+
+    The row's columns: `store_reason` (its `reason`), `last_error`, `attempts`,
+    `next_attempt_at`, `sender` (None leaves a column alone). The line's fields: `reason`,
+    `attempt`, `error`, `retry_in`, `age`. With `expect`, only from those states: False,
+    and no line, when the row had moved on (a cancel and a send racing each other).
+    """
+    changed = tx.update_message(
+        m.id,
+        now=now,
+        expect=expect,
+        state=state,
+        reason=store_reason,
+        last_error=last_error,
+        attempts=attempts,
+        next_attempt_at=next_attempt_at,
+        sender=sender,
+    )
+    if expect is not None and not changed:
+        return False
+    tx.emit(
+        _changed(
+            m, state, now, reason=reason, attempt=attempt, error=error, retry_in=retry_in, age=age
+        )
+    )
+    return True
 
 
 def _write_text(
@@ -374,24 +421,26 @@ class Outbox:
         def unit(tx: StoreTx) -> None:
             for m in tx.messages((MessageState.SENDING,)):
                 if resend:
-                    tx.update_message(
-                        m.id,
-                        now=now,
-                        state=MessageState.QUEUED,
+                    _move(
+                        tx,
+                        m,
+                        MessageState.QUEUED,
+                        now,
                         next_attempt_at=now,
                         last_error="in flight at a restart; resending (resend_uncertain)",
+                        reason="resend_uncertain",
                     )
-                    tx.emit(_changed(m, MessageState.QUEUED, now, reason="resend_uncertain"))
                     counts["requeued"] += 1
                 else:
-                    tx.update_message(
-                        m.id,
-                        now=now,
-                        state=MessageState.UNCERTAIN,
-                        reason="in_flight_at_restart",
+                    _move(
+                        tx,
+                        m,
+                        MessageState.UNCERTAIN,
+                        now,
+                        store_reason="in_flight_at_restart",
                         last_error="in flight at a restart; not resent (resend_uncertain is off)",
+                        reason="in_flight_at_restart",
                     )
-                    tx.emit(_changed(m, MessageState.UNCERTAIN, now, reason="in_flight_at_restart"))
                     counts["uncertain"] += 1
                     # a delivery report read before this recovery may settle it at once
                     tx.resolve_uncertain(m.id, now, self._cfg.modem.report_window)
@@ -451,19 +500,17 @@ class Outbox:
         why = f"not sent within max_age {self._cfg.textback.max_age:g}s"
 
         def unit(tx: StoreTx) -> None:
-            if tx.update_message(
-                m.id, now=now, expect=_PENDING, state=MessageState.EXPIRED, reason=why
-            ):
-                tx.emit(
-                    _changed(
-                        m,
-                        MessageState.EXPIRED,
-                        now,
-                        reason="max_age",
-                        age=now - m.created_at,
-                        error=m.last_error,
-                    )
-                )
+            _move(
+                tx,
+                m,
+                MessageState.EXPIRED,
+                now,
+                expect=_PENDING,
+                store_reason=why,
+                reason="max_age",
+                age=now - m.created_at,
+                error=m.last_error,
+            )
 
         await self._store.batch(unit)
 
@@ -487,12 +534,16 @@ class Outbox:
                     tx.cancel_pending(m.destination, OPTED_OUT, now)
                     return False
                 # Durable before the sender hears of it: a crash from here on is `uncertain`.
-                if not tx.update_message(
-                    m.id, now=now, expect=_QUEUED, state=MessageState.SENDING, attempts=attempt
-                ):
-                    return False  # cancelled while we looked at it
-                tx.emit(_changed(m, MessageState.SENDING, now, attempt=attempt))
-                return True
+                # False: cancelled while we looked at it.
+                return _move(
+                    tx,
+                    m,
+                    MessageState.SENDING,
+                    now,
+                    expect=_QUEUED,
+                    attempts=attempt,
+                    attempt=attempt,
+                )
 
             if not await self._store.batch(start):
                 return False
@@ -537,42 +588,47 @@ class Outbox:
         uncertain = result.status is SendStatus.UNCERTAIN
         if uncertain and not (tb.resend_uncertain and attempt < tb.max_attempts):
             # The body reached the modem; a resend could text the caller twice.
-            tx.update_message(
-                m.id,
-                now=now,
-                state=MessageState.UNCERTAIN,
+            _move(
+                tx,
+                m,
+                MessageState.UNCERTAIN,
+                now,
                 last_error=err,
-                reason="send_uncertain",
+                store_reason="send_uncertain",
                 sender=result.sender or None,
+                reason="send_uncertain",
+                error=err,
             )
-            tx.emit(_changed(m, MessageState.UNCERTAIN, now, reason="send_uncertain", error=err))
             # its delivery report may have come while the send waited for +CMGS
             tx.resolve_uncertain(m.id, now, self._cfg.modem.report_window)
             return
         if (uncertain or result.retryable) and attempt < tb.max_attempts:
             wait = tb.retry_backoff * 2 ** (attempt - 1)
-            tx.update_message(
-                m.id,
-                now=now,
-                state=MessageState.QUEUED,
+            _move(
+                tx,
+                m,
+                MessageState.QUEUED,
+                now,
                 last_error=err,
                 next_attempt_at=now + wait,
-            )
-            tx.emit(
-                _changed(
-                    m,
-                    MessageState.QUEUED,
-                    now,
-                    reason="retry",
-                    attempt=attempt,
-                    retry_in=wait,
-                    error=err,
-                )
+                reason="retry",
+                attempt=attempt,
+                retry_in=wait,
+                error=err,
             )
             return
         why = "max_attempts" if result.retryable else "permanent_error"
-        tx.update_message(m.id, now=now, state=MessageState.FAILED, last_error=err, reason=why)
-        tx.emit(_changed(m, MessageState.FAILED, now, reason=why, attempt=attempt, error=err))
+        _move(
+            tx,
+            m,
+            MessageState.FAILED,
+            now,
+            last_error=err,
+            store_reason=why,
+            reason=why,
+            attempt=attempt,
+            error=err,
+        )
 
     async def _record_result(self, m: Message, attempt: int, result: SendResult) -> None:
         now = self._clock.now()
@@ -592,15 +648,7 @@ class Outbox:
                 await fn(*args, **kwargs)
                 return
             except StoreError as exc:
-                self.store_errors += 1
-                log.error(
-                    kv(
-                        event="store_error",
-                        during="record_send_result",
-                        error=exc,
-                        retry_in=f"{delay:g}s",
-                    )
-                )
+                self._store_error("record_send_result", exc, delay)
                 await self._clock.sleep(delay)
                 delay = min(delay * 2, STORE_RETRY_MAX)
 
@@ -643,15 +691,7 @@ class Outbox:
                     await self._store.bump("store.errors", n, now=self._clock.now())
                     self._saved_errors += n
             except StoreError as exc:
-                self.store_errors += 1
-                log.error(
-                    kv(
-                        event="store_error",
-                        during="outbox",
-                        error=exc,
-                        retry_in=f"{self._store_retry:g}s",
-                    )
-                )
+                self._store_error("outbox", exc, self._store_retry)
                 delay = self._store_retry
                 self._store_retry = min(self._store_retry * 2, STORE_RETRY_MAX)
             self._loops_done += 1
@@ -659,11 +699,13 @@ class Outbox:
                 self._cond.notify_all()
             await self._wait(delay)
 
-    async def _store_trouble(self, exc: StoreError, during: str) -> None:
+    def _store_error(self, during: str, exc: StoreError, retry_in: float) -> None:
+        """Count a refusal of the database and say it: the one store_error line."""
         self.store_errors += 1
-        log.error(
-            kv(event="store_error", during=during, error=exc, retry_in=f"{self._store_retry:g}s")
-        )
+        log.error(kv(event="store_error", during=during, error=exc, retry_in=f"{retry_in:g}s"))
+
+    async def _store_trouble(self, exc: StoreError, during: str) -> None:
+        self._store_error(during, exc, self._store_retry)
         await self._clock.sleep(self._store_retry)
         self._store_retry = min(self._store_retry * 2, STORE_RETRY_MAX)
 
