@@ -362,6 +362,11 @@ class DatabaseConfig(_Section):
     """[database]: where everything is kept."""
 
     path: str = Field("/var/lib/textback/textback.db", description="SQLite file (WAL)")
+    keep_calls: Duration = Field(
+        400 * 86400.0,
+        description="calls older than this are deleted, with their decisions and texts "
+        "(never a text still waiting, queued or sending), a little every day; 0: keep all",
+    )
 
 
 class LogConfig(_Section):

@@ -9,8 +9,10 @@ The same object runs live (the outbox worker sends in the background) and in a d
 replay on the trace's own ManualClock (`drive_outbox=True`: each event first processes what
 the outbox has due at that time; a recording fake sender stands in for the modem).
 
-A database that refuses a write (full disk, locked) never loses an event: it is kept in
-memory, in order, and retried with backoff.
+A database that refuses a write (full disk, locked) loses no event while it can be held:
+it is kept in memory, in order, and retried with backoff. The memory is bounded
+(`MAX_BACKLOG` events): past it the oldest event is dropped, counted and logged at ERROR
+with its call (`event=backlog_overflow`), and the count is saved once the database is back.
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ _WHY_STATES = frozenset(
 #: First and longest wait before retrying events the database refused.
 RETRY_FIRST = 1.0
 RETRY_MAX = 60.0
+#: Most tracker events held in memory while the database refuses writes (a few hundred
+#: bytes each: about hours of a busy office's calls); past it the oldest is dropped.
+MAX_BACKLOG = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +152,7 @@ class Pipeline:
         *,
         drive_outbox: bool = False,
         names: Names | None = None,
+        max_backlog: int = MAX_BACKLOG,
     ) -> None:
         self._cfg = cfg
         #: Who the office knows each caller as (None: nobody is known by name).
@@ -156,6 +162,8 @@ class Pipeline:
         self._clock = clock
         self._drive_outbox = drive_outbox
         self._backlog: deque[tuple[TrackerEvent, float]] = deque()
+        self._max_backlog = max(1, max_backlog)
+        self._saved_dropped = 0
         self._backlog_ready = asyncio.Event()
         self._retry_delay = RETRY_FIRST
         self._results: OrderedDict[str, CallReport] = OrderedDict()
@@ -327,22 +335,28 @@ class Pipeline:
         self._retry_delay = RETRY_FIRST
         self._backlog_ready.clear()
         if landed:
-            log.warning(kv(event="store_recovered", landed=landed))
+            dropped = self.counts["backlog_dropped"] - self._saved_dropped
+            log.warning(kv(event="store_recovered", landed=landed, dropped=dropped or None))
             await self._save_error_count()
         return landed
 
     async def _save_error_count(self) -> None:
         """Once the database takes writes again, keep the count of its refusals there too."""
         unsaved = self.counts["store_errors"] - self._saved_errors
-        if unsaved <= 0:
-            return
+        dropped = self.counts["backlog_dropped"] - self._saved_dropped
         try:
-            await self._store.bump("store.errors", unsaved, now=self._clock.now())
+            if unsaved > 0:
+                await self._store.bump("store.errors", unsaved, now=self._clock.now())
+                self._saved_errors += unsaved
+            if dropped > 0:
+                await self._store.bump("store.backlog_dropped", dropped, now=self._clock.now())
+                self._saved_dropped += dropped
         except StoreError:
             return  # counted in memory; saved next time
-        self._saved_errors += unsaved
 
     def _defer(self, event: TrackerEvent, at: float, exc: StoreError | None) -> None:
+        if len(self._backlog) >= self._max_backlog:
+            self._drop_oldest()
         self._backlog.append((event, at))
         self._backlog_ready.set()
         self.counts["deferred"] += 1
@@ -357,6 +371,24 @@ class Pipeline:
                     retry_in=f"{self._retry_delay:g}s",
                 )
             )
+
+    def _drop_oldest(self) -> None:
+        """The backlog is full: the oldest event goes, counted and said (never silently)."""
+        old, at = self._backlog.popleft()
+        self.counts["backlog_dropped"] += 1
+        caller = old.caller if isinstance(old, FinishedCall | InboundAnswered) else None
+        log.error(
+            kv(
+                event="backlog_overflow",
+                dropped=type(old).__name__,
+                linkedid=old.linkedid,
+                caller=caller,
+                at=f"{at:.3f}",
+                dropped_total=self.counts["backlog_dropped"],
+                cap=self._max_backlog,
+                note="the database refused writes this long; this call is not recorded",
+            )
+        )
 
     async def _apply(self, event: TrackerEvent, now: float) -> None:
         if isinstance(event, FinishedCall):

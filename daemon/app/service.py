@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.app.pipeline import MAX_BATCH, Pipeline
+from daemon.app.retention import Retention
 from daemon.check import Severity, check_config, log_warnings
 from daemon.clock import Clock, SystemClock
 from daemon.config import Config
@@ -104,6 +105,8 @@ class Service:
         self.inbox: Inbox | None = None
         self.mail: MailForwarder | None = None
         self.reply_command: ReplyCommand | None = None
+        #: Deletes calls past [database] keep_calls, a little every day.
+        self.retention: Retention | None = None
         #: Who the office knows callers as ([contacts]); handed to the pipeline.
         self.names: Names | None = None
         self._waiting = 0
@@ -171,6 +174,7 @@ class Service:
         self.mail = MailForwarder(cfg, self.store, self.clock)
         self.bus.add(self.mail)
         self.reply_command = ReplyCommand(cfg)
+        self.retention = Retention(cfg, self.store, self.clock)
         self.bus.add(self.reply_command)
         self.sender = ModemSupervisor(
             cfg.modem,
@@ -220,6 +224,7 @@ class Service:
         assert self.outbox is not None
         assert self.pipeline is not None
         assert self.sender is not None
+        assert self.retention is not None
         assert self.names is not None
         await self.names.reload()  # a bad file is logged; texts then use the fallback name
         cfg = self.cfg
@@ -245,6 +250,7 @@ class Service:
                     tg.create_task(self.sender.run(), name="modem"),
                     tg.create_task(self._expire_loop(), name="expire"),
                     tg.create_task(self._status_loop(), name="status"),
+                    tg.create_task(self.retention.run(), name="retention"),
                     tg.create_task(self._reload_loop(), name="reload"),
                     tg.create_task(self.names.run(), name="contacts"),
                 ]
@@ -497,6 +503,8 @@ class Service:
             self.mail.reconfigure(new)
         if self.reply_command is not None:
             self.reply_command.reconfigure(new)
+        if self.retention is not None:
+            self.retention.reconfigure(new)
         if self.names is not None:
             self.names.reconfigure(new)
         log.info(kv(event="reloaded", config=self.config_path))

@@ -184,5 +184,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX delivery_reports_message ON delivery_reports(message_id, received_at);
     CREATE INDEX delivery_reports_time ON delivery_reports(received_at);
     """,
+    # 6: retention ([database] keep_calls) deletes old calls in small batches: it finds
+    # the texts, parts and replies of a call or a text by these, not by scanning tables.
+    """
+    CREATE INDEX decisions_message ON decisions(message_id);
+    CREATE INDEX parts_message ON message_parts(message_id);
+    CREATE INDEX replies_call ON replies(call_id);
+    CREATE INDEX replies_message ON replies(message_id);
+    CREATE INDEX replies_answer ON replies(answer_id);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -40,7 +40,7 @@ from daemon.logsetup import kv
 from daemon.model import FinishedCall, MessageKind, MessageState
 from daemon.sinks.bus import EventBus
 from daemon.sinks.events import Event
-from daemon.store import reports, schema
+from daemon.store import reports, retention, schema
 from daemon.store.reports import HistoryRow, PeriodStats, ReplyRow
 from daemon.store.rows import Message, StoreTx
 
@@ -417,6 +417,20 @@ class Store:
         async with self._db.execute(sql, tuple(params)) as cur:
             rows = await cur.fetchall()
         return list(rows)
+
+    # -- retention -------------------------------------------------------------------------
+
+    async def prune(self, cutoff: float, limit: int) -> retention.Pruned:
+        """One retention batch (daemon.store.retention): at most `limit` calls that ended
+        before `cutoff`, with their decisions and texts, as one short transaction. Other
+        tasks' units run between two batches (the store's lock is fair)."""
+        if self.readonly:
+            raise StoreError(f"database {self.path} is open read-only")
+        # the lock and the error mapping of a read; the unit is its own transaction
+        async with self._reading():
+            return await self._run(
+                lambda conn: _atomic(conn, lambda c: retention.prune_batch(c, cutoff, limit))
+            )
 
     # -- calendar --------------------------------------------------------------------------
 
