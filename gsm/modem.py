@@ -423,9 +423,8 @@ class Modem:
             tasks.append(self._reconnect_task)
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # a caller cancelled while this waits is cancelled (suppress would swallow it)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
         self._reconnect_task = None
         await self._drop_link()

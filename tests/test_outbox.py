@@ -411,3 +411,26 @@ async def test_database_refusing_the_sent_record_never_resends(tmp_path: Path) -
     finally:
         other.close()
         await store.close()
+
+
+async def test_a_stop_landing_while_the_loop_wakes_ends_it(
+    store: Store, clock: ManualClock
+) -> None:
+    """The loop's wait (a wake-up or its timer, whichever first) cancels the other and
+    waits for it; a stop (cancel) that lands at any step of that must end the wait, not
+    be taken for the other waiter's cancellation (the service then never exits)."""
+    outbox = Outbox(cfg(), store, clock, FakeSender(clock=clock))
+    for steps in range(8):
+        task = asyncio.create_task(outbox._wait(3600.0))
+        await asyncio.sleep(0)
+        outbox.wake()
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        if task.done():  # woken and returned before the stop: every step was tried
+            assert steps > 1
+            break
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert task.cancelled(), f"the stop was swallowed {steps} steps after the wake-up"
+    else:
+        raise AssertionError("the wait never returned after its wake-up")

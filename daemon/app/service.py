@@ -55,6 +55,8 @@ STOP_DRAIN = 1.5
 #: ...and the send in flight may finish within this: with closing the port and the
 #: database, the daemon is gone within 10 s (systemd's TimeoutStopSec is 15 s).
 STOP_GRACE = 7.0
+#: After a stop, how long a cancelled task may take to end before it is cancelled again.
+STOP_RECANCEL = 0.5
 #: enforce_ring_timeout: how often ringing calls are checked.
 ENFORCE_INTERVAL = 1.0
 
@@ -305,6 +307,7 @@ class Service:
             )
         for task in [*work, *self._bg]:
             task.cancel()
+        await self._until_ended(work)
         await asyncio.gather(*self._bg, return_exceptions=True)
         if self.sender is not None:
             try:
@@ -312,6 +315,23 @@ class Service:
                     await self.sender.close()
             except TimeoutError:
                 log.warning(kv(event="stop_timeout", waiting_for="serial port close"))
+
+    async def _until_ended(self, work: list[asyncio.Task[Any]]) -> None:
+        """Wait for the cancelled tasks to end, cancelling again those that go on.
+
+        A library can swallow a cancellation: Python 3.11's asyncio.wait_for (aiosmtplib
+        reads each SMTP answer with it) returns the answer when it arrives together with
+        the cancel, and the task then goes on as if never asked to stop (seen: the mail
+        worker back asleep for an hour and the daemon never exiting after SIGTERM).
+        """
+        pending = {t for t in work if not t.done()}
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=STOP_RECANCEL)
+            for task in pending:
+                log.warning(
+                    kv(event="stop_timeout", waiting_for=task.get_name(), note="cancelled again")
+                )
+                task.cancel()
 
     async def _drain_events(self) -> None:
         await self._events.join()

@@ -20,7 +20,6 @@ your missed call at 10:32"), and all mails about one caller form one thread
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import sqlite3
@@ -163,6 +162,7 @@ class MailForwarder:
     async def run(self) -> None:
         """Send what is due, then sleep until the next is due or a reply comes."""
         while True:
+            _stop_if_asked()
             self._wake.clear()
             try:
                 await self.process_due()
@@ -190,8 +190,9 @@ class MailForwarder:
         finally:
             for f in (sleeper, waker):
                 f.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await f
+            # gather, not `await f` under suppress(CancelledError): a stop that lands
+            # while this waits for them must end the worker, not be swallowed as theirs
+            await asyncio.gather(sleeper, waker, return_exceptions=True)
 
     async def process_due(self) -> int:
         """Try every due mail once; returns how many the server took.
@@ -333,6 +334,15 @@ class MailForwarder:
             tx.update_forward(fid, now=now, state=state, attempts=attempts, last_error=error)
 
         await self._store.batch(unit)
+
+
+def _stop_if_asked() -> None:
+    """Raise CancelledError if this task was asked to stop and the request got lost:
+    aiosmtplib reads each answer with asyncio.wait_for, which in Python 3.11 returns the
+    answer, dropping the cancel, when both come in the same turn of the loop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class _Session:

@@ -24,7 +24,6 @@ write, so the resync snapshot reaches the tracker before any event of the new co
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import random
@@ -202,8 +201,8 @@ class AmiClient:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # a caller cancelled while this waits is cancelled (suppress would swallow it)
+            await asyncio.gather(task, return_exceptions=True)
 
     async def run(self) -> None:
         """Connect, serve, and reconnect with backoff until `close()`."""

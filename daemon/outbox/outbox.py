@@ -23,7 +23,6 @@ publishes the event after the commit, and the sinks word and count it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 
@@ -718,9 +717,9 @@ class Outbox:
         finally:
             for w in waiters:
                 w.cancel()
-            for w in waiters:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await w
+            # gather, not `await w` under suppress(CancelledError): a stop that lands
+            # while this waits for them must end the loop, not be swallowed as theirs
+            await asyncio.gather(*waiters, return_exceptions=True)
 
     def stop_sending(self) -> None:
         """Shutdown, first step: start no new send from now on (texts stay queued)."""
