@@ -193,5 +193,17 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX replies_message ON replies(message_id);
     CREATE INDEX replies_answer ON replies(answer_id);
     """,
+    # 7: settings changed at run time, one row a name (issue 11): `paused` is the
+    # on/off toggle of `textback pause`/`resume` and the Home Assistant switch (value:
+    # the epoch seconds it ends at, '' until resumed; no row: not paused). Kept here so a
+    # restart keeps it and the CLI (another process) and the daemon share it.
+    """
+    CREATE TABLE settings (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL DEFAULT '',
+        updated_at REAL NOT NULL,
+        source TEXT NOT NULL DEFAULT ''
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
