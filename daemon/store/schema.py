@@ -205,5 +205,11 @@ MIGRATIONS: tuple[str, ...] = (
         source TEXT NOT NULL DEFAULT ''
     );
     """,
+    # 8: several modems (issue 12): which modem took a text is its `sender` (written when
+    # it goes to the modem); a SIM's texts this month and the modem that last texted a
+    # number are read by it.
+    """
+    CREATE INDEX messages_sender ON messages(sender, state);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
