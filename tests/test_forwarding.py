@@ -25,6 +25,7 @@ from daemon.outbox.outbox import Outbox
 from daemon.replies.inbox import Inbox
 from daemon.store.store import Store
 from tests.outbox_fakes import NUMBERS, FakeSender, call
+from tests.stopping import assert_a_stop_ends_the_wait
 
 T0 = 1_795_300_000.0
 STAFF = "+13125550188"
@@ -374,22 +375,10 @@ async def test_texts_to_callers_go_before_mail_for_at_most_a_minute(
 
 
 async def test_a_stop_landing_while_the_worker_wakes_ends_it(store: Store) -> None:
-    """The worker's wait (a reply or its timer) cancels the other waiter and waits for
-    it; a stop landing at any step of that must end the worker, not be swallowed as the
-    waiter's cancellation (seen: the daemon never exiting after SIGTERM)."""
+    """The worker's wait (a reply or its timer): seen as the daemon never exiting after
+    SIGTERM."""
     cfg = _cfg(_free_port())
     office = Office(store, cfg)
-    for steps in range(8):
-        task = asyncio.create_task(office.mail._wait(3600.0))
-        await asyncio.sleep(0)
-        office.mail.reconfigure(cfg)  # wakes the worker
-        for _ in range(steps):
-            await asyncio.sleep(0)
-        if task.done():  # woken and returned before the stop: every step was tried
-            assert steps > 1
-            break
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        assert task.cancelled(), f"the stop was swallowed {steps} steps after the wake-up"
-    else:
-        raise AssertionError("the wait never returned after its wake-up")
+    await assert_a_stop_ends_the_wait(
+        lambda: office.mail._wait(3600.0), lambda: office.mail.reconfigure(cfg)
+    )

@@ -15,6 +15,7 @@ from daemon.sending.sender import is_retryable
 from daemon.store.store import Store
 from gsm.errors import CmsError, ModemGone, SendUncertain
 from tests.outbox_fakes import NUMBERS, FakeSender, Permanent, Retryable, cfg
+from tests.stopping import assert_a_stop_ends_the_wait
 
 T0 = 1_795_300_000.0
 
@@ -416,21 +417,6 @@ async def test_database_refusing_the_sent_record_never_resends(tmp_path: Path) -
 async def test_a_stop_landing_while_the_loop_wakes_ends_it(
     store: Store, clock: ManualClock
 ) -> None:
-    """The loop's wait (a wake-up or its timer, whichever first) cancels the other and
-    waits for it; a stop (cancel) that lands at any step of that must end the wait, not
-    be taken for the other waiter's cancellation (the service then never exits)."""
+    """The loop's wait (a wake-up or its timer): a stop at any step must end it."""
     outbox = Outbox(cfg(), store, clock, FakeSender(clock=clock))
-    for steps in range(8):
-        task = asyncio.create_task(outbox._wait(3600.0))
-        await asyncio.sleep(0)
-        outbox.wake()
-        for _ in range(steps):
-            await asyncio.sleep(0)
-        if task.done():  # woken and returned before the stop: every step was tried
-            assert steps > 1
-            break
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        assert task.cancelled(), f"the stop was swallowed {steps} steps after the wake-up"
-    else:
-        raise AssertionError("the wait never returned after its wake-up")
+    await assert_a_stop_ends_the_wait(lambda: outbox._wait(3600.0), outbox.wake)
