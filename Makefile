@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv test lint pytest demo bench clean
+.PHONY: all venv test lint pytest test-clock demo bench clean
 
 all: test
 
@@ -25,6 +25,12 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q
 
 test: lint pytest
+
+# The tests that touch time again under libfaketime (apt-get install faketime): 23:59:55
+# in each office zone the tests use, UTC, and across DST changes; tests/clock/run.py.
+# One combination: $(BIN)/python -m tests.clock.run --only "America/Chicago 2026-11-01"
+test-clock: $(STAMP)
+	$(BIN)/python -m tests.clock.run $(CLOCK_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/textback demo
