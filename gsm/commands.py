@@ -56,6 +56,12 @@ CNMI = Command("AT+CNMI", "+CNMI:", DEFAULT_TIMEOUT, "new message indications (2
 CFUN = Command("AT+CFUN", "+CFUN:", 10.0, "phone functionality: 1 full, 0/4 radio off (27.007 8.2)")
 CEREG = Command("AT+CEREG", "+CEREG:", DEFAULT_TIMEOUT, "EPS (LTE) registration (27.007 10.1.22)")
 CSCS = Command("AT+CSCS", None, DEFAULT_TIMEOUT, "TE character set (27.007 5.5)")
+CSMP = Command(
+    "AT+CSMP",
+    "+CSMP:",
+    DEFAULT_TIMEOUT,
+    "text mode parameters <fo>,<vp>,<pid>,<dcs> (27.005 3.3.2)",
+)
 CSDH = Command("AT+CSDH", None, DEFAULT_TIMEOUT, "show text mode parameters (27.005 3.3.3)")
 CPMS = Command("AT+CPMS", "+CPMS:", 5.0, "message storage to read and delete in (27.005 3.2.2)")
 CGMI = Command("AT+CGMI", None, DEFAULT_TIMEOUT, "manufacturer (27.007 5.1)")
@@ -165,6 +171,12 @@ def parse_cops(value: str) -> str | None:
     if not m:
         raise ProtocolError(f"AT+COPS?: cannot read {value!r}")
     return m.group(1) or None
+
+
+def parse_csca(value: str) -> str | None:
+    """The number of an AT+CSCA? answer (`"+12025550100",145`), None when it is empty."""
+    number = value.split(",", maxsplit=1)[0].strip().strip('"').strip()
+    return number or None
 
 
 def parse_cpin(value: str) -> str:

@@ -8,6 +8,8 @@ those and gives up at once on the others. Error codes and their meanings are fro
 
 from __future__ import annotations
 
+import enum
+
 # TS 27.007 9.2.1 (general) and 9.2.2 (GPRS-related) +CME ERROR codes we name.
 CME_MEANINGS: dict[int, str] = {
     0: "phone failure",
@@ -102,10 +104,57 @@ CMS_MEANINGS: dict[int, str] = {
 CMS_RETRYABLE = frozenset({27, 38, 41, 42, 47, 111, 127, 300, 314, 320, 331, 332, 500})
 
 
+# After the message body went out, a +CMS ERROR says "not sent" only for these codes.
+# 27.005 3.2.5 codes 300..500 are the ME's own; 0..127 are RP-causes (TS 24.011 8.2.5.4,
+# annex E-2): the network answered the submission with RP-ERROR, so the service centre
+# did not take the message (TS 24.011 7.3.4: RP-ERROR is the relay's "failed" answer).
+# Left out on purpose, so they stay unclear: 300 "ME failure" (the module failed at an
+# unknown step), 332 "network timeout" (no RP-ACK came: the network may have taken it
+# and the acknowledgement was lost), 500 "unknown error" (the vendors' catch-all; Gammu's
+# smsd/core.c notes modems that report an error for a message they did queue), 340 and
+# every vendor code (512 and up): nothing says where they happened.
+CMS_NOT_SENT = frozenset(range(1, 128)) | frozenset(
+    {
+        301,  # SMS service of ME reserved
+        302,  # operation not allowed
+        303,  # operation not supported
+        304,  # invalid PDU mode parameter
+        305,  # invalid text mode parameter
+        *range(310, 319),  # SIM not inserted, PIN/PUK needed, SIM failure, busy, wrong
+        320,  # memory failure
+        321,  # invalid memory index
+        322,  # memory full
+        330,  # SMSC address unknown
+        331,  # no network service
+    }
+)
+
+
+class Submission(enum.StrEnum):
+    """What a failed send did, for failover (`submission_of`).
+
+    NOT_SENT: known that nothing of the text reached the network (the modem refused it
+    before or instead of transmitting): another modem may send it. PARTIAL: some parts of
+    a long text went out (their references are known), the rest surely not: sending it
+    elsewhere would repeat those parts; resending to the same Modem resumes after them.
+    UNCLEAR: a body went to the modem and no clear answer came: it may have been sent;
+    never resent blindly (the outbox records it as uncertain)."""
+
+    NOT_SENT = "not_sent"
+    PARTIAL = "partial"
+    UNCLEAR = "unclear"
+
+
 class GsmError(Exception):
-    """Root of every modem driver error. `retryable`: may a later attempt succeed?"""
+    """Root of every modem driver error. `retryable`: may a later attempt succeed?
+
+    `before_submission`: the error is known to have come before anything of the message
+    was handed to the network (see `submission_of`). `parts_sent`: parts of a long text
+    confirmed (+CMGS) before this error, set by `Modem.send_sms`."""
 
     retryable: bool = False
+    before_submission: bool = True
+    parts_sent: int = 0
 
 
 class ProtocolError(GsmError):
@@ -135,13 +184,23 @@ class CmeError(CommandError):
 
 
 class CmsError(CommandError):
-    """+CMS ERROR: <code> (TS 27.005 3.2.5): a message service failure."""
+    """+CMS ERROR: <code> (TS 27.005 3.2.5): a message service failure.
+
+    `after_body`: it answered a message body (set by the driver), so it says "not sent"
+    only for the codes of `CMS_NOT_SENT`; before the body (the answer to the AT+CMGS line
+    itself) nothing was transmitted whatever the code."""
 
     def __init__(self, command: str, code: int, text: str = "") -> None:
         self.code = code
         self.meaning = CMS_MEANINGS.get(code, text or "unknown CMS error")
         self.retryable = code in CMS_RETRYABLE
+        self.after_body = False
         super().__init__(command, f"+CMS ERROR: {code} ({self.meaning})")
+
+    @property
+    def before_submission(self) -> bool:  # type: ignore[override]
+        """Known not sent: before the body, or a code of `CMS_NOT_SENT` after it."""
+        return not self.after_body or self.code in CMS_NOT_SENT
 
 
 class AtTimeout(GsmError, TimeoutError):
@@ -163,6 +222,7 @@ class SendUncertain(AtTimeout):
     """
 
     retryable = False
+    before_submission = False
 
 
 class LostAfterBody(SendUncertain):
@@ -242,3 +302,53 @@ class UnsupportedText(GsmError):
     """The text cannot be sent in the mode the modem works in (text-mode fallback)."""
 
     retryable = False
+
+
+class ImeiNotFound(GsmError):
+    """No candidate serial port answered with the IMEI a device "imei:<IMEI>" names
+    (not plugged in, still re-enumerating after a reset, or held by another program)."""
+
+    retryable = True
+
+    def __init__(self, imei: str, looked: int) -> None:
+        self.imei = imei
+        super().__init__(f"no serial port answers with IMEI {imei} ({looked} port(s) asked)")
+
+
+class ImeiAmbiguous(GsmError):
+    """Two different devices answer with the same IMEI: which one is meant cannot be told
+    (a cloned or blank IMEI); a person must pick the device by its path."""
+
+    retryable = False
+
+    def __init__(self, imei: str, paths: tuple[str, ...]) -> None:
+        self.imei = imei
+        self.paths = paths
+        super().__init__(
+            f"IMEI {imei} is answered by {len(paths)} devices ({', '.join(paths)}):"
+            " name the modem by its /dev/serial/by-id path instead"
+        )
+
+
+class ModemFailed(GsmError):
+    """The recovery ladder ended: resync, reopen and AT+CFUN=1,1 resets did not bring the
+    modem back. Given up until a person looks (or the process restarts)."""
+
+    retryable = False
+
+
+def submission_of(exc: BaseException) -> Submission:
+    """How far a failed `Modem.send_sms` got, for failover (see `Submission`).
+
+    NOT_SENT for an error before any body was written (ValueError, UnsupportedText,
+    ModemGone or a timeout before the prompt, a +CMS ERROR to the AT+CMGS line), and for
+    a +CMS ERROR to a body whose code is in `CMS_NOT_SENT`; PARTIAL when such an error
+    came after earlier parts were confirmed; UNCLEAR for everything else: SendUncertain
+    (the body went out, no clear answer), a +CMS ERROR that does not say where it
+    happened (300, 332, 500, vendor codes), and any exception that is not ours.
+    """
+    if isinstance(exc, ValueError):
+        return Submission.NOT_SENT  # refused before the modem (bad number, empty text)
+    if not isinstance(exc, GsmError) or not exc.before_submission:
+        return Submission.UNCLEAR
+    return Submission.PARTIAL if exc.parts_sent else Submission.NOT_SENT

@@ -62,7 +62,9 @@ from gsm.pdu import (
     decode_incoming,
     encode_submit,
     sms_info,
+    validity_octet,
 )
+from gsm.textmode import PLAIN_CHARS, TextModePart, split_text_mode
 from gsm.transport import SerialLink
 
 log = logging.getLogger(__name__)
@@ -188,7 +190,7 @@ class _Lost:
 
 @dataclass(slots=True)
 class _Progress:
-    parts: list[SubmitPart]
+    parts: list[SubmitPart] | list[TextModePart]
     refs: list[int]
 
 
@@ -242,17 +244,23 @@ _MAX_PARTIAL = 64
 
 
 def text_mode_safe(text: str) -> bool:
-    """May `text` go out in text mode (AT+CMGF=1)? Only a single GSM-7 part whose
-    characters read the same in the modem's IRA and GSM character sets: letters, digits,
-    space and common punctuation. No line breaks: in text mode each CR makes the modem
-    send another prompt (TS 27.005 3.5.1). Everything else needs PDU mode."""
-    allowed = set(
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 .,!?'()+-:;/&%#*=<>"
-    )
-    if not text or any(ch not in allowed for ch in text):
+    """Does `text` go out in text mode (AT+CMGF=1) as one plain text, as it is? Only a
+    single GSM-7 part whose characters read the same in the modem's IRA and GSM character
+    sets (gsm.textmode.PLAIN_CHARS). Every other text goes out too, as UCS-2 and/or as
+    separate numbered texts (gsm.textmode)."""
+    if not text or any(ch not in PLAIN_CHARS for ch in text):
         return False
     info = sms_info(text)
     return info.encoding == "gsm7" and info.parts == 1
+
+
+# AT+CSMP <fo> (27.005 3.3.2, TS 23.040 9.2.3): SMS-SUBMIT (0x01) with a relative validity
+# period (TP-VPF 0x10) is 17, the default of the SIM800 manual and of Fibocom's G510;
+# TP-SRR (0x20) asks for a delivery report: 49, as the Nokia N79 answers AT+CSMP?
+# (tests/data/modem/nokian79.json: "+CSMP: 49,167,0,0"). <vp> 167 is 24 hours.
+CSMP_FO = 17
+CSMP_FO_REPORT = 0x20
+CSMP_VP = 167
 
 
 class Modem:
@@ -333,13 +341,20 @@ class Modem:
         self._refusals = 0
         self._charset: str | None = None
         """Text mode: the AT+CSCS in effect ("IRA", "UCS2"; None: the modem's own)."""
+        self._csmp: tuple[int, int, int, int] | None = None
+        """Text mode: the AT+CSMP in effect (None: not known, set before the next send)."""
+        self._csmp_ok = True
+        """The modem takes AT+CSMP (without it, plain texts go out with its own)."""
+        self._smsc_known: str | None = self._smsc
+        """The SMS centre the modem had (AT+CSCA?) or was given: put back when AT+CSMP
+        empties it (Qualcomm M6280, ZTE K3565-Z)."""
         self._ucs2_ok = True
         self._pdu_reads_ok = True
         """Text mode: the modem takes AT+CMGF=0 for reading stored messages."""
         self._in_pdu = False
         """Text mode: AT+CMGF=0 is in effect (a read's switch back failed)."""
         self._closed = asyncio.Event()
-        self._partial: OrderedDict[tuple[str, str, bool], _Progress] = OrderedDict()
+        self._partial: OrderedDict[tuple[str, str, bool, str], _Progress] = OrderedDict()
         self._concat_ref = random.randrange(256)
         self._reconnect_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -875,7 +890,7 @@ class Modem:
             except CommandError as exc:
                 log.warning(
                     "modem refuses PDU mode (%s): falling back to text mode, which sends"
-                    " only single plain GSM-7 texts",
+                    " long texts as separate numbered texts",
                     exc,
                 )
         await self._cmd(C.CMGF.line("1"))
@@ -885,6 +900,8 @@ class Modem:
         self._charset = None
         self._parser.hex_texts = False
         self._ucs2_ok = True
+        self._csmp = None
+        self._csmp_ok = True
         with contextlib.suppress(CommandError):
             await self._cmd(C.CSCS.line('"IRA"'))
             self._charset = "IRA"
@@ -1039,19 +1056,22 @@ class Modem:
         if not text:
             raise ValueError("empty text")
         self._require_ready()
-        if self._mode == "text":
-            return [await self._send_text_mode(number, text)]
-        key = (number, text, status_report)
+        mode = self._mode
+        key = (number, text, status_report, mode)
         progress = self._partial.get(key)
         if progress is None:
-            self._concat_ref = (self._concat_ref + 1) % 256
-            parts = encode_submit(
-                number,
-                text,
-                reference=self._concat_ref,
-                request_status_report=status_report,
-                validity_minutes=self._validity,
-            )
+            parts: list[SubmitPart] | list[TextModePart]
+            if mode == "text":
+                parts = split_text_mode(text)
+            else:
+                self._concat_ref = (self._concat_ref + 1) % 256
+                parts = encode_submit(
+                    number,
+                    text,
+                    reference=self._concat_ref,
+                    request_status_report=status_report,
+                    validity_minutes=self._validity,
+                )
             progress = _Progress(parts, [])
         else:
             log.info(
@@ -1065,9 +1085,13 @@ class Modem:
             for part in progress.parts[len(progress.refs) :]:
                 async with self._lock:
                     self._require_ready()
-                    ref = await self._submit(f"AT+CMGS={part.tpdu_length}", part.pdu)
+                    if isinstance(part, TextModePart):
+                        ref = await self._submit_text(number, part, status_report)
+                    else:
+                        ref = await self._submit(f"AT+CMGS={part.tpdu_length}", part.pdu)
                 progress.refs.append(ref)
         except GsmError as exc:
+            exc.parts_sent = len(progress.refs)
             # Retryable, or uncertain (a deliberate resend must not repeat the parts
             # already confirmed): keep the progress. Otherwise the text is given up.
             if not exc.retryable and not isinstance(exc, SendUncertain):
@@ -1079,17 +1103,75 @@ class Modem:
         self._partial.pop(key, None)
         return list(progress.refs)
 
-    async def _send_text_mode(self, number: str, text: str) -> int:
-        if not text_mode_safe(text):
-            raise UnsupportedText(
-                "the modem works in text mode, which sends only one plain GSM-7 part"
-                " (letters, digits, common punctuation); this text needs PDU mode"
-            )
-        async with self._lock:
-            self._require_ready()
-            await self._text_mode_for_sending()
+    async def _submit_text(self, number: str, part: TextModePart, status_report: bool) -> int:
+        """One separate text in text mode (the lock must be held): AT+CSMP with its data
+        coding, AT+CSCS="UCS2" around a UCS-2 one (the number in UCS-2 hex too), then
+        AT+CMGS. UnsupportedText (nothing sent) when the modem cannot take UCS-2."""
+        await self._text_mode_for_sending()
+        fo = CSMP_FO | (CSMP_FO_REPORT if status_report else 0)
+        vp = validity_octet(self._validity) if self._validity else CSMP_VP
+        await self._set_csmp((fo, vp, 0, part.dcs))
+        if part.coding == "ira":
             await self._charset_for_sending()
-            return await self._submit(f'AT+CMGS="{number}",145', text)
+            return await self._submit(f'AT+CMGS="{number}",145', part.body)
+        if not await self._charset_ucs2(reading=False):
+            raise UnsupportedText(
+                'the modem works in text mode and refuses AT+CSCS="UCS2": this text needs'
+                " UCS-2 (characters outside plain letters, digits and punctuation)"
+            )
+        try:
+            return await self._submit(f'AT+CMGS="{_ucs2_hex(number)}",145', part.body)
+        finally:
+            await self._restore_charset()
+
+    async def _set_csmp(self, wanted: tuple[int, int, int, int]) -> None:
+        """AT+CSMP=<fo>,<vp>,<pid>,<dcs> unless in effect already. A modem refusing it
+        sends plain texts with its own parameters (no delivery report asked, perhaps);
+        a UCS-2 text cannot go (UnsupportedText). Qualcomm and ZTE empty the SMS centre
+        address on AT+CSMP (tests/data/modem/qualcommm6280.json, ztek3565z.json): it is
+        put back when AT+CSCA? comes back empty."""
+        if self._csmp == wanted:
+            return
+        if self._csmp_ok:
+            try:
+                await self._cmd(C.CSMP.line(",".join(map(str, wanted))))
+            except CommandError as exc:
+                self._csmp_ok = False
+                log.warning(
+                    "modem refuses AT+CSMP (%s): text mode sends only plain texts, with"
+                    " the modem's own text parameters",
+                    exc,
+                )
+            else:
+                self._csmp = wanted
+                await self._keep_smsc()
+                return
+        if wanted[3] != 0:
+            raise UnsupportedText(
+                "the modem works in text mode and refuses AT+CSMP: this text needs UCS-2"
+                " (data coding 8), which cannot be asked for"
+            )
+
+    async def _keep_smsc(self) -> None:
+        """After AT+CSMP: the SMS centre address still set? Put it back if not."""
+        try:
+            reply = await self._cmd(C.CSCA.line() + "?", prefix=C.CSCA.prefix)
+        except (CommandError, ProtocolError) as exc:
+            log.debug("AT+CSCA? not answered after AT+CSMP: %s", exc)
+            return
+        values = reply.values("+CSCA:")
+        number = C.parse_csca(values[0]) if values else None
+        if number:
+            self._smsc_known = number
+            return
+        if self._smsc_known is None:
+            log.warning("the modem has no SMS centre address: set [modem] smsc")
+            return
+        log.warning(
+            "AT+CSMP emptied the modem's SMS centre address: setting %s again",
+            self._smsc_known,
+        )
+        await self._cmd(C.CSCA.line(f'"{self._smsc_known}",145'), timeout=self._slow(C.CSCA))
 
     async def _submit(self, line: str, body: str) -> int:
         if self._dirty:
@@ -1123,7 +1205,16 @@ class Modem:
             with contextlib.suppress(GsmError):
                 self._write(ESC)  # leave the prompt
             raise UnclearAfterBody(line, "a second '> ' prompt")
-        final.raise_for_error()
+        try:
+            final.raise_for_error()
+        except CmsError as exc:
+            exc.after_body = True  # says "not sent" only for errors.CMS_NOT_SENT codes
+            raise
+        except CommandError as exc:
+            # ERROR or +CME ERROR to a body: 27.005 3.5.1 answers a failed send with +CMS
+            # ERROR, so nothing says where this one happened.
+            exc.before_submission = False
+            raise
         try:
             ref = C.parse_cmgs(final.values("+CMGS:"))
         except (GsmError, ValueError) as exc:
@@ -1577,15 +1668,23 @@ class Modem:
         mistaken for a modem line (in IRA a text "OK" or "RING me" can), and no character
         is lost. Only around the read: every string argument and answer (AT+CPMS,
         AT+COPS?, the number of AT+CMGS) would be UCS-2 hex too otherwise."""
+        return await self._charset_ucs2(reading=True)
+
+    async def _charset_ucs2(self, *, reading: bool) -> bool:
+        """AT+CSCS="UCS2" (True), around a read or a UCS-2 send; False (after one
+        warning) when the modem refuses it."""
         if not self._ucs2_ok:
             return False
+        if self._charset == "UCS2":
+            return True
         try:
             await self._cmd(C.CSCS.line('"UCS2"'))
         except CommandError as exc:
             self._ucs2_ok = False
             log.warning(
                 'modem refuses AT+CSCS="UCS2" (%s): texts are read in its own character'
-                " set, where characters outside ASCII may be lost",
+                " set, where characters outside ASCII may be lost, and only plain texts"
+                " can be sent",
                 exc,
             )
             return False

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import random
 import re
@@ -39,10 +40,11 @@ import sys
 import tempfile
 import tty
 from collections.abc import AsyncIterator, Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from gsm import gsm7
 from gsm.pdu import (
     Deliver,
     PduError,
@@ -83,6 +85,11 @@ class Profile:
     report_memory: str | None = None
     """Where AT+CNMI ds=2 stores delivery reports (announced with +CDSI); None: the
     modem refuses ds=2."""
+    usb: bool = True
+    """A USB module: AT+CFUN=1,1 resets it and its ports leave the bus and come back
+    (re-enumerated, perhaps as another ttyUSBn). False: a module on a UART (behind a
+    USB-serial adapter that stays): the port stays, the module is silent while it boots
+    and then greets with its power-on codes."""
     doc: str = ""
 
 
@@ -111,6 +118,8 @@ PROFILES: dict[str, Profile] = {
         ),
         # V1.09 AT+CPMS: "SM", "ME", "SM_P", "ME_P", "MT"; AT+CNMI <ds> 0 or 1 only.
         memories=("SM", "ME", "SM_P", "ME_P", "MT"),
+        # A SIM800L is a UART module (on a USB-serial adapter, whose port stays).
+        usb=False,
         doc=(
             "SIMCom SIM800 Series AT Command Manual V1.09: echo on at power-up (ATE1 is the"
             " default); AT+CCID; AT+CMGS (4.2.5, max response 60 s) after the CRLF '> '"
@@ -190,6 +199,7 @@ PROFILES: dict[str, Profile] = {
         memories=("SM", "BM", "SR"),
         cpms_test='+CPMS: (("SM","BM","SR"),("SM"))',
         report_memory="SR",
+        usb=False,  # an RS-232 modem
         doc=(
             "Wavecom Multiband 900E/1800 (tests/data/modem/wavecommultiband900e1800.json):"
             " AT+CPIN? answers without a final OK; AT+CGMR gives ERROR; the two commands"
@@ -243,6 +253,22 @@ class Faults:
     """Seconds the network takes to accept a message part: the wait between its body
     (the part is recorded as sent at once) and +CMGS. A kill in this wait leaves the
     text in flight."""
+    reset_time: float = 0.2
+    """Seconds AT+CFUN=1,1 takes: the port is away (USB) or the module silent (UART)."""
+    reset_new_path: bool = False
+    """A USB module comes back from AT+CFUN=1,1 under a new path (another ttyUSBn)."""
+    stuck: bool = False
+    """The module is stuck: every command but AT, ATE, AT+CMEE and AT+CFUN answers +CME
+    ERROR: 0 (phone failure) until AT+CFUN=1,1 resets it; reopening the port does not
+    help. (`mute`, no answer at all, is cured by nothing.)"""
+    cfun_reset_refused: bool = False
+    """AT+CFUN=1,1 answers ERROR (a module without the reset argument)."""
+    csmp_clears_smsc: bool = False
+    """AT+CSMP=... empties the SMS centre address, as the Qualcomm M6280 and ZTE K3565-Z
+    do (tests/data/modem/qualcommm6280.json, ztek3565z.json; python-gsmmodem issue #8)."""
+    max_text_chars: int | None = None
+    """Text mode: a body longer than this (characters in GSM-7, octets in UCS-2) is refused
+    (+CMS ERROR: 305) even below one SMS's limit (None: one SMS's limit: 160 / 140)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +298,7 @@ class SentSms:
     encoding: str
 
 
+_PATH_NUMBERS = itertools.count()
 _GARBAGE = bytes([0x00, 0xFF, 0xFE, 0x13, 0x88, 0x7F, 0x80, 0x9B]) + b"~~"
 
 
@@ -291,6 +318,8 @@ class _ModemState:
     smsc: str = "+12025550100"
     cscs: str = "IRA"
     csdh: int = 0
+    csmp: tuple[int, int, int, int] = (17, 167, 0, 0)
+    """AT+CSMP <fo>,<vp>,<pid>,<dcs>: the SIM800 manual's defaults."""
     storage: dict[str, dict[int, tuple[str, str]]] = field(
         default_factory=lambda: {"SM": {}, "SR": {}, "ME": {}}
     )
@@ -306,14 +335,27 @@ class Simulator:
         *,
         directory: str | None = None,
         seed: int = 1,
+        imei: str | None = None,
+        stable_path: bool = True,
     ) -> None:
         self.profile = PROFILES[profile] if isinstance(profile, str) else profile
+        if imei is not None:  # two simulators may share one (a cloned or blank IMEI)
+            self.profile = replace(self.profile, imei=imei)
         self.faults = faults or Faults()
         self._own_dir = directory is None
         self._dir = Path(directory or tempfile.mkdtemp(prefix="textback-sim-"))
         model = re.sub(r"[^A-Za-z0-9]+", "_", self.profile.model.strip())
-        self.device = str(self._dir / f"usb-Simulated_{model}-if00-port0")
-        """A stable path (like /dev/serial/by-id/...) to the current pty."""
+        self._stable = stable_path
+        self.device = (
+            str(self._dir / f"usb-Simulated_{model}-if00-port0")
+            if stable_path
+            else self._new_path()
+        )
+        """The path to the current pty: a stable one (like /dev/serial/by-id/...), or with
+        `stable_path=False` one like /dev/ttyUSBn that a replug may change (`come_back`)."""
+        self.resets = 0
+        """AT+CFUN=1,1 resets taken."""
+        self._rebooting = False
         self.pty_path = ""
         self.sent: list[SentSms] = []
         self.parts: list[PartRecord] = []
@@ -388,12 +430,56 @@ class Simulator:
             loop = asyncio.get_running_loop()
             self._return_timer = loop.call_later(self.faults.return_after, self.come_back)
 
-    def come_back(self) -> None:
-        """Plug in again: a fresh pty, the link re-pointed, the modem freshly booted."""
+    def come_back(self, *, new_path: bool = False) -> None:
+        """Plug in again: a fresh pty, the link re-pointed, the modem freshly booted.
+        `new_path`: under another name (`device` changes), as a ttyUSBn can."""
         if self._master >= 0 or self._stopped:
             return
+        if new_path:
+            self.device = self._new_path()
         self._power_on()
         self._notify()
+
+    def _new_path(self) -> str:
+        """A name no simulator in this directory has used: ttyUSB<n>."""
+        n = next(_PATH_NUMBERS)
+        while (self._dir / f"ttyUSB{n}").exists():
+            n = next(_PATH_NUMBERS)
+        return str(self._dir / f"ttyUSB{n}")
+
+    def _cfun_reset(self) -> None:
+        """AT+CFUN=1,1 (answered OK already): a USB module leaves the bus at once and comes
+        back `reset_time` later (on a new path with `reset_new_path`); a UART module is
+        silent that long and greets with its power-on codes."""
+        self.resets += 1
+        self.faults.stuck = False
+        loop = asyncio.get_running_loop()
+        if self.profile.usb:
+            # leave the bus just after the OK went out (the host reads it first)
+            def gone() -> None:
+                if self._stopped:
+                    return
+                self._close_pty()
+                self._notify()
+                self._return_timer = loop.call_later(
+                    self.faults.reset_time,
+                    lambda: self.come_back(new_path=self.faults.reset_new_path),
+                )
+
+            loop.call_later(0.01, gone)
+            return
+        self._rebooting = True
+
+        def booted() -> None:
+            self._rebooting = False
+            if self._master < 0 or self._stopped:
+                return
+            self._state = self._fresh_state()
+            for urc in self.profile.boot:
+                self._send(f"\r\n{urc}\r\n".encode())
+            self._notify()
+
+        loop.call_later(self.faults.reset_time, booted)
 
     @property
     def present(self) -> bool:
@@ -434,14 +520,17 @@ class Simulator:
         with contextlib.suppress(FileNotFoundError):
             link.unlink()
         link.symlink_to(self.pty_path)
-        self._state = _ModemState(
-            sim_locked=self.faults.pin is not None, cfun=4 if self.faults.flight_mode else 1
-        )
+        self._state = self._fresh_state()
         self._out.clear()
         asyncio.get_running_loop().add_reader(master, self._readable)
         if not self.faults.mute:
             for urc in self.profile.boot:
                 self._send(f"\r\n{urc}\r\n".encode())
+
+    def _fresh_state(self) -> _ModemState:
+        return _ModemState(
+            sim_locked=self.faults.pin is not None, cfun=4 if self.faults.flight_mode else 1
+        )
 
     def _close_pty(self) -> None:
         if self._master < 0:
@@ -523,7 +612,7 @@ class Simulator:
             chunk = await self._rx.get()
             if chunk is None:
                 return
-            if self.faults.mute:
+            if self.faults.mute or self._rebooting:
                 continue
             if self._state.echo:
                 self._send(chunk)
@@ -601,6 +690,13 @@ class Simulator:
         up = cmd.upper()
         p = self.profile
         sms_cmd = up.startswith(("+CMGF", "+CMGS", "+CMGR", "+CMGD", "+CMGL", "+CNMI", "+CSCA"))
+        if (
+            self.faults.stuck
+            and up not in ("", "E0", "E1")
+            and not up.startswith(("+CMEE", "+CFUN"))
+        ):
+            await self._answer([], self._error(0))
+            return None
         if st.busy and not up.startswith("+CFUN"):
             st.busy -= 1
             await self._answer([], self._error(515))
@@ -631,6 +727,12 @@ class Simulator:
             await self._answer([p.firmware] if p.firmware else [], "OK" if p.firmware else "ERROR")
         elif up in ("+CGSN", "+GSN"):
             await self._answer([p.imei])
+        elif up == "+CFUN=1,1":
+            if self.faults.cfun_reset_refused:
+                await self._answer([], p.unsupported)
+            else:
+                await self._answer([])
+                self._cfun_reset()
         elif text.upper() == p.iccid_command.upper():
             await self._answer([p.iccid_answer.format(iccid=p.iccid)])
         elif up == "+CRSM=176,12258,0,0,10":
@@ -684,6 +786,18 @@ class Simulator:
                 await self._answer([])
         elif up == "+CSCS?":
             await self._answer([f'+CSCS: "{st.cscs}"'])
+        elif up == "+CSMP?":
+            await self._answer(["+CSMP: " + ",".join(map(str, st.csmp))])
+        elif up.startswith("+CSMP="):
+            given = [x.strip() for x in cmd[6:].split(",")]
+            values = [int(x) if x else old for x, old in zip(given, st.csmp, strict=False)]
+            if len(given) > 4 or not all(0 <= v <= 255 for v in values):
+                await self._answer([], self._error(305, cms=True))
+            else:
+                st.csmp = (*values, *st.csmp[len(values) :])  # type: ignore[assignment]
+                if self.faults.csmp_clears_smsc:
+                    st.smsc = ""
+                await self._answer([])
         elif up in ("+CSDH=0", "+CSDH=1"):
             st.csdh = int(up[-1])
             await self._answer([])
@@ -793,6 +907,9 @@ class Simulator:
         if faults.cms_every and self._bodies % faults.cms_every == 0:
             await self._answer(lead, self._error(faults.cms_code, cms=True))
             return
+        if not self._state.smsc and (kind != "pdu" or body.startswith("00")):
+            await self._answer(lead, self._error(330, cms=True))  # SMSC address unknown
+            return
         if kind == "pdu":
             try:
                 if tpdu_length(body) != target:
@@ -813,15 +930,20 @@ class Simulator:
                 pdu=body,
             )
         else:
+            fo, _vp, _pid, dcs = self._state.csmp
+            shown = self._text_mode_body(body, dcs)
+            if shown is None:
+                await self._answer(lead, self._error(305, cms=True))
+                return
             record = PartRecord(
                 number=str(target),
-                text=body.replace("\r", "\n"),
+                text=shown,
                 seq=1,
                 total=1,
                 reference=None,
                 message_ref=self._next_mr(),
-                status_report=False,
-                encoding="text",
+                status_report=bool(fo & 0x20),
+                encoding="ucs2" if dcs & 0x0C == 0x08 else "gsm7",
                 pdu="",
             )
         vanish = faults.vanish_after_body is not None and self._accepted >= faults.vanish_after_body
@@ -836,6 +958,36 @@ class Simulator:
         if faults.accept_delay:
             await asyncio.sleep(faults.accept_delay)
         await self._answer([*lead, f"+CMGS: {ref}"])
+
+    def _text_mode_body(self, body: str, dcs: int) -> str | None:
+        """What the phone shows for a text-mode body (27.005 3.5.1 and 3.1 <data>), or None
+        when the modem refuses it (+CMS ERROR: 305): with a UCS-2 <dcs> the body is hex of
+        the UTF-16-BE octets, at most 140; with GSM-7 it is text in the TE character set
+        (AT+CSCS), at most 160 septets: IRA's and UCS2's characters converted to the GSM
+        alphabet (what it lacks becomes "?"), GSM's bytes taken as septets (its escape,
+        0x1B, never gets here: in a body it is ESC, which cancels the message)."""
+        limit = self.faults.max_text_chars
+        if dcs & 0x0C == 0x08:
+            if not re.fullmatch(r"(?:[0-9A-Fa-f]{4})+", body) or len(body) // 2 > min(
+                140, 2 * limit if limit else 140
+            ):
+                return None
+            return bytes.fromhex(body).decode("utf-16-be", errors="replace")
+        cscs = self._state.cscs
+        if cscs == "UCS2":
+            if not re.fullmatch(r"(?:[0-9A-Fa-f]{4})*", body):
+                return None
+            text = bytes.fromhex(body).decode("utf-16-be", errors="replace")
+        elif cscs == "GSM":
+            if any(ord(ch) > 0x7F for ch in body):
+                return None
+            text = gsm7.decode_septets([ord(ch) for ch in body])
+        else:
+            text = body
+        text = "".join(ch if gsm7.septet_cost(ch) else "?" for ch in text.replace("\r", "\n"))
+        if gsm7.septet_length(text) > min(160, limit or 160):
+            return None
+        return text
 
     def _next_mr(self) -> int:
         self._mr = (self._mr + 1) % 256
@@ -1131,9 +1283,13 @@ async def running(
     *,
     directory: str | None = None,
     seed: int = 1,
+    imei: str | None = None,
+    stable_path: bool = True,
 ) -> AsyncIterator[Simulator]:
     """A started simulator, stopped on exit: ``sim.device``, ``sim.sent``."""
-    sim = Simulator(profile, faults, directory=directory, seed=seed)
+    sim = Simulator(
+        profile, faults, directory=directory, seed=seed, imei=imei, stable_path=stable_path
+    )
     await sim.start()
     try:
         yield sim

@@ -495,19 +495,23 @@ def test_open_errors_map_to_clear_ones() -> None:
     assert isinstance(open_error("/dev/x", OSError(5, "io")), errors.ModemGone)
 
 
-async def test_text_mode_sends_plain_single_texts_only(sim: Simulator) -> None:
+async def test_text_mode_sends_what_pdu_mode_sends(sim: Simulator) -> None:
     modem = await _started(sim, mode="text")
     try:
         assert modem.mode == "text"
         refs = await modem.send_sms(TO, "Call us back at 10, thanks!")
-        with pytest.raises(errors.UnsupportedText):
-            await modem.send_sms(TO, "emoji 😀")
-        with pytest.raises(errors.UnsupportedText):
-            await modem.send_sms(TO, "z" * 200)
+        emoji = await modem.send_sms(TO, "emoji 😀")
+        long = await modem.send_sms(TO, "z" * 200)
     finally:
         await modem.close()
-    assert len(refs) == 1
-    assert [s.text for s in sim.sent] == ["Call us back at 10, thanks!"]
+    assert (len(refs), len(emoji), len(long)) == (1, 1, 2)
+    assert [(s.text, s.encoding) for s in sim.sent] == [
+        ("Call us back at 10, thanks!", "gsm7"),
+        ("emoji 😀", "ucs2"),
+        ("(1/2) " + "z" * 154, "gsm7"),
+        ("(2/2) " + "z" * 46, "gsm7"),
+    ]
+    assert text_mode_safe("Call us back at 10, thanks!")
     assert not text_mode_safe('quote "x"')
 
 
@@ -581,11 +585,13 @@ async def test_modem_without_pdu_mode_falls_back_to_text() -> None:
         try:
             assert modem.mode == "text"
             assert len(await modem.send_sms(TO, "We missed your call, sorry")) == 1
-            with pytest.raises(errors.UnsupportedText):
-                await modem.send_sms(TO, TEXTS["multipart-gsm7"])
+            assert len(await modem.send_sms(TO, TEXTS["multipart-gsm7"])) == 6
         finally:
             await modem.close()
-        assert [(s.text, s.encoding) for s in sim.sent] == [("We missed your call, sorry", "text")]
+        assert [(s.text, s.encoding) for s in sim.sent[:2]] == [
+            ("We missed your call, sorry", "gsm7"),
+            ("(1/6) " + "Long text with € ext chars, " * 2 + "Long ", "ucs2"),
+        ]
 
 
 async def test_device_that_comes_back_by_itself() -> None:
