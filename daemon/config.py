@@ -168,6 +168,44 @@ class ModemConfig(_Section):
     send_timeout: Duration = Field(60.0, description="longest wait for AT+CMGS to finish")
 
 
+#: `[[modems]] device = "imei:<IMEI>"`: the modem found by its IMEI on any serial port.
+IMEI_PREFIX = "imei:"
+
+
+class PoolModemConfig(_Section):
+    """[[modems]]: one modem of several (one SIM each), with the lines it texts for."""
+
+    name: str = Field(
+        description="its name in the journal, history, stats, MQTT topics and metrics:"
+        " lower-case letters, digits, - and _",
+    )
+    device: str = Field(
+        description='serial device (prefer /dev/serial/by-id/...), or "imei:<IMEI>" to'
+        " find the modem by its IMEI on whichever port it appears",
+    )
+    pin: str = Field("", description="SIM PIN, if the SIM asks for one (never logged)", repr=False)
+    smsc: str = Field("", description="SMS centre number, only if the SIM lacks one")
+    lines: list[str] = Field(
+        default_factory=list,
+        description="the DIDs this SIM texts for: a caller who rang one gets the text from"
+        " this SIM",
+    )
+    fallback: bool = Field(
+        False,
+        description="while this modem is down or at max_per_month, its lines' texts may go"
+        " out through another modem (from another number); off: they wait for it",
+    )
+    max_per_month: int = Field(
+        0, ge=0, description="texts this SIM may send per calendar month (its plan); 0: no cap"
+    )
+
+    @property
+    def imei(self) -> str | None:
+        """The IMEI of an `imei:<IMEI>` device, else None."""
+        d = self.device.strip()
+        return d[len(IMEI_PREFIX) :].strip() if d.lower().startswith(IMEI_PREFIX) else None
+
+
 class TextbackConfig(_Section):
     """[textback]: who gets a text, when, and what it says."""
 
@@ -338,6 +376,43 @@ class SmtpConfig(_Section):
     timeout: Duration = Field(30.0, description="an SMTP server silent this long has failed")
 
 
+class MqttConfig(_Section):
+    """[mqtt]: live state, events and Home Assistant discovery on an MQTT broker."""
+
+    url: str = Field(
+        "",
+        description="the broker: mqtt://host:1883, or mqtts://host:8883 for TLS; empty: off",
+    )
+    username: str = Field("", description="login name; empty: no login")
+    password: str = Field("", description="login password (never logged)", repr=False)
+    ca_file: str = Field(
+        "",
+        description="mqtts: PEM file of the CA that signed the broker's certificate;"
+        " empty: the system's CAs",
+    )
+    client_id: str = Field("", description="MQTT client id; empty: textback-<site>")
+    topic_prefix: str = Field("textback", description="first level of every topic")
+    site: str = Field(
+        "", description="second level of every topic (this office); empty: the host name"
+    )
+    keepalive: Duration = Field(
+        60.0,
+        description="MQTT keepalive; the broker says offline within 1.5 times this after"
+        " the daemon dies",
+    )
+    discovery: bool = Field(True, description="publish Home Assistant discovery messages")
+    discovery_prefix: str = Field("homeassistant", description="Home Assistant's discovery prefix")
+    expose_caller: bool = Field(
+        False,
+        description="put callers' numbers (and reply texts) in event payloads; never in topics",
+    )
+    commands: bool = Field(
+        False,
+        description="obey <prefix>/<site>/cmd/enabled ON/OFF (pause and resume texting;"
+        " a Home Assistant switch)",
+    )
+
+
 class ContactsConfig(_Section):
     """[contacts]: the callers the office knows by name; texts greet no one else by name."""
 
@@ -355,6 +430,24 @@ class ContactsConfig(_Section):
         False,
         description="use the caller ID name the caller's network sent when it looks like a"
         " person's name (it is the caller's own claim: off by default)",
+    )
+
+
+class MetricsConfig(_Section):
+    """[metrics]: Prometheus metrics, as a node_exporter textfile and/or an HTTP endpoint."""
+
+    textfile: str = Field(
+        "",
+        description="node_exporter textfile collector file, rewritten atomically every"
+        " interval, e.g. /var/lib/node_exporter/textfile_collector/textback.prom; empty: none",
+    )
+    listen: str = Field(
+        "",
+        description='HTTP endpoint for Prometheus to scrape, host:port, e.g. "127.0.0.1:9533"'
+        " (no authentication: keep it on loopback); empty: none",
+    )
+    interval: Duration = Field(
+        15.0, description="how often the textfile is written and the outbox gauge is read"
     )
 
 
@@ -377,6 +470,9 @@ class LogConfig(_Section):
     )
 
 
+#: The name of the one modem of a `[modem]` section.
+SINGLE_MODEM = "modem"
+
 _toml_path: ContextVar[Path | None] = ContextVar("_toml_path", default=None)
 
 
@@ -394,12 +490,15 @@ class Config(BaseSettings):
     ami: AmiConfig = Field(default_factory=AmiConfig)  # type: ignore[arg-type]
     calls: CallsConfig = Field(default_factory=CallsConfig)  # type: ignore[arg-type]
     modem: ModemConfig = Field(default_factory=ModemConfig)  # type: ignore[arg-type]
+    modems: list[PoolModemConfig] = Field(default_factory=list)
     textback: TextbackConfig = Field(default_factory=TextbackConfig)  # type: ignore[arg-type]
     hours: HoursConfig = Field(default_factory=HoursConfig)  # type: ignore[arg-type]
     lines: list[LineConfig] = Field(default_factory=list)
     replies: RepliesConfig = Field(default_factory=RepliesConfig)  # type: ignore[arg-type]
     smtp: SmtpConfig = Field(default_factory=SmtpConfig)  # type: ignore[arg-type]
     contacts: ContactsConfig = Field(default_factory=ContactsConfig)  # type: ignore[arg-type]
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)  # type: ignore[arg-type]
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)  # type: ignore[arg-type]
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)  # type: ignore[arg-type]
     log: LogConfig = Field(default_factory=LogConfig)  # type: ignore[arg-type]
 
@@ -418,6 +517,31 @@ class Config(BaseSettings):
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    def modem_entries(self) -> list[PoolModemConfig]:
+        """The modems in effect: the `[[modems]]` entries, else the one `[modem]` (named
+        "modem", no lines of its own)."""
+        if self.modems:
+            return list(self.modems)
+        m = self.modem
+        return [
+            PoolModemConfig(
+                name=SINGLE_MODEM,
+                device=m.device,
+                pin=m.pin,
+                smsc=m.smsc,
+                lines=[],
+                fallback=False,
+                max_per_month=0,
+            )
+        ]
+
+    def modem_settings(self, entry: PoolModemConfig) -> ModemConfig:
+        """One modem's settings: `[modem]`'s (baudrate, mode, reports, timeouts) with the
+        entry's device, PIN and SMSC."""
+        return self.modem.model_copy(
+            update={"device": entry.device, "pin": entry.pin, "smsc": entry.smsc}
+        )
 
     def line_for(self, did: str) -> LineConfig | None:
         """The [[lines]] entry of a DID, if any."""

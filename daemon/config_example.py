@@ -41,6 +41,7 @@ UNITS: dict[str, str] = {
     "textback.max_per_hour": "texts",
     "textback.max_per_day": "texts",
     "textback.max_per_month": "texts",
+    "modems.max_per_month": "texts",
     "textback.pumping_max_per_range": "distinct numbers",
     "textback.pumping_prefix_digits": "digits",
     "replies.forward_per_hour": "replies",
@@ -64,6 +65,35 @@ EXAMPLE_LINE: dict[str, Any] = {
     "We will call you back today.",
     "callback_number": "+1 202 555 0100",
     "enabled": True,
+}
+
+#: The commented [[modems]] example. Test numbers only (555-01xx); a made-up IMEI.
+EXAMPLE_MODEM: dict[str, Any] = {
+    "name": "sales",
+    "device": "imei:356938035643809",
+    "pin": "",
+    "smsc": "",
+    "lines": ["+12025550100"],
+    "fallback": True,
+    "max_per_month": 1000,
+}
+
+#: What each array of tables says above its commented example, and the example.
+ARRAY_EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {
+    "lines": (
+        "Repeat the block for each DID that needs its own name or wording; keys left out "
+        "take the [textback] value. Remove the leading '# ' to use it.",
+        EXAMPLE_LINE,
+    ),
+    "modems": (
+        "Several modems (one SIM each) instead of the one [modem] device: repeat the block "
+        "for each; [modem] keeps the settings they share (baudrate, mode, reports, "
+        "timeouts) and its device, pin and smsc are then left unset. A text goes out "
+        "through the modem whose lines hold the DID the caller rang, else the one that "
+        "last texted that number, else the ready one with the shortest queue. Remove the "
+        "leading '# ' to use it.",
+        EXAMPLE_MODEM,
+    ),
 }
 
 HEADER = f"""\
@@ -302,14 +332,12 @@ def render_example() -> str:
 
 
 def _line_example(section: str, model: type[BaseModel]) -> list[str]:
-    out = _comment(
-        "Repeat the block for each DID that needs its own name or wording; keys left out "
-        "take the [textback] value. Remove the leading '# ' to use it."
-    )
+    intro, example = ARRAY_EXAMPLES[section]
+    out = _comment(intro)
     out += ["#", f"# [[{section}]]"]
     for key in key_docs(section, model):
         out.append("#")
-        out += _key_block(key, example=EXAMPLE_LINE.get(key.name), prefix="# ")
+        out += _key_block(key, example=example.get(key.name), prefix="# ")
     out.append("")
     return out
 

@@ -23,11 +23,15 @@ ALLOWED: dict[str, set[str]] = {
     "replies": {"decide", "outbox", "store", "sinks", "gsm"},
     "forwarding": {"decide", "store", "sinks"},
     "contacts": {"decide"},  # caller numbers in E.164; the Asterisk database is handed in
+    "metrics": {"sinks", "store", "replies"},  # counter names, stored counts, reply kinds
+    "mqtt": {"sinks", "store"},  # the events; the state it shows and the pause it writes
     "app": {
         "intake",
         "replies",
         "forwarding",
         "contacts",
+        "metrics",
+        "mqtt",
         "decide",
         "store",
         "outbox",
