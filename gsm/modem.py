@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
 import random
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
@@ -43,7 +44,9 @@ from gsm.errors import (
     CmsError,
     CommandError,
     GsmError,
+    ImeiAmbiguous,
     LostAfterBody,
+    ModemFailed,
     ModemGone,
     NotRegistered,
     PinError,
@@ -53,6 +56,7 @@ from gsm.errors import (
     UnclearAfterBody,
     UnsupportedText,
 )
+from gsm.finder import DEFAULT_PORTS, find_by_imei, imei_of_device
 from gsm.inbound import Assembler, Inbound, Ready, Slot
 from gsm.pdu import (
     Deliver,
@@ -110,6 +114,15 @@ PART_WAIT = 60.0
 SWEEP_INTERVAL = 300.0
 #: Direct (+CMT) items a keeper refused, held in memory for another try; more are dropped.
 _MAX_UNKEPT = 256
+#: Failures in a row that call for the next step of the recovery ladder.
+STUCK_AFTER = 3
+#: +CME ERROR codes of a module that is stuck (27.007 9.2.1): "phone failure", "no
+#: connection to phone", "phone-adaptor link reserved". A reset may cure them; SIM and
+#: network errors (10-16, 30-32) it would not.
+STUCK_CME = frozenset({0, 1, 2})
+#: AT+CFUN=1,1 resets (27.007 8.2 <rst> 1: reset the MT before setting <fun>) tried
+#: without a working send or health check in between before the modem is given up.
+MAX_RESETS = 2
 
 
 class ModemState(enum.StrEnum):
@@ -154,6 +167,13 @@ class Timeouts:
     off (the sweeps at start and after a reopen still run)."""
     scale: float = 1.0
     """Multiplies the commands' own longer timeouts (commands.py: AT+CPIN, AT+CMGL, ...)."""
+    reset_settle: float = 5.0
+    """After AT+CFUN=1,1: wait up to this long for a USB modem's port to leave (a module on
+    a UART keeps its port; it is reopened after this wait). A USB module drops off the
+    bus within a second or two of the OK."""
+    rescan: float = 10.0
+    """Longest wait between reopen attempts of a modem named by IMEI and after a reset:
+    a port that re-enumerates (in 5-20 s) is found again within 30 s."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,8 +305,17 @@ class Modem:
         reconnect: bool = True,
         require_network: bool = True,
         reports: Reports = "auto",
+        ports: tuple[str, ...] = DEFAULT_PORTS,
+        max_resets: int = MAX_RESETS,
     ) -> None:
+        self._want_imei = imei_of_device(device)
+        """Set for a device "imei:<IMEI>": the port is looked up at every open."""
+        self._ports = ports
         self.device = device
+        """The port in use (for "imei:..." the path last found; the setting until then)."""
+        self.spec = device
+        """The device as configured: a path or "imei:<IMEI>"."""
+        self._max_resets = max_resets
         if reports not in ("auto", "stored", "direct"):
             raise ValueError(f"reports: {reports!r} is not auto, stored or direct")
         self._reports: Reports = reports
@@ -363,6 +392,14 @@ class Modem:
         self.noise = 0
         """Bytes/lines that were nobody's answer (garbage, stray lines), counted."""
         self.reconnects = 0
+        self.recovery: dict[str, int] = {"resync": 0, "reopen": 0, "reset": 0}
+        """Steps of the recovery ladder taken, by name, since the Modem was made."""
+        self._failures = 0
+        """Sends and health checks that failed in a row the way a stuck module fails."""
+        self._rung = 0
+        """Recovery steps (reopen, resets) taken since the last working send or health
+        check: the next one climbs higher."""
+        self._resets_since_ok = 0
 
     # ------------------------------------------------------------------ properties
 
@@ -478,9 +515,13 @@ class Modem:
         if not task.cancelled() and task.exception() is not None:
             log.error("modem background task died", exc_info=task.exception())
 
-    async def _open(self) -> None:
+    async def _open(self, *, resolve: bool = True) -> None:
+        """Open the port; for a modem named by IMEI, look it up first (`resolve`) unless
+        it is to be the port found last."""
         self._parser.reset()
         self._drain()
+        if self._want_imei is not None and (resolve or self.device == self.spec):
+            self.device = await find_by_imei(self._want_imei, self._ports, baudrate=self.baudrate)
         opened: list[SerialLink] = []  # the loss callback must know which link it was
         link = await SerialLink.open(
             self.device,
@@ -521,26 +562,49 @@ class Modem:
         if self._reconnect_task is None or self._reconnect_task.done():
             self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect_loop())
 
-    async def _reconnect_loop(self) -> None:
+    async def _reconnect_loop(self, reset: str | None = None) -> None:
+        """Reopen the device until it works again. `reset`: why the module is reset
+        first (AT+CFUN=1,1). A port that opens while the module in it does not work (no
+        answer to AT, a stuck +CME ERROR, garbled answers) is reset, up to `max_resets`
+        times without a working send or health check in between; then the modem is given
+        up (FAILED, ModemFailed). A missing port is waited for without end (unplugged:
+        a person may plug it in again)."""
         delay = self.t.reopen_initial
         attempt = 0
+        after_reset = False
         while not self._closing:
+            if reset is not None:
+                if self._resets_since_ok >= self._max_resets:
+                    self._give_up(reset)
+                    return
+                await self._reset_module(reset)
+                reset = None
+                after_reset = True
+                delay = self.t.reopen_initial
             await asyncio.sleep(delay)
             attempt += 1
+            opened = False
             try:
                 await self._open()
+                opened = True
                 async with self._lock:
                     await self._initialise()
-            except (PinError, SimError) as exc:
+            except (PinError, SimError, ImeiAmbiguous) as exc:
                 await self._drop_link()
                 log.error("modem %s: %s; not retrying", self.device, exc)
                 self._set_failed(exc)
                 return
             except GsmError as exc:
                 await self._drop_link()
+                if opened and _stuck(exc):
+                    reset = f"the port opens but the modem does not work: {exc}"
+                    continue
                 level = logging.WARNING if attempt == 1 else logging.DEBUG
                 log.log(level, "modem %s: reopen attempt %d failed: %s", self.device, attempt, exc)
-                delay = min(delay * 2, self.t.reopen_max)
+                cap = self.t.reopen_max
+                if self._want_imei is not None or after_reset:
+                    cap = min(cap, self.t.rescan)
+                delay = min(delay * 2, cap)
                 continue
             except Exception:  # a bug must not end the reconnecting for good
                 await self._drop_link()
@@ -555,15 +619,86 @@ class Modem:
             self._queue_sweep()
             return
 
+    async def _reset_module(self, why: str) -> None:
+        """Recovery step "reset": AT+CFUN=1,1 on a freshly opened port (whatever it
+        answers), the port closed, then wait for a USB module's port to leave the bus
+        (`Timeouts.reset_settle`); the reconnect loop then reopens it where it comes back
+        (the same path, a by-id link that follows it, or another ttyUSBn found by IMEI)."""
+        self._resets_since_ok += 1
+        self._rung += 1
+        self.recovery["reset"] += 1
+        log.warning(
+            "modem %s recovery: reset %d of %d (AT+CFUN=1,1): %s",
+            self.device,
+            self._resets_since_ok,
+            self._max_resets,
+            why,
+        )
+        try:
+            await self._open(resolve=False)  # the port it was on: a stuck one may not say
+            async with self._lock:
+                self._write(ESC)  # a body half-written is cancelled, not sent
+                await self._cmd(C.CFUN.line("1,1"), timeout=self._slow(C.CFUN), resync=False)
+        except GsmError as exc:
+            log.warning("modem %s: AT+CFUN=1,1 not confirmed (%s)", self.device, exc)
+        finally:
+            await self._drop_link()
+        path = self.device
+        for _ in range(max(1, round(self.t.reset_settle / max(self.t.poll, 1e-3)))):
+            if not await asyncio.to_thread(os.path.exists, path):
+                break  # gone: it re-enumerates (the reconnect loop waits for it)
+            await asyncio.sleep(self.t.poll)
+
+    def _give_up(self, why: str) -> None:
+        """Recovery step "failed": the ladder is at its top."""
+        exc = ModemFailed(
+            f"{self.device}: not working after {self._resets_since_ok} reset(s)"
+            f" (AT+CFUN=1,1); last: {why}"
+        )
+        log.error("modem %s recovery: failed: %s; giving up", self.device, exc)
+        self._set_failed(exc)
+
     async def _force_reconnect(self, why: str) -> None:
+        """Climb the recovery ladder: reopen the port the first time; reset the module
+        (AT+CFUN=1,1) when a reopen since the last working send or health check did not
+        help."""
         link = self._link
-        if link is None:
+        if link is None or self._state is not ModemState.READY:
             return
-        log.warning("modem %s: %s; reopening", self.device, why)
+        self._failures = 0
+        self._rung += 1
         self._link = None
         self._replies.put_nowait(_Lost(None))
         await link.close()
-        self._begin_reconnect()
+        if not self._reconnect:
+            self._set_failed(ModemGone(f"{self.device}: {why} (reconnect is off)"))
+            return
+        self._state = ModemState.RECONNECTING
+        self._ready.clear()
+        if self._rung == 1:
+            self.recovery["reopen"] += 1
+            log.warning("modem %s recovery: reopen: %s", self.device, why)
+            reset = None
+        else:
+            reset = f"{why}, again after a reopen"
+        if self._reconnect_task is None or self._reconnect_task.done():
+            self._reconnect_task = asyncio.get_running_loop().create_task(
+                self._reconnect_loop(reset)
+            )
+
+    def _worked(self) -> None:
+        """A send or health check worked: the ladder starts again at the bottom."""
+        self._failures = 0
+        self._rung = 0
+        self._resets_since_ok = 0
+
+    def _failed(self, exc: BaseException) -> None:
+        """A send or health check failed: STUCK_AFTER stuck failures in a row climb."""
+        if not _stuck(exc):
+            return
+        self._failures += 1
+        if self._failures >= STUCK_AFTER and self._state is ModemState.READY:
+            self._spawn(self._force_reconnect(f"{self._failures} failures in a row: {exc}"))
 
     # -------------------------------------------------------------- byte handling
 
@@ -640,16 +775,19 @@ class Modem:
             reply.raise_for_error(name)
         return reply
 
-    async def _resync(self) -> None:
+    async def _resync(self, *, step: bool = True) -> None:
         """After a timeout a late answer may still come: AT+CSQ with a stale guard
         skips every final code that arrives before its own +CSQ line."""
         self._drain()
         self._parser.expect(Expect(C.CSQ.line(), C.CSQ.prefix, stale_guard=True))
         self._write(C.CSQ.line().encode("ascii") + b"\r")
+        if step:  # the first step of the recovery ladder (not the routine one at start-up)
+            self.recovery["resync"] += 1
+            log.info("modem %s recovery: resync (a command went unanswered)", self.device)
         try:
             reply = await self._next_reply("AT+CSQ (resync)", self.t.command)
         except AtTimeout:
-            if self._timeouts_in_row >= 3 and self._state is ModemState.READY:
+            if self._timeouts_in_row >= STUCK_AFTER and self._state is ModemState.READY:
                 self._spawn(self._force_reconnect("no answer to three commands in a row"))
             raise
         if isinstance(reply, Response):
@@ -750,7 +888,7 @@ class Modem:
                     raise AtTimeout("AT", self.t.startup) from None
         # Late OKs of unanswered ATs, or the OK a modem gives for the ESC that left a
         # prompt, may still be on their way: resynchronise before the real work.
-        await self._resync()
+        await self._resync(step=False)
 
     async def _unlock_sim(self) -> None:
         for _ in range(30):
@@ -1014,10 +1152,11 @@ class Modem:
                 level = logging.WARNING if failures == 1 else logging.DEBUG
                 log.log(level, "modem health check failed (%d in a row): %s", failures, exc)
                 interval = min(interval * 2, self.t.health_interval * 8)
-                if failures >= 3:
+                if failures >= STUCK_AFTER:
                     await self._force_reconnect("health check failed three times")
                     failures = 0
                 continue
+            self._worked()
             if failures:
                 log.info("modem health check ok again")
             failures = 0
@@ -1092,6 +1231,7 @@ class Modem:
                 progress.refs.append(ref)
         except GsmError as exc:
             exc.parts_sent = len(progress.refs)
+            self._failed(exc)
             # Retryable, or uncertain (a deliberate resend must not repeat the parts
             # already confirmed): keep the progress. Otherwise the text is given up.
             if not exc.retryable and not isinstance(exc, SendUncertain):
@@ -1101,6 +1241,7 @@ class Modem:
             self._partial.pop(key, None)
             raise
         self._partial.pop(key, None)
+        self._worked()
         return list(progress.refs)
 
     async def _submit_text(self, number: str, part: TextModePart, status_report: bool) -> int:
@@ -1716,6 +1857,17 @@ class Modem:
                 self._inbox.put_nowait(None)  # let other readers end too
                 return
             yield item
+
+
+def _stuck(exc: BaseException) -> bool:
+    """Does `exc` look like a module that stopped working (what a reset may cure): no
+    answer (a timeout before any body went out), garbled answers, a stuck +CME ERROR?
+    Not: a missing port, the SIM, the network, a refused text, an unclear send."""
+    if isinstance(exc, SendUncertain):
+        return False
+    if isinstance(exc, CmeError):
+        return exc.code in STUCK_CME
+    return isinstance(exc, AtTimeout | ProtocolError)
 
 
 def _ucs2_hex(text: str) -> str:

@@ -258,9 +258,10 @@ class Faults:
     reset_new_path: bool = False
     """A USB module comes back from AT+CFUN=1,1 under a new path (another ttyUSBn)."""
     stuck: bool = False
-    """The module is stuck: every command but AT, ATE, AT+CMEE and AT+CFUN answers +CME
-    ERROR: 0 (phone failure) until AT+CFUN=1,1 resets it; reopening the port does not
-    help. (`mute`, no answer at all, is cured by nothing.)"""
+    """The module is stuck: every command but AT, ATE, AT+CMEE, AT+CFUN and the identity
+    ones (AT+CGMI, AT+CGSN, ...) answers +CME ERROR: 0 (phone failure) until AT+CFUN=1,1
+    resets it; reopening the port does not help. (`mute`, no answer at all, is cured by
+    nothing.)"""
     cfun_reset_refused: bool = False
     """AT+CFUN=1,1 answers ERROR (a module without the reset argument)."""
     csmp_clears_smsc: bool = False
@@ -459,6 +460,7 @@ class Simulator:
             def gone() -> None:
                 if self._stopped:
                     return
+                self.vanished += 1
                 self._close_pty()
                 self._notify()
                 self._return_timer = loop.call_later(
@@ -693,7 +695,7 @@ class Simulator:
         if (
             self.faults.stuck
             and up not in ("", "E0", "E1")
-            and not up.startswith(("+CMEE", "+CFUN"))
+            and not up.startswith(("+CMEE", "+CFUN", "+CGMI", "+CGMM", "+CGMR", "+CGSN", "+GSN"))
         ):
             await self._answer([], self._error(0))
             return None
