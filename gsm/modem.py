@@ -1040,6 +1040,9 @@ class Modem:
         self._ucs2_ok = True
         self._csmp = None
         self._csmp_ok = True
+        if self._smsc_known is None:  # to put back should AT+CSMP empty it
+            csca = await self._optional(C.CSCA.line() + "?", "+CSCA:")
+            self._smsc_known = C.parse_csca(csca) if csca else None
         with contextlib.suppress(CommandError):
             await self._cmd(C.CSCS.line('"IRA"'))
             self._charset = "IRA"
