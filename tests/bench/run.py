@@ -19,6 +19,7 @@ MODULES = [
     "tests.bench.bench_service",
     "tests.bench.bench_replies",
     "tests.bench.bench_crash",
+    "tests.bench.bench_observe",
 ]
 OUT = Path(__file__).resolve().parents[2] / "BENCHMARKS.md"
 
