@@ -1,0 +1,36 @@
+"""`[mqtt] url`, read: where the broker is and whether to speak TLS (no aiomqtt import:
+`textback check` uses it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+
+@dataclass(frozen=True, slots=True)
+class Broker:
+    """Where and how to connect, from `[mqtt] url`."""
+
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> Broker:
+        """mqtt://host[:port] or mqtts://host[:port]; ValueError for anything else."""
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"{url!r}: the scheme must be mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise ValueError(f"{url!r}: no host, e.g. mqtt://127.0.0.1:1883")
+        if parts.path not in ("", "/") or parts.query or parts.username:
+            raise ValueError(f"{url!r}: only mqtt[s]://host[:port]; login in username/password")
+        tls = parts.scheme == "mqtts"
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError as exc:
+            raise ValueError(f"{url!r}: {exc}") from exc
+        return cls(parts.hostname, port, tls)
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
