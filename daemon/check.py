@@ -53,6 +53,7 @@ from daemon.decide.templates import (
 )
 from daemon.decide.templates import TEMPLATE_KEYS as KIND_KEYS
 from daemon.logsetup import kv
+from daemon.mqtt.broker import Broker
 from gsm.commands import check_number
 from gsm.gsm7 import septet_cost
 from gsm.pdu import SmsInfo
@@ -108,11 +109,14 @@ def validate(cfg: Config) -> list[Problem]:
     out += _check_replies(cfg)
     out += _check_calls(cfg)
     out += _check_modem(cfg)
+    out += _check_modems(cfg)
     out += _check_textback(cfg)
     out += _check_hours(cfg)
     out += _check_lines(cfg)
     out += _check_database(cfg)
     out += _check_contacts(cfg)
+    out += _check_metrics(cfg)
+    out += _check_mqtt(cfg)
     out += _check_texts(cfg)
     return out
 
@@ -229,42 +233,173 @@ def _check_calls(cfg: Config) -> list[Problem]:
     return out
 
 
-def _check_modem(cfg: Config) -> list[Problem]:
-    modem, out = cfg.modem, []
-    if not modem.device.strip():
-        out.append(_err("modem.device", "empty", 'e.g. "/dev/serial/by-id/usb-...-if00-port0"'))
-    elif not os.path.exists(modem.device):
-        # A warning: check may run before the modem is plugged in; run waits for it.
-        out.append(
+def _check_device(key: str, device: str) -> list[Problem]:
+    """A modem's serial device: there, and readable and writable (warnings: check may run
+    before the modem is plugged in, and run waits for it)."""
+    if not device.strip():
+        return [_err(key, "empty", 'e.g. "/dev/serial/by-id/usb-...-if00-port0"')]
+    if not os.path.exists(device):
+        return [
             _warn(
-                "modem.device",
-                f"{modem.device} does not exist (now)",
+                key,
+                f"{device} does not exist (now)",
                 "plug the modem in; `ls -l /dev/serial/by-id/` lists serial devices by a "
                 "name that survives reboots and replugging",
             )
-        )
-    elif not os.access(modem.device, os.R_OK | os.W_OK):
-        out.append(
+        ]
+    if not os.access(device, os.R_OK | os.W_OK):
+        return [
             _warn(
-                "modem.device",
-                f"{modem.device} is not readable and writable by this user",
+                key,
+                f"{device} is not readable and writable by this user",
                 "the service user must be in the device's group (usually dialout): "
                 "usermod -aG dialout textback",
             )
-        )
-    if modem.pin and not (modem.pin.isdigit() and 4 <= len(modem.pin) <= 8):
+        ]
+    return []
+
+
+def _check_sim(key: str, pin: str, smsc: str) -> list[Problem]:
+    out = []
+    if pin and not (pin.isdigit() and 4 <= len(pin) <= 8):
         out.append(
-            _err("modem.pin", "a SIM PIN is 4 to 8 digits", 'write it as a string, e.g. "1234"')
+            _err(f"{key}.pin", "a SIM PIN is 4 to 8 digits", 'write it as a string, e.g. "1234"')
         )
-    if modem.smsc and not _driver_accepts_number(modem.smsc.replace(" ", "")):
+    if smsc and not _driver_accepts_number(smsc.replace(" ", "")):
         out.append(
             _err(
-                "modem.smsc",
-                f"{modem.smsc!r} is not an international number",
+                f"{key}.smsc",
+                f"{smsc!r} is not an international number",
                 'e.g. "+12065550100" (your carrier publishes it); leave it empty if the SIM '
                 "has one",
             )
         )
+    return out
+
+
+#: A modem's name: it becomes part of MQTT topics and a metrics label.
+_MODEM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+#: An IMEI: 15 digits (16 for an IMEISV, 14 without the check digit).
+_IMEI = re.compile(r"[0-9]{14,16}")
+
+
+def _check_modems(cfg: Config) -> list[Problem]:
+    """[[modems]]: names, devices and lines each once; fallback only with lines."""
+    if not cfg.modems:
+        return []
+    out: list[Problem] = []
+    region = cfg.textback.home_region.upper()
+    names: dict[str, int] = {}
+    devices: dict[str, int] = {}
+    owners: dict[str, int] = {}
+    shared = sorted(k for k in ("device", "pin", "smsc") if k in cfg.modem.model_fields_set)
+    for k in shared:
+        out.append(
+            _err(
+                f"modem.{k}",
+                "not used with [[modems]]",
+                f"give each modem its {k} in its [[modems]] entry and remove it from [modem]"
+                " (which keeps the settings all modems share)",
+            )
+        )
+    for i, entry in enumerate(cfg.modems):
+        key = f"modems[{i}]"
+        if not _MODEM_NAME.fullmatch(entry.name):
+            out.append(
+                _err(
+                    f"{key}.name",
+                    f"{entry.name!r} is not a usable modem name",
+                    "1 to 32 lower-case letters, digits, - and _ (it names MQTT topics and"
+                    ' metrics), e.g. "sales"',
+                )
+            )
+        elif entry.name in names:
+            out.append(
+                _err(
+                    f"{key}.name",
+                    f"{entry.name!r} is also the name of modems[{names[entry.name]}]",
+                    "each modem needs a name of its own",
+                )
+            )
+        else:
+            names[entry.name] = i
+        imei = entry.imei
+        if imei is not None:
+            if not _IMEI.fullmatch(imei):
+                out.append(
+                    _err(
+                        f"{key}.device",
+                        f"{entry.device!r}: an IMEI is 15 digits",
+                        "`textback modem --device PATH` prints the modem's IMEI; write"
+                        ' "imei:<those digits>"',
+                    )
+                )
+            same = f"imei:{imei}"
+        else:
+            out += _check_device(f"{key}.device", entry.device)
+            same = os.path.realpath(entry.device) if entry.device.strip() else ""
+        if same and same in devices:
+            out.append(
+                _err(
+                    f"{key}.device",
+                    f"{entry.device!r} is the same modem as modems[{devices[same]}].device",
+                    "one [[modems]] entry per modem",
+                )
+            )
+        elif same:
+            devices[same] = i
+        out += _check_sim(key, entry.pin, entry.smsc)
+        mine: set[str] = set()
+        for j, did in enumerate(entry.lines):
+            number = _did_key(did.strip(), region)
+            if not did.strip():
+                out.append(_err(f"{key}.lines[{j}]", "empty", 'a DID, e.g. "+12025550100"'))
+            elif number in mine:
+                out.append(_err(f"{key}.lines[{j}]", f"{did!r} is listed twice", "list it once"))
+            elif number in owners:
+                out.append(
+                    _err(
+                        f"{key}.lines[{j}]",
+                        f"{did!r} is also a line of modems[{owners[number]}]"
+                        f" ({cfg.modems[owners[number]].name})",
+                        "a DID's texts come from one SIM: keep it under one modem (its"
+                        " fallback = true lets the others send for it while it is down)",
+                    )
+                )
+            else:
+                owners[number] = i
+            mine.add(number)
+        if entry.fallback and not entry.lines:
+            out.append(
+                _err(
+                    f"{key}.fallback",
+                    "fallback = true on a modem without lines",
+                    "fallback lets this modem's lines go out through another modem while it"
+                    " is down; a modem without lines already sends whatever no line claims."
+                    " List its lines, or remove fallback",
+                )
+            )
+        if (
+            entry.max_per_month
+            and cfg.textback.max_per_month
+            and (entry.max_per_month > cfg.textback.max_per_month)
+        ):
+            out.append(
+                _warn(
+                    f"{key}.max_per_month",
+                    f"{entry.max_per_month} is above [textback] max_per_month"
+                    f" ({cfg.textback.max_per_month}), which caps all modems together",
+                    "raise [textback] max_per_month if the plans allow more",
+                )
+            )
+    return out
+
+
+def _check_modem(cfg: Config) -> list[Problem]:
+    modem, out = cfg.modem, []
+    if not cfg.modems:  # with [[modems]], each entry's device, PIN and SMSC are its own
+        out += _check_device("modem.device", modem.device)
+        out += _check_sim("modem", modem.pin, modem.smsc)
     if modem.baudrate not in _COMMON_BAUDRATES:
         out.append(
             _warn(
@@ -711,6 +846,57 @@ def _check_lines(cfg: Config) -> list[Problem]:
     return out
 
 
+def _check_mqtt(cfg: Config) -> list[Problem]:
+    """[mqtt]: the url's scheme and host, the CA file, a password with a user name."""
+    m, out = cfg.mqtt, []
+    if not m.url.strip():
+        return []  # off: nothing here is used
+    try:
+        broker = Broker.parse(m.url)
+    except ValueError as exc:
+        return [_err("mqtt.url", str(exc), 'e.g. "mqtt://127.0.0.1:1883" or "mqtts://host:8883"')]
+    if m.ca_file:
+        if not broker.tls:
+            out.append(
+                _warn("mqtt.ca_file", "set, but the url is mqtt:// (no TLS)", "use mqtts://")
+            )
+        if not Path(m.ca_file).is_file():
+            out.append(
+                _err(
+                    "mqtt.ca_file",
+                    f"{m.ca_file!r} does not exist or is not a file",
+                    "the PEM file of the CA that signed the broker's certificate",
+                )
+            )
+        elif not os.access(m.ca_file, os.R_OK):
+            out.append(_err("mqtt.ca_file", f"{m.ca_file!r} is not readable by this user"))
+    if m.username and not m.password:
+        out.append(
+            _err(
+                "mqtt.password",
+                "empty, but username is set",
+                "set the password (TEXTBACK_MQTT__PASSWORD keeps it out of the file)",
+            )
+        )
+    if m.password and not m.username:
+        out.append(_warn("mqtt.username", "empty, but a password is set: it is not sent"))
+    if m.password and not broker.tls and broker.host not in ("127.0.0.1", "localhost", "::1"):
+        out.append(
+            _warn(
+                "mqtt.url",
+                f"the password goes in clear text to {broker.host}",
+                "use mqtts:// for a broker on another machine",
+            )
+        )
+    for key in ("topic_prefix", "site", "discovery_prefix"):
+        value = getattr(m, key)
+        if any(c in value for c in "+#") or (key != "topic_prefix" and "/" in value):
+            out.append(_err(f"mqtt.{key}", f"{value!r} has a character a topic level cannot hold"))
+    if m.keepalive < 1:
+        out.append(_err("mqtt.keepalive", "under 1s", 'e.g. "60s"'))
+    return out
+
+
 def _check_database(cfg: Config) -> list[Problem]:
     path = cfg.database.path.strip()
     if not path:
@@ -724,6 +910,67 @@ def _check_database(cfg: Config) -> list[Problem]:
             )
         ]
     return []
+
+
+def _check_metrics(cfg: Config) -> list[Problem]:
+    m, out = cfg.metrics, []
+    if m.textfile.strip():
+        path = Path(m.textfile.strip())
+        directory = path.parent
+        if not path.is_absolute():
+            out.append(
+                _warn(
+                    "metrics.textfile",
+                    f"{m.textfile!r} is relative, so it depends on the working directory",
+                    "use node_exporter's directory, e.g. "
+                    "/var/lib/node_exporter/textfile_collector/textback.prom",
+                )
+            )
+        if not directory.is_dir():
+            out.append(
+                _err(
+                    "metrics.textfile",
+                    f"directory {directory} does not exist",
+                    "create it (node_exporter --collector.textfile.directory), or fix the path",
+                )
+            )
+        elif not os.access(directory, os.W_OK | os.X_OK):
+            out.append(
+                _err(
+                    "metrics.textfile",
+                    f"directory {directory} is not writable by this user",
+                    "the file is replaced by a rename: the service user needs write access"
+                    " to the directory (and the unit's ReadWritePaths= must list it)",
+                )
+            )
+        if path.suffix != ".prom":
+            out.append(
+                _warn(
+                    "metrics.textfile",
+                    f"{path.name!r} does not end in .prom",
+                    "node_exporter's textfile collector reads only *.prom files",
+                )
+            )
+    if m.listen.strip():
+        from daemon.metrics.export import parse_listen  # noqa: PLC0415 (only when set)
+
+        try:
+            host, _ = parse_listen(m.listen)
+        except ValueError as exc:
+            out.append(_err("metrics.listen", str(exc), 'e.g. "127.0.0.1:9533"'))
+        else:
+            if host not in ("127.0.0.1", "::1", "localhost"):
+                out.append(
+                    _warn(
+                        "metrics.listen",
+                        f"{host} is not loopback: anyone who reaches it reads the metrics",
+                        "the endpoint has no authentication; prefer 127.0.0.1 (or the"
+                        " textfile) unless a firewall guards the port",
+                    )
+                )
+    if (m.textfile.strip() or m.listen.strip()) and m.interval <= 0:
+        out.append(_err("metrics.interval", "must be more than 0", 'e.g. "15s"'))
+    return out
 
 
 # --- load errors, with hints -------------------------------------------------------------
