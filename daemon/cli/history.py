@@ -105,9 +105,10 @@ async def show_history(args: argparse.Namespace, clock: Clock) -> int:
     if not rows:
         print("no calls recorded" + (" for that caller" if callers else ""))
         return 0
-    cells = [
-        ["time", "caller", "outcome", "ring", "decision", "reason", "message", "why", "linkedid"]
-    ]
+    # with [[modems]], which modem (SIM) took each text
+    pool = bool(cfg.modems)
+    head = ["time", "caller", "outcome", "ring", "decision", "reason", "message", "why"]
+    cells = [[*head, *(["modem"] if pool else []), "linkedid"]]
     for r in rows:
         cells.append(
             [
@@ -119,6 +120,7 @@ async def show_history(args: argparse.Namespace, clock: Clock) -> int:
                 r.reason or "-",
                 r.message or "-",
                 _why(r) or "-",
+                *([r.modem or "-"] if pool else []),
                 r.linkedid,
             ]
         )

@@ -1,5 +1,6 @@
 """`textback modem [--config FILE] [--device PATH]`: probe the modem (maker, model,
-firmware, SIM, registration, operator, signal).
+firmware, SIM, registration, operator, signal); with `[[modems]]`, every modem under its
+name (an "imei:" device found by its IMEI first).
 
 It works without a config file when --device is given; without either it reads the
 default config (/etc/textback/textback.toml) if it exists, else uses the defaults. A
@@ -13,7 +14,14 @@ import argparse
 import asyncio
 
 from daemon.cli.common import fail
-from daemon.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from daemon.config import (
+    DEFAULT_CONFIG_PATH,
+    Config,
+    ConfigError,
+    ModemConfig,
+    PoolModemConfig,
+    load_config,
+)
 from gsm.errors import (
     AtTimeout,
     DevicePermission,
@@ -24,6 +32,7 @@ from gsm.errors import (
     NotRegistered,
     PinError,
 )
+from gsm.finder import find_by_imei, imei_of_device
 from gsm.modem import Modem, ModemInfo, Timeouts
 
 # How long the modem may take to answer AT when the command starts (a stick that was
@@ -66,9 +75,12 @@ def explain(exc: GsmError, device: str) -> str:
     return f"modem on {device}: {exc}"
 
 
-def open_modem(cfg: Config, device: str, *, require_network: bool) -> Modem:
-    """A Modem for a one-shot command: no reconnect, no health checks, short start-up."""
-    m = cfg.modem
+def open_modem(
+    cfg: Config, device: str, *, require_network: bool, settings: ModemConfig | None = None
+) -> Modem:
+    """A Modem for a one-shot command: no reconnect, no health checks, short start-up.
+    `settings`: one [[modems]] entry's (its PIN and SMSC), else [modem]'s."""
+    m = settings or cfg.modem
     return Modem(
         device,
         baudrate=m.baudrate,
@@ -123,12 +135,54 @@ async def _probe(modem: Modem) -> ModemInfo:
         await modem.close()
 
 
+async def _probe_entry(cfg: Config, entry: PoolModemConfig) -> tuple[str, ModemInfo | None]:
+    """Probe one [[modems]] entry (found by its IMEI first for an "imei:" device): its
+    info, or None and the one line that explains why not."""
+    device = entry.device
+    try:
+        imei = imei_of_device(device)
+        if imei is not None:
+            device = await find_by_imei(imei)
+        return device, await _probe(
+            open_modem(cfg, device, require_network=False, settings=cfg.modem_settings(entry))
+        )
+    except GsmError as exc:
+        return explain(exc, device), None
+    except ValueError as exc:
+        return str(exc), None
+
+
+async def _probe_all(cfg: Config) -> list[tuple[str, ModemInfo | None]]:
+    # one after the other: an IMEI search opens every port, each modem's own included
+    return [await _probe_entry(cfg, entry) for entry in cfg.modems]
+
+
+def _main_pool(cfg: Config) -> int:
+    """`textback modem` with [[modems]]: every modem, each under its name; exit 1 when
+    any cannot be probed."""
+    bad = 0
+    results = asyncio.run(_probe_all(cfg))
+    for n, (entry, (said, info)) in enumerate(zip(cfg.modems, results, strict=True)):
+        if n:
+            print()
+        lines = ", ".join(entry.lines) or "none (any text no line claims)"
+        print(f"[{entry.name}] {entry.device}   lines: {lines}")
+        if info is None:
+            bad += 1
+            print(f"  not probed: {said}")
+        else:
+            print("\n".join("  " + row for row in format_info(info).splitlines()))
+    return 1 if bad else 0
+
+
 def main(args: argparse.Namespace) -> int:
     """`textback modem [--config FILE] [--device PATH]`."""
     try:
         cfg = modem_config(args)
     except ConfigError as exc:
         return fail(str(exc).splitlines()[0])
+    if cfg.modems and not getattr(args, "device", None):
+        return _main_pool(cfg)
     device = getattr(args, "device", None) or cfg.modem.device
     try:
         info = asyncio.run(_probe(open_modem(cfg, device, require_network=False)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from daemon.cli.common import command_config, db_path, run_command, table
 from daemon.clock import Clock, SystemClock
@@ -49,6 +49,7 @@ async def show_stats(args: argparse.Namespace, clock: Clock) -> int:
                     "replies_by_kind": p.replies_by_kind,
                     "optouts_added": p.optouts_added,
                     "counters": p.counters,
+                    **({"texts_by_modem": p.texts_by_modem} if cfg.modems else {}),
                 }
                 for label, p in periods
             },
@@ -57,12 +58,15 @@ async def show_stats(args: argparse.Namespace, clock: Clock) -> int:
         print(json.dumps(doc, indent=2, sort_keys=True))
         return 0
     print(f"database {path}, days in {cfg.hours.timezone}")
-    print(stats_table(periods, optouts))
+    print(stats_table(periods, optouts, modems=[m.name for m in cfg.modems]))
     return 0
 
 
-def stats_table(periods: list[tuple[str, PeriodStats]], optouts: int) -> str:
-    """The counters as one aligned table, a column per period."""
+def stats_table(
+    periods: list[tuple[str, PeriodStats]], optouts: int, *, modems: Sequence[str] = ()
+) -> str:
+    """The counters as one aligned table, a column per period; with several `modems`,
+    the texts each took."""
     rows: list[list[str]] = [["", *(label for label, _ in periods)]]
 
     def section(title: str, pick: Callable[[PeriodStats], Mapping[str, int]]) -> None:
@@ -77,6 +81,10 @@ def stats_table(periods: list[tuple[str, PeriodStats]], optouts: int) -> str:
 
     section("calls", lambda p: p.calls)
     section("texts", lambda p: p.texts)
+    if modems:
+        rows.append(["texts by modem", *("" for _ in periods)])
+        for name in modems:
+            rows.append([f"  {name}", *(str(p.texts_by_modem.get(name, 0)) for _, p in periods)])
     section("not texted, by reason", lambda p: p.suppressed)
     rows.append(["replies", *(str(p.replies) for _, p in periods)])
     kinds = sorted({k for _, p in periods for k in p.replies_by_kind})

@@ -15,9 +15,13 @@ callback (`MessageKind.waits`); an opt-out confirmation, a help answer, a staff 
 test is `queued` at once and never merged or cancelled by a call.
 
 The outbox owns no modem: it sends through a `daemon.sending.sender.Sender`. One send at
-a time. Time comes only from the injected clock. Every change of a text is written with
-its event (`TextWritten`, `TextChanged`, `TextMerged`) in one transaction; the store
-publishes the event after the commit, and the sinks word and count it.
+a time, except through a `LaneSender` (a pool of modems): one send at a time per lane,
+each in its own task, the lane written with the row when it goes `sending` (so a crash
+leaves at most one `sending` row per modem, each marked `uncertain` at the restart); a
+text known not sent moves to another lane at once (`failover`). Time comes only from the
+injected clock. Every change of a text is written with its event (`TextWritten`,
+`TextChanged`, `TextMerged`) in one transaction; the store publishes the event after the
+commit, and the sinks word and count it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from daemon.logsetup import kv
 from daemon.model import PENDING_STATES, MessageKind, MessageState
 from daemon.sending.sender import (
     ERROR_CHARS,
+    LaneSender,
     Sender,
     SendRequest,
     SendResult,
@@ -41,6 +46,7 @@ from daemon.sending.sender import (
     result_of_error,
 )
 from daemon.sinks.events import Event, ModemStateChanged, TextChanged, TextMerged, TextWritten
+from daemon.store.routing import QueuedText
 from daemon.store.rows import OPTED_OUT
 from daemon.store.store import Message, Store, StoreError, StoreTx
 
@@ -65,6 +71,11 @@ class CapReached(TextbackError):
     def __init__(self, pause: Pause) -> None:
         self.pause = pause
         super().__init__(f"{pause.guard}: {pause.detail}")
+
+
+def _routed(m: Message) -> QueuedText:
+    """A text as a pool routes it."""
+    return QueuedText(m.id, m.next_attempt_at, m.destination, m.line, "")
 
 
 def sender_ready(sender: Sender | None) -> bool:
@@ -142,7 +153,15 @@ def _move(
         return False
     tx.emit(
         _changed(
-            m, state, now, reason=reason, attempt=attempt, error=error, retry_in=retry_in, age=age
+            m,
+            state,
+            now,
+            reason=reason,
+            attempt=attempt,
+            error=error,
+            retry_in=retry_in,
+            age=age,
+            sender=sender or "",
         )
     )
     return True
@@ -230,6 +249,10 @@ class Outbox:
         #: Store errors seen (kept in memory: the database may be what is failing).
         self.store_errors = 0
         self._saved_errors = 0
+        #: A pool's sends in flight, one task per lane, by message id.
+        self._inflight: dict[int, asyncio.Task[None]] = {}
+        #: The last pass left due texts that no lane could take (wait to be woken).
+        self._blocked = False
         store.bus.add(_WakeOnNewText(self))
 
     # -- wiring ------------------------------------------------------------------------------
@@ -470,6 +493,8 @@ class Outbox:
         attempts = 0
         if not self._can_send():
             return attempts
+        if isinstance(self._sender, LaneSender):
+            return await self._dispatch(self._sender, now)
         for mid, next_attempt_at in await self._store.queued():
             if not self._can_send():
                 break
@@ -478,6 +503,35 @@ class Outbox:
             if await self._send_one(mid):
                 attempts += 1
         return attempts
+
+    async def _dispatch(self, pool: LaneSender, now: float) -> int:
+        """One pass through a pool: each due text a free lane takes is sent in its own
+        task; the rest wait for a lane (a finished send or a modem back wakes the worker)."""
+        await pool.prepare(now)
+        due = [
+            t
+            for t in await self._store.queued_routes()
+            if t.message_id not in self._inflight
+            and (t.next_attempt_at is None or t.next_attempt_at <= now)
+        ]
+        started = 0
+        for text, lane in pool.assign(due):
+            task = asyncio.create_task(self._lane_send(pool, lane, text))
+            self._inflight[text.message_id] = task
+            started += 1
+        self._blocked = len(due) > started
+        return started
+
+    async def _lane_send(self, pool: LaneSender, lane: Sender, text: QueuedText) -> None:
+        """Send one text through one lane of a pool, then free the lane."""
+        try:
+            await self._send_via(text.message_id, lane, pool=pool, text=text)
+        except StoreError as exc:  # before the send: the text stays queued
+            self._store_error("outbox", exc, STORE_RETRY_FIRST)
+        finally:
+            pool.release(lane)
+            self._inflight.pop(text.message_id, None)
+            self.wake()
 
     def _can_send(self) -> bool:
         return not self._stopping and sender_ready(self._sender)
@@ -516,57 +570,85 @@ class Outbox:
     async def _send_one(self, message_id: int) -> bool:
         """Send one queued text; True when the sender was asked to send it."""
         async with self._send_lock:
-            m = await self._store.get_message(message_id)
             sender = self._sender
-            if m is None or m.state != MessageState.QUEUED or sender is None or self._stopping:
-                return False  # cancelled or sent while an earlier send ran
-            now = self._clock.now()
-            if now - m.created_at > self._cfg.textback.max_age:
-                await self._expire(m, now)
+            if sender is None:
                 return False
-            attempt = m.attempts + 1
+            return await self._send_via(message_id, sender) is not None
 
-            def start(tx: StoreTx) -> bool:
-                # The last look before the modem: a number opted out since this text was
-                # written (by any path) never gets it.
-                if m.kind.waits and tx.is_opted_out(m.destination):
-                    tx.cancel_pending(m.destination, OPTED_OUT, now)
-                    return False
-                # Durable before the sender hears of it: a crash from here on is `uncertain`.
-                # False: cancelled while we looked at it.
-                return _move(
-                    tx,
-                    m,
-                    MessageState.SENDING,
-                    now,
-                    expect=_QUEUED,
-                    attempts=attempt,
-                    attempt=attempt,
-                )
+    async def _send_via(
+        self,
+        message_id: int,
+        sender: Sender,
+        *,
+        pool: LaneSender | None = None,
+        text: QueuedText | None = None,
+    ) -> SendResult | None:
+        """Send one queued text through `sender` (a lane of `pool`: its name is written
+        with the row as it goes `sending`); its result, None when it was not sent."""
+        lane_name = None if pool is None else sender.name
+        m = await self._store.get_message(message_id)
+        if m is None or m.state != MessageState.QUEUED or self._stopping:
+            return None  # cancelled or sent while an earlier send ran
+        now = self._clock.now()
+        if now - m.created_at > self._cfg.textback.max_age:
+            await self._expire(m, now)
+            return None
+        attempt = m.attempts + 1
 
-            if not await self._store.batch(start):
+        def start(tx: StoreTx) -> bool:
+            # The last look before the modem: a number opted out since this text was
+            # written (by any path) never gets it.
+            if m.kind.waits and tx.is_opted_out(m.destination):
+                tx.cancel_pending(m.destination, OPTED_OUT, now)
                 return False
-            request = SendRequest(
-                destination=m.destination,
-                text=m.text,
-                line=m.line,
-                kind=m.kind,
-                message_id=m.id,
-                status_report=self._cfg.modem.status_reports,
+            # Durable before the sender hears of it: a crash from here on is `uncertain`.
+            # False: cancelled while we looked at it.
+            return _move(
+                tx,
+                m,
+                MessageState.SENDING,
+                now,
+                expect=_QUEUED,
+                attempts=attempt,
+                sender=lane_name,
+                attempt=attempt,
             )
-            try:
-                result = await sender.send(request)
-            except asyncio.CancelledError:
-                # Shutting down mid-send: the row stays `sending`, so the next start
-                # marks it uncertain rather than guessing.
-                raise
-            except Exception as exc:  # a sender's bug: judged like the error it raised
-                result = result_of_error(exc, sender=getattr(sender, "name", ""))
-            await self._durably(self._record_result, m, attempt, result)
-            return True
+
+        if not await self._store.batch(start):
+            return None
+        request = SendRequest(
+            destination=m.destination,
+            text=m.text,
+            line=m.line,
+            kind=m.kind,
+            message_id=m.id,
+            status_report=self._cfg.modem.status_reports,
+        )
+        try:
+            result = await sender.send(request)
+        except asyncio.CancelledError:
+            # Shutting down mid-send: the row stays `sending`, so the next start
+            # marks it uncertain rather than guessing.
+            raise
+        except Exception as exc:  # a sender's bug: judged like the error it raised
+            result = result_of_error(exc, sender=getattr(sender, "name", ""))
+        moved = False
+        if pool is not None:
+            # a pool counts the lane's health; a text known not sent may go through
+            # another modem at once (failover), never one whose send was unclear
+            moved = pool.finish(sender, text or _routed(m), result)
+        await self._durably(self._record_result, m, attempt, result, moved)
+        return result
 
     def _record_result_in(
-        self, tx: StoreTx, m: Message, attempt: int, result: SendResult, now: float
+        self,
+        tx: StoreTx,
+        m: Message,
+        attempt: int,
+        result: SendResult,
+        now: float,
+        *,
+        moved: bool = False,
     ) -> None:
         """Write what became of a send (sent, retry, uncertain or failed) with its event."""
         tb = self._cfg.textback
@@ -601,6 +683,21 @@ class Outbox:
             # its delivery report may have come while the send waited for +CMGS
             tx.resolve_uncertain(m.id, now, self._cfg.modem.report_window)
             return
+        if moved and attempt < tb.max_attempts:
+            # known not sent: another modem of the pool takes it now
+            _move(
+                tx,
+                m,
+                MessageState.QUEUED,
+                now,
+                last_error=err,
+                next_attempt_at=now,
+                reason="failover",
+                attempt=attempt,
+                retry_in=0.0,
+                error=err,
+            )
+            return
         if (uncertain or result.retryable) and attempt < tb.max_attempts:
             wait = tb.retry_backoff * 2 ** (attempt - 1)
             _move(
@@ -629,9 +726,13 @@ class Outbox:
             error=err,
         )
 
-    async def _record_result(self, m: Message, attempt: int, result: SendResult) -> None:
+    async def _record_result(
+        self, m: Message, attempt: int, result: SendResult, moved: bool
+    ) -> None:
         now = self._clock.now()
-        await self._store.batch(lambda tx: self._record_result_in(tx, m, attempt, result, now))
+        await self._store.batch(
+            lambda tx: self._record_result_in(tx, m, attempt, result, now, moved=moved)
+        )
 
     async def _durably(
         self, fn: Callable[..., Awaitable[object]], *args: object, **kwargs: object
@@ -663,6 +764,10 @@ class Outbox:
         if n_queued:
             if self._can_send():
                 assert queued_next is not None
+                if self._blocked and queued_next <= self._clock.now():
+                    # due texts no lane could take: a lane freed or a modem back wakes
+                    # the worker; look again now and then all the same
+                    queued_next = self._clock.now() + NOT_READY_POLL
                 times.append(queued_next)
             else:
                 times.append(self._clock.now() + NOT_READY_POLL)
@@ -675,6 +780,17 @@ class Outbox:
                 await self.recover()
             except StoreError as exc:
                 await self._store_trouble(exc, "recover")
+        try:
+            await self._work()
+        finally:
+            # a pool's sends in flight end with the worker: their rows stay `sending`,
+            # which the next start marks `uncertain`
+            tasks = list(self._inflight.values())
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _work(self) -> None:
         while True:
             self._loops_started += 1
             self._wake.clear()
@@ -734,6 +850,8 @@ class Outbox:
         self.stop_sending()
         async with self._send_lock:
             pass
+        while self._inflight:  # a pool's sends, one per lane
+            await asyncio.gather(*self._inflight.values(), return_exceptions=True)
 
     async def settle(self) -> None:
         """Wait until the running worker has made a full pass that started after this call.

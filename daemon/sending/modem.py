@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from daemon.clock import Clock
-from daemon.config import ModemConfig
+from daemon.config import IMEI_PREFIX, SINGLE_MODEM, ModemConfig
 from daemon.logsetup import kv
 from daemon.sending.sender import (
     SendRequest,
@@ -26,7 +26,8 @@ from daemon.sinks.bus import EventBus
 from daemon.sinks.events import ModemStateChanged
 from daemon.store.store import Store, StoreError
 from gsm.errors import GsmError, PinError
-from gsm.modem import Modem, ModemInfo, Timeouts
+from gsm.finder import find_by_imei
+from gsm.modem import Modem, ModemInfo, ModemState, Timeouts
 from gsm.pdu import Deliver, StatusReport
 
 # The journal name operators filter on: kept stable when modules move.
@@ -36,7 +37,9 @@ log = logging.getLogger("daemon.service")
 MODEM_RETRY_FIRST = 2.0
 MODEM_RETRY_MAX = 60.0
 #: The name of the one modem of a `[modem]` section.
-DEFAULT_NAME = "modem"
+DEFAULT_NAME = SINGLE_MODEM
+#: How often an "imei:" device's modem is looked at for having gone away.
+IMEI_WATCH = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,13 @@ class InboundSms:
 #: What takes an inbound text (the reply inbox, daemon.replies): it must have kept it
 #: when it returns, and raise StoreError when it could not.
 TextKeeper = Callable[[InboundSms], Awaitable[object]]
+
+
+#: Finds the port of a modem by its IMEI (raises a GsmError: retryable when not found).
+ImeiFinder = Callable[[str], Awaitable[str]]
+#: Judges a modem that came up (a pool refuses a second modem with the same IMEI): the
+#: reason it may not be used, "" when it may.
+Vetter = Callable[["ModemSupervisor", ModemInfo], str]
 
 
 class ModemSender:
@@ -96,8 +106,16 @@ class ModemSupervisor:
         timeouts: Timeouts | None = None,
         name: str = DEFAULT_NAME,
         keep_text: TextKeeper | None = None,
+        vet: Vetter | None = None,
+        finder: ImeiFinder | None = None,
     ) -> None:
         self._cfg = cfg
+        self._vet = vet
+        self._finder = finder
+        #: What the last probe said (None before, or when the probe failed).
+        self.info: ModemInfo | None = None
+        #: The port in use: the configured path, or where an "imei:" device was found.
+        self.device = cfg.device
         self._store = store
         self._bus = bus
         self._clock = clock
@@ -111,6 +129,7 @@ class ModemSupervisor:
         # Sends wait until the modem is probed and announced ready, as they always have:
         # a send must not queue behind the probe's commands.
         self._attached = False
+        self._closing = False
 
     @property
     def name(self) -> str:
@@ -128,6 +147,29 @@ class ModemSupervisor:
             return SendResult(SendStatus.FAILED, error=f"no modem: {self.problem}", retryable=True)
         return await ModemSender(self.modem, self._name).send(request)
 
+    @property
+    def imei(self) -> str | None:
+        """The IMEI an "imei:<IMEI>" device names, else None."""
+        d = self._cfg.device.strip()
+        return d[len(IMEI_PREFIX) :].strip() if d.lower().startswith(IMEI_PREFIX) else None
+
+    async def _locate(self) -> str:
+        """The port to open: the configured path, or the one answering with its IMEI
+        (GsmError when none does, or two do)."""
+        imei = self.imei
+        if imei is None:
+            return self._cfg.device
+        return await (self._finder or find_by_imei)(imei)
+
+    async def _until_lost(self, modem: Modem) -> None:
+        """Return once the modem is closed, or (an "imei:" device, opened without the
+        driver's reconnect) gone: it may come back on another port, found again by IMEI."""
+        if self.imei is None:
+            await modem.wait_closed()
+            return
+        while modem.state not in (ModemState.FAILED, ModemState.CLOSED):
+            await self._clock.sleep(IMEI_WATCH)
+
     def _state(
         self,
         state: str,
@@ -140,7 +182,7 @@ class ModemSupervisor:
         self._bus.emit(
             ModemStateChanged(
                 name=self._name,
-                device=self._cfg.device,
+                device=self.device,
                 state=state,
                 error=error,
                 retry_in=retry_in,
@@ -161,8 +203,24 @@ class ModemSupervisor:
         first_failure = True
         while True:
             try:
+                self.device = await self._locate()
+            except GsmError as exc:
+                if not exc.retryable:
+                    # two ports answer with this IMEI: a person must pick one
+                    self.problem = str(exc)
+                    self._state("failed", error=str(exc))
+                    return
+                self.problem = str(exc)
+                self._state(
+                    "unavailable", error=str(exc), retry_in=delay, first_failure=first_failure
+                )
+                first_failure = False
+                await self._clock.sleep(delay)
+                delay = min(delay * 2, MODEM_RETRY_MAX)
+                continue
+            try:
                 modem = Modem(
-                    m.device,
+                    self.device,
                     baudrate=m.baudrate,
                     pin=m.pin or None,
                     smsc=m.smsc.replace(" ", "") or None,
@@ -171,6 +229,8 @@ class ModemSupervisor:
                     reports=m.delivery_reports,
                     # [modem] send_timeout: the longest wait for +CMGS after the message body
                     timeouts=self._timeouts or Timeouts(send=m.send_timeout),
+                    # an "imei:" device may come back on another port: found again here
+                    reconnect=self.imei is None,
                 )
             except ValueError as exc:
                 # a setting the driver refuses (PIN or SMSC shape): no retry can fix it
@@ -205,13 +265,32 @@ class ModemSupervisor:
                 info = await modem.probe()
             except (GsmError, OSError) as exc:
                 # usable all the same: ready, with the reason we know nothing about it
+                self.info = None
                 self._attached = True
                 self._state("ready", error=str(exc))
             else:
+                self.info = info
+                refused = "" if self._vet is None else self._vet(self, info)
+                if refused:
+                    # e.g. the IMEI of another modem of the pool: never send through it
+                    self.problem = refused
+                    self.modem = None
+                    self._state("failed", error=refused, info=info)
+                    await modem.close()
+                    return
                 self._attached = True
                 self._state("ready", info=info)
-            await modem.wait_closed()
-            return
+            await self._until_lost(modem)
+            if self.imei is None or self._closing:
+                return
+            # gone: look for it again by its IMEI (a USB reset may renumber its port)
+            self._attached = False
+            self.modem = None
+            self.problem = "gone; looking for it by IMEI"
+            self._state("unavailable", error=str(modem.fatal or "gone"), retry_in=0.0)
+            await modem.close()
+            delay = MODEM_RETRY_FIRST
+            first_failure = False
 
     async def _keep(self, item: Deliver | StatusReport) -> bool:
         """The modem's keeper: a delivery report or an inbound text, into the store. The
@@ -269,5 +348,6 @@ class ModemSupervisor:
 
     async def close(self) -> None:
         """Close the modem's port (the caller bounds how long it may take)."""
+        self._closing = True
         if self.modem is not None:
             await self.modem.close()

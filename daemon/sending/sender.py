@@ -9,12 +9,14 @@ another try may work), or `uncertain` (the text may have gone out: never resend 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from daemon.model import MessageKind
-from gsm.errors import SendUncertain
+from daemon.store.routing import QueuedText
+from gsm.errors import SendUncertain, Submission, submission_of
 
 #: How much of an error's text is kept with a text (the outbox row's last_error).
 ERROR_CHARS = 500
@@ -49,6 +51,10 @@ class SendResult:
     error: str = ""  # what went wrong, as the outbox records it
     retryable: bool = False  # failed, and another try may work
     sender: str = ""  # which sender (modem) answered
+    #: failed, and known that nothing of it reached the network: another modem of a pool
+    #: may send it (failover). False for anything unclear, and for a long text some of
+    #: whose parts went out (sending it elsewhere would repeat them).
+    not_sent: bool = False
 
     @classmethod
     def sent(cls, references: list[int] | tuple[int, ...], *, sender: str = "") -> SendResult:
@@ -74,6 +80,33 @@ class Sender(Protocol):
         ...
 
 
+@runtime_checkable
+class LaneSender(Sender, Protocol):
+    """A sender with several lanes (a pool of modems), each sending one text at a time.
+
+    The outbox asks it which lane takes each due text (`assign`, which reserves the lane),
+    writes the text `sending` on that lane, sends through the lane, hands the result back
+    (`finish`), writes it, and frees the lane (`release`). A plain `Sender` is one lane.
+    """
+
+    async def prepare(self, now: float) -> None:
+        """Before a pass: refresh what routing reads from the store."""
+        ...
+
+    def assign(self, texts: Sequence[QueuedText]) -> Sequence[tuple[QueuedText, Sender]]:
+        """Which free lane takes which of these due texts now."""
+        ...
+
+    def finish(self, lane: Sender, text: QueuedText, result: SendResult) -> bool:
+        """A lane's send ended with `result` (before it is written). True: the text
+        failed before submission and another lane may take it at once (failover)."""
+        ...
+
+    def release(self, lane: Sender) -> None:
+        """The lane is free again (its result is written, or nothing was sent)."""
+        ...
+
+
 def is_retryable(exc: BaseException) -> bool:
     """Is another try worth it? An explicit `retryable` flag wins (gsm.errors has one:
     SendUncertain is a TimeoutError that must NOT be retried blindly); otherwise timeouts
@@ -89,9 +122,22 @@ def is_uncertain(exc: BaseException) -> bool:
     return isinstance(exc, SendUncertain)
 
 
+def known_not_sent(exc: BaseException) -> bool:
+    """Is it known that nothing of the text reached the network? Only then may a pool
+    send it through another modem. The driver decides (gsm.errors.submission_of): a long
+    text some of whose parts went out, or anything unclear, stays where it is."""
+    return submission_of(exc) is Submission.NOT_SENT
+
+
 def result_of_error(exc: BaseException, *, sender: str = "") -> SendResult:
     """The result a send that raised `exc` stands for."""
     error = f"{type(exc).__name__}: {exc}"[:ERROR_CHARS]
     if is_uncertain(exc):
         return SendResult(SendStatus.UNCERTAIN, error=error, sender=sender)
-    return SendResult(SendStatus.FAILED, error=error, retryable=is_retryable(exc), sender=sender)
+    return SendResult(
+        SendStatus.FAILED,
+        error=error,
+        retryable=is_retryable(exc),
+        sender=sender,
+        not_sent=known_not_sent(exc),
+    )

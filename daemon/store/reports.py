@@ -36,6 +36,7 @@ class HistoryRow:
     message_reason: str | None  # why a text was cancelled, or its last error
     text: str | None
     resolved_by: str | None = None  # 'delivery_report': an uncertain text settled after
+    modem: str | None = None  # the modem that took its text (several modems: which SIM)
 
 
 @dataclass(slots=True)
@@ -49,6 +50,8 @@ class PeriodStats:
     replies_by_kind: dict[str, int] = field(default_factory=dict)
     optouts_added: int = 0
     counters: dict[str, int] = field(default_factory=dict)
+    #: texts each modem took (sent, delivered or uncertain), by modem name
+    texts_by_modem: dict[str, int] = field(default_factory=dict)
 
 
 def _all(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
@@ -91,6 +94,13 @@ def period_stats(conn: sqlite3.Connection, start: float, first_day: str) -> Peri
     ):
         key = r["reason"] or "cancelled"
         out.suppressed[key] = out.suppressed.get(key, 0) + r["n"]
+    for r in _all(
+        conn,
+        "SELECT sender, COUNT(*) AS n FROM messages WHERE created_at >= ? AND sender != ''"
+        " AND state IN ('sent', 'delivered', 'uncertain') GROUP BY sender",
+        (start,),
+    ):
+        out.texts_by_modem[r["sender"]] = r["n"]
     out.replies = int(
         _scalar(conn, "SELECT COUNT(*) FROM replies WHERE received_at >= ?", (start,))
     )
@@ -128,7 +138,7 @@ def history(
         "SELECT c.id AS call_id, c.linkedid, c.caller, c.caller_name, c.did, c.outcome,"
         " c.ended_at, c.ring_seconds, c.voicemail_left, d.action, d.reason, d.detail,"
         " d.message_id, d.merged, d.text, m.state AS mstate, m.reason AS mreason,"
-        " m.last_error, m.resolved_by"
+        " m.last_error, m.resolved_by, m.sender"
         " FROM calls c"
         " LEFT JOIN decisions d ON d.id = (SELECT MAX(id) FROM decisions WHERE call_id = c.id)"
         " LEFT JOIN messages m ON m.id = d.message_id"
@@ -170,6 +180,7 @@ def history(
                 message_reason=r["mreason"] or r["last_error"],
                 text=r["text"],
                 resolved_by=r["resolved_by"],
+                modem=r["sender"] or None,
             )
         )
     return out
