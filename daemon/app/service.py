@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +30,25 @@ from daemon.check import Severity, check_config, log_warnings
 from daemon.clock import Clock, SystemClock
 from daemon.config import Config
 from daemon.contacts.names import Names
+from daemon.decide.numbers import CallerKind, classify_caller
 from daemon.forwarding.command import ReplyCommand
 from daemon.forwarding.mail import MailForwarder
 from daemon.intake.client import AmiClient, AmiError
 from daemon.intake.frames import Message
 from daemon.intake.tracker import WANTED_EVENTS, WANTED_VARS, CallTracker
 from daemon.logsetup import kv
+from daemon.metrics.collect import Metrics, ModemView
+from daemon.metrics.export import Exporter
 from daemon.model import OPEN_STATES, FinishedCall, TrackerEvent
+from daemon.mqtt.client import MqttSink
 from daemon.outbox.outbox import Outbox
 from daemon.replies.inbox import Inbox
 from daemon.sdnotify import Notifier
 from daemon.sending.modem import InboundSms, ModemSupervisor
+from daemon.sending.pool import ModemPool
 from daemon.sinks.bus import EventBus
 from daemon.store.store import Store, StoreError, StoreLockedError
+from gsm.commands import csq_dbm
 from gsm.modem import Modem, Timeouts
 
 log = logging.getLogger("daemon.service")
@@ -72,6 +79,8 @@ RESTART_KEYS: dict[str, tuple[str, ...] | None] = {
     "ami": ("host", "port", "username", "secret", "keepalive", "ping_timeout", "max_backoff"),
     "modem": None,
     "database": None,
+    "mqtt": None,
+    "metrics": None,
 }
 
 
@@ -103,7 +112,7 @@ class Service:
         self.outbox: Outbox | None = None
         self.pipeline: Pipeline | None = None
         self.ami: AmiClient | None = None
-        self.sender: ModemSupervisor | None = None
+        self.sender: ModemSupervisor | ModemPool | None = None
         self.inbox: Inbox | None = None
         self.mail: MailForwarder | None = None
         self.reply_command: ReplyCommand | None = None
@@ -111,6 +120,10 @@ class Service:
         self.retention: Retention | None = None
         #: Who the office knows callers as ([contacts]); handed to the pipeline.
         self.names: Names | None = None
+        #: The MQTT sink and worker, when [mqtt] url is set.
+        self.mqtt: MqttSink | None = None
+        #: Prometheus ([metrics] textfile or listen): a sink and its worker.
+        self.metrics: Exporter | None = None
         self._waiting = 0
         self._redirected: set[str] = set()
         self._bg: set[asyncio.Task[None]] = set()
@@ -163,8 +176,20 @@ class Service:
 
     @property
     def modem(self) -> Modem | None:
-        """The modem, once the supervisor has started it."""
-        return None if self.sender is None else self.sender.modem
+        """The (first) modem, once its supervisor has started it."""
+        sups = self.supervisors()
+        return sups[0].modem if sups else None
+
+    def supervisors(self) -> list[ModemSupervisor]:
+        """One supervisor per modem: the one `[modem]`, or each of `[[modems]]`."""
+        if isinstance(self.sender, ModemPool):
+            return [lane.supervisor for lane in self.sender.lanes]
+        return [] if self.sender is None else [self.sender]
+
+    def _line_key(self, did: str) -> str:
+        """A DID as lines are matched: its E.164 number when it is one, else as written."""
+        judged = classify_caller(did.strip(), home_region=self.cfg.textback.home_region.upper())
+        return judged.e164 if judged.kind is CallerKind.VALID and judged.e164 else did.strip()
 
     def _assemble(self) -> None:
         """Build the parts this config asks for: AMI intake only when enabled."""
@@ -178,17 +203,49 @@ class Service:
         self.reply_command = ReplyCommand(cfg)
         self.retention = Retention(cfg, self.store, self.clock)
         self.bus.add(self.reply_command)
-        self.sender = ModemSupervisor(
-            cfg.modem,
-            store=self.store,
-            bus=self.bus,
-            clock=self.clock,
-            timeouts=self._modem_timeouts,
-            keep_text=self._keep_text,
-        )
+        if cfg.modems:
+            # several modems: each its own send loop; texts routed by line, last sender,
+            # shortest queue (daemon.sending.pool)
+            self.sender = ModemPool(
+                cfg,
+                store=self.store,
+                bus=self.bus,
+                clock=self.clock,
+                timeouts=self._modem_timeouts,
+                keep_text=self._keep_text,
+                line_key=self._line_key,
+            )
+        else:
+            self.sender = ModemSupervisor(
+                cfg.modem,
+                store=self.store,
+                bus=self.bus,
+                clock=self.clock,
+                timeouts=self._modem_timeouts,
+                keep_text=self._keep_text,
+            )
         self.outbox = Outbox(cfg, self.store, self.clock, sender=self.sender)
+        if cfg.metrics.textfile or cfg.metrics.listen:
+            # a sink like the others: it hears the bus and reads probes, nobody calls it
+            metrics = Metrics(
+                modems=[sup.name for sup in self.supervisors()],
+                version=_version(),
+                delay=cfg.textback.delay,
+                ami_connected=lambda: self.ami is not None and self.ami.connected,
+                modem_views=self._modem_views,
+                pbx_offset=lambda: self.clock.now() - self.tracker.pbx_now(),
+            )
+            self.metrics = Exporter(cfg.metrics, metrics, self.store, self.bus, self.clock)
         self.names = Names(cfg, self.clock, astdb=self._db_get)
         self.pipeline = Pipeline(cfg, self.store, self.outbox, self.clock, names=self.names)
+        if cfg.mqtt.url.strip():
+            # a sink like the others: it hears the bus and never gets in texting's way
+            try:
+                self.mqtt = MqttSink(cfg, self.store, self.clock)
+            except ValueError as exc:  # `textback check` says so too; texting goes on
+                log.error(kv(event="mqtt_off", key="mqtt.url", error=exc))
+            else:
+                self.bus.add(self.mqtt)
         if cfg.ami.enabled:
             self.ami = AmiClient(
                 cfg.ami,
@@ -205,6 +262,16 @@ class Service:
             raise AmiError("[ami] enabled = false: no Asterisk database")
         return await self.ami.db_get(family, key, timeout)
 
+    def _modem_views(self) -> list[ModemView]:
+        """Each modem's state for the metrics: up, and its signal in dBm."""
+        views = []
+        for sup in self.supervisors():
+            modem = sup.modem
+            rssi = None if modem is None else modem.rssi
+            dbm = None if rssi is None else csq_dbm(rssi)
+            views.append(ModemView(sup.name, sup.ready, dbm))
+        return views
+
     async def _keep_text(self, sms: InboundSms) -> None:
         """A modem's inbound text, to the inbox (StoreError: not kept)."""
         assert self.inbox is not None
@@ -218,6 +285,9 @@ class Service:
 
     async def _serve(self) -> int:
         self._assemble()
+        if self.metrics is not None:
+            # before anything else writes: the stored counts, then every event after them
+            await self.metrics.seed()
         assert self.inbox is not None
         try:
             await self.inbox.judge_old_replies()
@@ -234,7 +304,7 @@ class Service:
             kv(
                 event="started",
                 ami=f"{cfg.ami.host}:{cfg.ami.port}" if self.ami is not None else "off",
-                modem=cfg.modem.device,
+                modem=",".join(f"{e.name}={e.device}" for e in cfg.modems) or cfg.modem.device,
                 database=cfg.database.path,
                 ring_timeout=f"{cfg.calls.ring_timeout:g}s",
                 delay=f"{cfg.textback.delay:g}s",
@@ -261,8 +331,12 @@ class Service:
                     work.append(tg.create_task(self._watchdog_loop(interval), name="watchdog"))
                 if self.mail is not None:
                     work.append(tg.create_task(self.mail.run(), name="mail"))
+                if self.metrics is not None:
+                    work.append(tg.create_task(self.metrics.run(), name="metrics"))
                 if self.reply_command is not None:
                     work.append(tg.create_task(self.reply_command.run(), name="on_reply"))
+                if self.mqtt is not None:
+                    work.append(tg.create_task(self.mqtt.run(), name="mqtt"))
                 if self.ami is not None:
                     work.append(tg.create_task(self.ami.run(), name="ami"))
                     # always running: a SIGHUP may turn enforce_ring_timeout on or off
@@ -305,6 +379,9 @@ class Service:
                     note="the text in flight will be marked uncertain at the next start",
                 )
             )
+        if self.mqtt is not None:
+            # the events of the stop go out, then a retained `offline` (bounded inside)
+            await self.mqtt.close()
         for task in [*work, *self._bg]:
             task.cancel()
         await self._until_ended(work)
@@ -315,6 +392,12 @@ class Service:
                     await self.sender.close()
             except TimeoutError:
                 log.warning(kv(event="stop_timeout", waiting_for="serial port close"))
+        if self.metrics is not None:
+            try:
+                async with asyncio.timeout(1.0):
+                    await self.metrics.close()  # the last textfile: AMI and modem down
+            except TimeoutError:
+                log.warning(kv(event="stop_timeout", waiting_for="metrics textfile"))
 
     async def _until_ended(self, work: list[asyncio.Task[Any]]) -> None:
         """Wait for the cancelled tasks to end, cancelling again those that go on.
@@ -509,6 +592,8 @@ class Service:
             if changed:
                 keys_text = ",".join(f"{section}.{k}" for k in changed)
                 log.warning(kv(event="reload_partial", keys=keys_text, needs="restart"))
+        if self.cfg.modems != new.modems:
+            log.warning(kv(event="reload_partial", keys="modems", needs="restart"))
         if self.store is not None and self.store.timezone != new.hours.timezone:
             zone = new.hours.timezone
             log.info(kv(event="timezone_changed", old=self.store.timezone, new=zone))
@@ -575,3 +660,11 @@ def _split_target(target: str) -> tuple[str, str, str]:
     while len(parts) < 3:
         parts.append("1")
     return parts[0], parts[1], parts[2]
+
+
+def _version() -> str:
+    """The installed textback's version (textback_build_info)."""
+    try:
+        return metadata.version("textback")
+    except metadata.PackageNotFoundError:
+        return "unknown"

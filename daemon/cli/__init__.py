@@ -26,6 +26,9 @@ _COMMANDS = {
     "history": "daemon.cli.history:main",
     "optout": "daemon.cli.optout:main",
     "replies": "daemon.cli.replies:main",
+    "pause": "daemon.cli.pause:main",
+    "resume": "daemon.cli.resume:main",
+    "mqtt": "daemon.cli.mqtt:main",
 }
 
 
@@ -91,6 +94,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", metavar="T", help="e.g. 2h, 7d, or 2026-11-22")
     p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N replies")
     p.add_argument("--json", action="store_true", help="JSON output")
+
+    p = sub.add_parser("pause", help="stop texting callers until resumed (or --for)")
+    _add_config(p)
+    p.add_argument("--for", dest="for_", metavar="DURATION", help="e.g. 2h: resume by itself after")
+
+    p = sub.add_parser("resume", help="end a pause: text callers again")
+    _add_config(p)
+
+    p = sub.add_parser("mqtt", help="MQTT: Home Assistant discovery messages")
+    _add_config(p)
+    mqtt_sub = p.add_subparsers(dest="mqtt_command", metavar="WHAT", required=True)
+    d = mqtt_sub.add_parser("discovery", help="the discovery messages")
+    _add_config(d)
+    how = d.add_mutually_exclusive_group(required=True)
+    how.add_argument("--print", action="store_true", help="print them")
+    how.add_argument("--remove", action="store_true", help="withdraw them from the broker")
 
     p = sub.add_parser("optout", help="the office's do-not-text list")
     _add_config(p)

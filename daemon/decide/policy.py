@@ -23,7 +23,8 @@ Order of checks (the first that matches is the reason; `CHECK_ORDER` lists the w
 8. `not_mobile`     a subscriber line of a type the config does not allow (fixed_line
                     unless turned on, voip, personal_number)
 9. `opted_out`      the caller asked for no texts, or the office put them on its list
-10. `disabled`      [textback] enabled = false, or the DID's [[lines]] enabled = false.
+10. `disabled`      [textback] enabled = false, texting paused at run time (`textback
+                    pause`, the MQTT switch), or the DID's [[lines]] enabled = false.
                     After every check about the call and the caller, so a trial run with
                     texting off records what would have happened: `disabled` then means
                     "would have been texted".
@@ -107,6 +108,9 @@ class PolicyFacts:
     sent_last_hour: int = 0
     sent_today: int = 0
     sent_this_month: int = 0
+    #: texting paused at run time (`textback pause`, the MQTT switch): the detail words;
+    #: "" when not paused
+    paused: str = ""
     #: OTHER distinct destinations of this destination's number range (its first
     #: pumping_prefix_digits E.164 digits) texted within pumping_window
     range_destinations: int = 0
@@ -387,6 +391,8 @@ def decide(
         return _suppress(Reason.OPTED_OUT, f"{e164} opted out", e164)
     if not tb.enabled:
         return _suppress(Reason.DISABLED, "[textback] enabled = false", e164)
+    if facts.paused:
+        return _suppress(Reason.DISABLED, facts.paused, e164)
     line = line_for(cfg, call.did)
     if line is not None and not line.enabled:
         did = clean_text(call.did, 20)

@@ -265,15 +265,25 @@ class MqttSink:
             await client.subscribe(t.cmd_enabled, qos=1)
         if self._cfg.mqtt.discovery:
             await client.subscribe(t.ha_status, qos=1)
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():  # as in _publish: never swallowed
-            raise asyncio.CancelledError
         self._published.clear()  # the broker may have restarted without its store
         await self._announce(client)
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._listen(client), name="mqtt-listen")
-            tg.create_task(self._ticker(), name="mqtt-state")
-            tg.create_task(self._pump(client), name="mqtt-publish")
+        # Not a TaskGroup: on Python 3.11 one whose child fails can leave this task with
+        # a cancel request counted (cancelling() > 0) after it is over, and the next
+        # session would then take itself for stopped.
+        tasks = [
+            asyncio.create_task(self._listen(client), name="mqtt-listen"),
+            asyncio.create_task(self._ticker(), name="mqtt-state"),
+            asyncio.create_task(self._pump(client), name="mqtt-publish"),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
 
     async def _announce(self, client: aiomqtt.Client) -> None:
         """Discovery, the state and each modem's state: after every connect, and when

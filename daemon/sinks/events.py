@@ -219,6 +219,19 @@ class ModemStateChanged:
     mode: str | None = None  # pdu or text
 
 
+@dataclass(frozen=True, slots=True)
+class PauseChanged:
+    """Texting was paused (`textback pause`, the MQTT switch) or resumed, in this process.
+
+    A pause made by another process (the CLI) is not an event here: the daemon reads it
+    from the database (daemon.store.settings)."""
+
+    paused: bool
+    until: float | None  # the end of the pause; None: until resumed (or when resumed)
+    source: str  # cli, mqtt
+    at: float
+
+
 #: Every event the daemon emits.
 Event = (
     CallRecorded
@@ -237,6 +250,7 @@ Event = (
     | OptOutChanged
     | AmiGap
     | ModemStateChanged
+    | PauseChanged
 )
 
 

@@ -9,6 +9,7 @@ Levels follow STYLE.md: trouble at WARNING, the first retry at WARNING and repea
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 from daemon.logsetup import kv
 from daemon.model import MessageState
@@ -20,6 +21,7 @@ from daemon.sinks.events import (
     Event,
     ModemStateChanged,
     OptOutChanged,
+    PauseChanged,
     PolicyError,
     ReplyReceived,
     SendingPaused,
@@ -126,6 +128,18 @@ class LogSink:
                 _device.info(kv(event="reply", sender=event.sender, chars=len(event.text)))
             case ModemStateChanged():
                 self._modem(event)
+            case PauseChanged(paused=True):
+                until = "resumed" if event.until is None else _utc(event.until)
+                _calls.warning(
+                    kv(
+                        event="paused",
+                        until=until,
+                        source=event.source,
+                        note="calls are recorded as disabled and not texted",
+                    )
+                )
+            case PauseChanged():
+                _calls.info(kv(event="resumed", source=event.source))
             case OptOutChanged() | AmiGap():
                 # No line: the CLI says what it did to the list, the AMI client words the
                 # gap when it reconnects; these events are for the other sinks.
@@ -135,8 +149,10 @@ class LogSink:
     def _text_changed(ev: TextChanged) -> None:
         base = {"event": "message", "id": ev.message_id, "destination": ev.destination}
         state = ev.state
+        # which modem, where several send (a pool names the modem a text goes to)
+        modem = {"modem": ev.sender} if ev.sender and state is not MessageState.SENT else {}
         if state is MessageState.SENDING:
-            _texts.info(kv(**base, state=state, attempt=ev.attempt))
+            _texts.info(kv(**base, state=state, attempt=ev.attempt, **modem))
         elif state is MessageState.SENT:
             _texts.info(kv(**base, state=state, refs=",".join(str(r) for r in ev.references)))
         elif state is MessageState.QUEUED and ev.reason == "retry":
@@ -155,7 +171,8 @@ class LogSink:
                 ),
             )
         elif state is MessageState.QUEUED and ev.reason:
-            _texts.warning(kv(**base, state=state, reason=ev.reason))
+            why = {"error": ev.error} if ev.error else {}
+            _texts.warning(kv(**base, state=state, reason=ev.reason, **modem, **why))
         elif state is MessageState.QUEUED:
             _texts.info(kv(**base, state=state))
         elif state is MessageState.CANCELLED:
@@ -223,3 +240,8 @@ class LogSink:
             )
         else:
             _device.info(kv(event="modem", device=ev.device, state=ev.state, error=ev.error))
+
+
+def _utc(ts: float) -> str:
+    """Epoch seconds as UTC ISO 8601, to the second."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

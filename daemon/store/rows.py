@@ -34,9 +34,11 @@ from daemon.sinks.events import (
     DeliveryReported,
     Event,
     OptOutChanged,
+    PauseChanged,
     ReplyReceived,
     TextChanged,
 )
+from daemon.store import settings
 
 if TYPE_CHECKING:
     from daemon.store.store import Store
@@ -305,7 +307,9 @@ class StoreTx:
                     (len(prefix), prefix, now - tb.pumping_window, destination),
                 )
             )
+        pause = settings.pause_state(self._conn, now)  # read in the deciding transaction
         return PolicyFacts(
+            paused="" if pause is None else pause.detail(),
             opted_out=opted is not None,
             last_text_at=None if last is None else float(last),
             sent_last_hour=hour,
@@ -992,6 +996,25 @@ class StoreTx:
             " VALUES (?,?,?,?,?,?)",
             (number, int(opted_out), source, text, reply_id, now),
         )
+
+    # -- run-time settings (daemon.store.settings) ------------------------------------------
+
+    def pause_state(self, now: float) -> settings.PauseState | None:
+        """The pause of texting in force at `now`, if any."""
+        return settings.pause_state(self._conn, now)
+
+    def pause(self, until: float | None, *, source: str, now: float) -> None:
+        """Pause texting until `until` (None: until resumed); calls are then decided
+        `disabled`."""
+        settings.set_pause(self._conn, until, source, now)
+        self.emit(PauseChanged(paused=True, until=until, source=source, at=now))
+
+    def resume(self, *, source: str, now: float) -> bool:
+        """End the pause; False when texting was not paused."""
+        if not settings.clear_pause(self._conn):
+            return False
+        self.emit(PauseChanged(paused=False, until=None, source=source, at=now))
+        return True
 
     def add_gap(self, started_at: float, ended_at: float | None, detail: str = "") -> int:
         """Keep a time span in which the AMI link was down (calls may be missing)."""

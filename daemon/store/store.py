@@ -40,9 +40,11 @@ from daemon.logsetup import kv
 from daemon.model import FinishedCall, MessageKind, MessageState
 from daemon.sinks.bus import EventBus
 from daemon.sinks.events import Event
-from daemon.store import reports, retention, schema
+from daemon.store import reports, retention, routing, schema
+from daemon.store.live import LiveState, read_live
 from daemon.store.reports import HistoryRow, PeriodStats, ReplyRow
 from daemon.store.rows import Message, StoreTx
+from daemon.store.settings import PauseState
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
@@ -538,6 +540,14 @@ class Store:
         """(id, next_attempt_at) of every queued text, oldest first."""
         return await self.read(lambda tx: tx.queued())
 
+    async def queued_routes(self) -> list[routing.QueuedText]:
+        """Every queued text with the modem that last texted its number (a pool's route)."""
+        return await self._read(routing.queued_routes)
+
+    async def sent_by_modem(self, since: float) -> dict[str, int]:
+        """Texts each modem (SIM) took since `since`, by modem name."""
+        return await self._read(lambda c: routing.sent_by_modem(c, since))
+
     async def outbox_times(self) -> tuple[float | None, float | None, float | None, int]:
         """See `StoreTx.outbox_times`."""
         return await self.read(lambda tx: tx.outbox_times())
@@ -672,6 +682,23 @@ class Store:
             return (
                 await self._scalar("SELECT 1 FROM optouts WHERE number = ?", (number,)) is not None
             )
+
+    async def live(self, now: float) -> LiveState:
+        """Today's counts, the outbox now and the pause, in one read (daemon.store.live)."""
+        day, start = self.day_of(now), self.day_start(now)
+        return await self._read(lambda c: read_live(c, day, start, now))
+
+    async def pause_state(self, now: float) -> PauseState | None:
+        """The pause of texting in force at `now` (daemon.store.settings), if any."""
+        return await self.read(lambda tx: tx.pause_state(now))
+
+    async def pause(self, until: float | None, *, source: str, now: float) -> None:
+        """Pause texting until `until` (None: until resumed), replacing any pause."""
+        await self._write(lambda tx: tx.pause(until, source=source, now=now))
+
+    async def resume(self, *, source: str, now: float) -> bool:
+        """End the pause of texting; False when it was not paused."""
+        return await self._write(lambda tx: tx.resume(source=source, now=now))
 
     async def add_gap(self, started_at: float, ended_at: float | None, detail: str = "") -> int:
         """Keep a time span in which the AMI link was down (calls may be missing)."""

@@ -20,6 +20,7 @@ MODULES = [
     "tests.bench.bench_replies",
     "tests.bench.bench_crash",
     "tests.bench.bench_observe",
+    "tests.bench.bench_mqtt",
     "tests.bench.bench_pool",
 ]
 OUT = Path(__file__).resolve().parents[2] / "BENCHMARKS.md"
