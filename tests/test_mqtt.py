@@ -369,3 +369,24 @@ async def test_broker_down_events_wait_bounded_and_go_out_when_back(
             finally:
                 await sink.close()
                 b.stop()
+
+
+async def test_the_pause_survives_a_restart_and_runs_out(tmp_path: Path) -> None:
+    now = 1_795_300_000.0
+    s = await Store.open(tmp_path / "p.db", durable=False, bus=EventBus())
+    await s.pause(now + 7200, source="cli", now=now)
+    await s.close()
+    s = await Store.open(tmp_path / "p.db", durable=False, bus=EventBus())
+    try:
+        pause = await s.pause_state(now + 60)
+        assert pause is not None
+        assert pause.until == now + 7200
+        assert "paused (cli) until" in pause.detail()
+        facts = await s.policy_facts("+12025550123", now + 60, Config())
+        assert facts.paused == pause.detail()
+        assert await s.pause_state(now + 7201) is None  # over by itself
+        assert not (await s.live(now + 7201)).paused
+        assert await s.resume(source="cli", now=now)
+        assert not await s.resume(source="cli", now=now)
+    finally:
+        await s.close()
