@@ -301,6 +301,9 @@ class AtParser:
         self._text_need: int | None = None
         """Bytes of a text-mode +CMT text still to take as they are (never as lines)."""
         self._text_skip_lf = False
+        #: A partial line was buffered when the command was registered: it began before
+        #: the command was written, so it cannot be part of its answer.
+        self._before_command = False
         self.hex_texts = False
         """Set by the client while AT+CSCS="UCS2" is in effect: texts come as hex."""
 
@@ -312,6 +315,7 @@ class AtParser:
     def expect(self, expect: Expect) -> None:
         """Register the command about to be written (the waiter comes before the write)."""
         self._pending = expect
+        self._before_command = bool(self._buf) and self._text_need is None
 
     def sent_body(self, body: str) -> None:
         """Tell the parser the message body went out after the prompt (to drop its echo)."""
@@ -330,6 +334,7 @@ class AtParser:
         self._text_head = None
         self._text_need = None
         self._text_skip_lf = False
+        self._before_command = False
 
     def feed(self, data: bytes) -> list[Event]:
         """Consume bytes; return the events they complete, in order."""
@@ -346,6 +351,21 @@ class AtParser:
             raw = bytes(self._buf[: m.start()])
             ended_cr = m.group() == b"\r"
             del self._buf[: m.end()]
+            if self._before_command:
+                # The rest of a line that began before the command was written (noise,
+                # a cut-off "OK", a URC): read as if no command were waiting, so that a
+                # final code in it never ends the new command before its answer.
+                self._before_command = False
+                pending, self._pending = self._pending, None
+                try:
+                    if raw:
+                        self._line(raw, events)
+                finally:
+                    if self._pending is None:
+                        self._pending = pending
+                if self._taking_text():
+                    self._text_skip_lf = ended_cr
+                continue
             if raw:
                 self._line(raw, events)
                 if self._taking_text():

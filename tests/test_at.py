@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gsm import commands as C
@@ -360,6 +360,7 @@ def test_failing_set_is_not_empty() -> None:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=600), st.integers(min_value=1, max_value=50))
+@example(data=b"OK", chunk=1)  # a cut-off "OK" before the command once ended it early
 def test_any_bytes_never_crash_and_the_buffer_stays_bounded(data: bytes, chunk: int) -> None:
     parser = AtParser(max_line=256)
     parser.expect(Expect("AT+CMGS=12", "+CMGS:", prompt=True))
@@ -450,3 +451,23 @@ def test_a_text_mode_cmt_in_hex_is_one_line() -> None:
         ("+CMT", data),
         ("RING", None),
     ]
+
+
+def test_a_line_begun_before_the_command_never_answers_it() -> None:
+    """Bytes buffered when a command is registered came before it was written: a final
+    code completed by the answer's first line break is noise, and a URC in it is kept."""
+    parser = AtParser()
+    parser.feed(b"OK")  # a cut-off final code, left from before
+    parser.expect(Expect("AT+CSQ", "+CSQ:"))
+    events = parser.feed(b"\r\n+CSQ: 9,0\r\n\r\nOK\r\n")
+    assert isinstance(events[0], Noise)
+    assert isinstance(events[-1], Response)
+    assert events[-1].lines == ("+CSQ: 9,0",)
+
+    parser.feed(b'+CMTI: "SM",')  # a URC cut by the command's write
+    parser.expect(Expect("AT+CSQ", "+CSQ:"))
+    events = parser.feed(b"3\r\n+CSQ: 12,0\r\n\r\nOK\r\n")
+    assert isinstance(events[0], Urc)
+    assert events[0].value == '"SM",3'
+    assert isinstance(events[-1], Response)
+    assert events[-1].lines == ("+CSQ: 12,0",)
