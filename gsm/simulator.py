@@ -228,6 +228,9 @@ class Faults:
     """Not registered (+CREG: 0,2); sends fail with +CMS ERROR: 331."""
     pin: str | None = None
     """The SIM asks for this PIN at power-up."""
+    puk_locked: bool = False
+    """The SIM is PUK-locked (three wrong PINs before): +CPIN: SIM PUK, and AT+CPIN=<pin>
+    fails."""
     pin_delay: float = 0.0
     """Seconds the SIM takes to check AT+CPIN=<pin> (commands after it wait, as on a modem)."""
     silent_after_pin: bool = False
@@ -531,7 +534,9 @@ class Simulator:
 
     def _fresh_state(self) -> _ModemState:
         return _ModemState(
-            sim_locked=self.faults.pin is not None, cfun=4 if self.faults.flight_mode else 1
+            sim_locked=self.faults.pin is not None or self.faults.puk_locked,
+            puk=self.faults.puk_locked,
+            cfun=4 if self.faults.flight_mode else 1,
         )
 
     def _close_pty(self) -> None:

@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate the config; exit 1 on any problem")
     _add_config(p)
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="also log in to AMI, open the modem and look at the host; name every problem",
+    )
 
     p = sub.add_parser("demo", help="the whole pipeline on built-in data, no PBX, no modem")
     p.add_argument("--json", action="store_true", help="print JSON lines")

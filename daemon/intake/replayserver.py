@@ -4,12 +4,14 @@ It speaks the part of the Asterisk Manager handshake the intake uses: the banner
 (Success, or "Authentication failed" and a closed socket, as Asterisk does; "Events: off"
 holds the stream back), Events (EventMask on starts it), Ping, CoreShowChannels (the
 channels the trace has opened and not hung up so far), Getvar, DBGet (from `astdb`, as
-Asterisk 13+ answers it), Redirect, Logoff. After a
-good Login it streams the trace's events, as fast as the socket takes them or paced by
-their `Timestamp:` headers. It can cut the connection at given byte offsets and, on the
-next connection, carries on from the next whole event (what a real Asterisk does: events
-in the gap are lost). The stream position survives reconnects, so one server plays one
-trace once across any number of connections.
+Asterisk 13+ answers it), Redirect, ShowDialPlan (from `dialplan`), Logoff. Any action
+can be refused with "Permission denied" (`refuse`), and the trace can be served as a
+differently configured Asterisk would send it: only some read classes, no `channelvars`,
+no `timestampevents`. After a good Login it streams the trace's events, as fast as the
+socket takes them or paced by their `Timestamp:` headers. It can cut the connection at
+given byte offsets and, on the next connection, carries on from the next whole event
+(what a real Asterisk does: events in the gap are lost). The stream position survives
+reconnects, so one server plays one trace once across any number of connections.
 """
 
 from __future__ import annotations
@@ -58,6 +60,29 @@ def trace_body(raw: bytes) -> bytes:
     return _TERM.join(keep)
 
 
+def _as_configured(
+    body: bytes, read: frozenset[str] | None, *, channelvars: bool, timestamps: bool
+) -> bytes:
+    """The trace as an Asterisk with these manager.conf settings sends it."""
+    if read is None and channelvars and timestamps:
+        return body
+    frames = []
+    for frame in body.split(_TERM):
+        lines = frame.split(b"\r\n")
+        if read is not None:
+            priv = next((x[11:] for x in lines if x.startswith(b"Privilege: ")), None)
+            if priv is not None:
+                classes = {c.strip().decode().lower() for c in priv.split(b",")} - {"all"}
+                if not classes & read:
+                    continue
+        if not channelvars:
+            lines = [x for x in lines if not x.startswith(b"ChanVariable: ")]
+        if not timestamps:
+            lines = [x for x in lines if not x.startswith(b"Timestamp: ")]
+        frames.append(b"\r\n".join(lines))
+    return _TERM.join(frames)
+
+
 def encode(msg: dict[str, str]) -> bytes:
     """One AMI message on the wire."""
     return "".join(f"{k}: {v}\r\n" for k, v in msg.items()).encode() + b"\r\n"
@@ -89,6 +114,11 @@ class ReplayServer:
     user without the write class the action needs.
     `gap_events`: after a cut, this many further events are lost (they happened while
     nobody was connected) before the next connection's stream resumes.
+    `read`: the manager user's read classes (None: all); events of other classes are
+    never sent (FullyBooted is class system).
+    `channelvars`: False drops the ChanVariable lines (manager.conf without channelvars).
+    `timestamps`: False drops the Timestamp lines (timestampevents = no).
+    `dialplan`: context -> extensions, for ShowDialPlan.
     Clear `flowing` to pause the stream (a quiet PBX); set it to go on.
     """
 
@@ -107,8 +137,14 @@ class ReplayServer:
         fully_booted: bool = True,
         gap_events: int = 0,
         refuse: Iterable[str] = (),
+        read: Iterable[str] | None = None,
+        channelvars: bool = True,
+        timestamps: bool = True,
+        dialplan: dict[str, list[str]] | None = None,
     ) -> None:
-        self.body = body
+        self.read = None if read is None else frozenset(c.lower() for c in read)
+        self.dialplan = dict(dialplan or {})
+        self.body = _as_configured(body, self.read, channelvars=channelvars, timestamps=timestamps)
         self.username = username
         self.secret = secret
         self.speed = speed
@@ -117,7 +153,7 @@ class ReplayServer:
         self.answer_ping = answer_ping
         self.stream = stream
         self.splits = sorted(set(splits))
-        self.fully_booted = fully_booted
+        self.fully_booted = fully_booted and (self.read is None or "system" in self.read)
         self.gap_events = gap_events
         self.refuse = frozenset(refuse)
         self._cut = False
@@ -280,6 +316,8 @@ class ReplayServer:
             conn.send(self._dbget(msg, head))
         elif name == "redirect":
             conn.send(encode({"Response": "Success", **head, "Message": "Redirect successful"}))
+        elif name == "showdialplan":
+            conn.send(self._dialplan(head))
         elif name == "logoff":
             conn.send(
                 encode({"Response": "Goodbye", **head, "Message": "Thanks for all the fish."})
@@ -288,6 +326,23 @@ class ReplayServer:
         else:
             conn.send(encode({"Response": "Error", **head, "Message": "Invalid/unknown command"}))
         return False, False
+
+    def _dialplan(self, head: dict[str, str]) -> bytes:
+        start = {"Response": "Success", **head, "EventList": "start"}
+        out = [encode({**start, "Message": "DialPlan list will follow"})]
+        n = 0
+        for context, extens in self.dialplan.items():
+            for exten in extens or [""]:
+                row = {"Event": "ListDialplan", **head, "Context": context}
+                if exten:
+                    row |= {"Extension": exten, "Priority": "1", "Application": "NoOp"}
+                    row |= {"AppData": "", "Registrar": "pbx_config"}
+                out.append(encode(row))
+                n += 1
+        done = {"EventList": "Complete", "ListItems": str(n)}
+        ctx = {"ListExtensions": str(n), "ListPriorities": str(n)}
+        out.append(encode({"Event": "ShowDialPlanComplete", **head, **done, **ctx}))
+        return b"".join(out)
 
     def _dbget(self, msg: Message, head: dict[str, str]) -> bytes:
         family, key = msg.get("Family", ""), msg.get("Key", "")
