@@ -420,3 +420,44 @@ async def test_a_stop_landing_while_the_loop_wakes_ends_it(
     """The loop's wait (a wake-up or its timer): a stop at any step must end it."""
     outbox = Outbox(cfg(), store, clock, FakeSender(clock=clock))
     await assert_a_stop_ends_the_wait(lambda: outbox._wait(3600.0), outbox.wake)
+
+
+async def test_quiet_waits_for_the_texts_in_hand_and_no_longer_than_asked(
+    store: Store, clock: ManualClock
+) -> None:
+    """Work that can wait (a reply safe on the SIM) waits while due texts are being sent,
+    and for at most the time it asked."""
+    sender = FakeSender(gate=asyncio.Event())
+    outbox = _outbox(store, clock, sender, delay="0s")
+    await outbox.quiet(10.0)  # nothing in hand: at once
+    for n in NUMBERS[:2]:
+        await _enqueue(outbox, n)
+    passing = asyncio.create_task(outbox.process_due())
+    await sender.started.wait()  # the first text is at the modem
+    waiting = asyncio.create_task(outbox.quiet(10.0))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    assert sender.gate is not None
+    sender.gate.set()  # both texts go out: the pass ends
+    assert await passing == 2
+    await asyncio.wait_for(waiting, 5)
+
+    sender.gate = asyncio.Event()  # a modem that never answers
+    sender.started.clear()
+    await _enqueue(outbox, NUMBERS[2])
+    passing = asyncio.create_task(outbox.process_due())
+    await sender.started.wait()
+    waiting = asyncio.create_task(outbox.quiet(10.0))
+    for _ in range(10):  # until its timer is on the clock
+        if clock.pending:
+            break
+        await asyncio.sleep(0)
+    assert clock.pending == 1
+    clock.advance(9.9)
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    clock.advance(0.1)
+    await asyncio.wait_for(waiting, 5)  # bounded: the reply is kept all the same
+    assert not passing.done()
+    sender.gate.set()
+    await passing

@@ -62,6 +62,8 @@ STOP_DRAIN = 1.5
 #: ...and the send in flight may finish within this: with closing the port and the
 #: database, the daemon is gone within 10 s (systemd's TimeoutStopSec is 15 s).
 STOP_GRACE = 7.0
+#: The longest an inbound text waits for a burst of texts to callers to be sent first.
+INBOUND_YIELD = 10.0
 #: After a stop, how long a cancelled task may take to end before it is cancelled again.
 STOP_RECANCEL = 0.5
 #: enforce_ring_timeout: how often ringing calls are checked.
@@ -273,8 +275,16 @@ class Service:
         return views
 
     async def _keep_text(self, sms: InboundSms) -> None:
-        """A modem's inbound text, to the inbox (StoreError: not kept)."""
+        """A modem's inbound text, to the inbox (StoreError: not kept).
+
+        While a burst of texts to callers is being sent, the text waits on the SIM (read,
+        not deleted: a crash loses nothing) for at most INBOUND_YIELD, then is stored and
+        acted on: an opt-out is still obeyed within seconds, and the sends are not slowed
+        by the inbox's work.
+        """
         assert self.inbox is not None
+        assert self.outbox is not None
+        await self.outbox.quiet(INBOUND_YIELD)
         await self.inbox.receive(
             sms.sender,
             sms.text,

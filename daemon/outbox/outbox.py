@@ -253,6 +253,9 @@ class Outbox:
         self._inflight: dict[int, asyncio.Task[None]] = {}
         #: The last pass left due texts that no lane could take (wait to be woken).
         self._blocked = False
+        #: Set while no due text is in hand: see `quiet`.
+        self._quiet = asyncio.Event()
+        self._quiet.set()
         store.bus.add(_WakeOnNewText(self))
 
     # -- wiring ------------------------------------------------------------------------------
@@ -495,14 +498,42 @@ class Outbox:
             return attempts
         if isinstance(self._sender, LaneSender):
             return await self._dispatch(self._sender, now)
-        for mid, next_attempt_at in await self._store.queued():
-            if not self._can_send():
-                break
-            if next_attempt_at is not None and next_attempt_at > self._clock.now():
-                continue
-            if await self._send_one(mid):
-                attempts += 1
+        queued = await self._store.queued()
+        if any(at is None or at <= now for _, at in queued):
+            self._quiet.clear()
+        try:
+            for mid, next_attempt_at in queued:
+                if not self._can_send():
+                    break
+                if next_attempt_at is not None and next_attempt_at > self._clock.now():
+                    continue
+                if await self._send_one(mid):
+                    attempts += 1
+        finally:
+            self._quiet.set()
         return attempts
+
+    async def quiet(self, at_most: float) -> None:
+        """Return once no due text is in hand (a pass through the queue has ended), or
+        after `at_most` seconds on the clock, whichever comes first.
+
+        Texts to callers go first: work that can wait a little (storing a reply that is
+        safe on the SIM meanwhile) waits here while a burst of missed-call texts is being
+        sent, so it does not slow them; `at_most` bounds that wait, since behind a real
+        modem's pace a queue can last long.
+        """
+        if self._quiet.is_set():
+            return
+        waiters = [
+            asyncio.ensure_future(self._quiet.wait()),
+            asyncio.ensure_future(self._clock.sleep(at_most)),
+        ]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
 
     async def _dispatch(self, pool: LaneSender, now: float) -> int:
         """One pass through a pool: each due text a free lane takes is sent in its own
@@ -520,7 +551,15 @@ class Outbox:
             self._inflight[text.message_id] = task
             started += 1
         self._blocked = len(due) > started
+        self._settle_quiet()
         return started
+
+    def _settle_quiet(self) -> None:
+        """A pool is quiet when no lane sends and no due text waits for one."""
+        if self._inflight or self._blocked:
+            self._quiet.clear()
+        else:
+            self._quiet.set()
 
     async def _lane_send(self, pool: LaneSender, lane: Sender, text: QueuedText) -> None:
         """Send one text through one lane of a pool, then free the lane."""
@@ -531,6 +570,8 @@ class Outbox:
         finally:
             pool.release(lane)
             self._inflight.pop(text.message_id, None)
+            if not self._inflight:
+                self._settle_quiet()
             self.wake()
 
     def _can_send(self) -> bool:
