@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv test lint pytest test-clock demo bench clean
+.PHONY: all venv test lint pytest test-clock demo bench clean lock
 
 all: test
 
@@ -37,6 +37,18 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.run
+
+# requirements.lock: every dependency (and setuptools, to build textback itself) pinned
+# with the sha256 of every file PyPI has for that version, so install.sh's
+# `pip install --require-hashes` works on amd64, arm64 and armhf alike. Refresh it after a
+# change to pyproject.toml's dependencies, or to take newer versions: `make lock`.
+lock:
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet pip-tools
+	.venv-lock/bin/pip-compile --quiet --upgrade --generate-hashes --allow-unsafe \
+	  --strip-extras --no-emit-find-links --no-emit-index-url --output-file=requirements.lock \
+	  pyproject.toml packaging/requirements-build.in
+	rm -rf .venv-lock
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
