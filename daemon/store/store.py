@@ -40,7 +40,7 @@ from daemon.logsetup import kv
 from daemon.model import FinishedCall, MessageKind, MessageState
 from daemon.sinks.bus import EventBus
 from daemon.sinks.events import Event
-from daemon.store import reports, retention, routing, schema
+from daemon.store import backup, reports, retention, routing, schema
 from daemon.store.live import LiveState, read_live
 from daemon.store.reports import HistoryRow, PeriodStats, ReplyRow
 from daemon.store.rows import Message, StoreTx
@@ -239,6 +239,16 @@ class Store:
                 f"{self.path} has schema version {version}; this textback knows up to "
                 f"{known}: upgrade textback"
             )
+        if 0 < version < known:
+            # an upgrade: keep a copy of the database as it was before any step runs
+            try:
+                copy = await asyncio.to_thread(backup.take_backup, self.path, version)
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreError(
+                    f"cannot back up {self.path} before migrating it from schema {version}"
+                    f" ({exc}); nothing was changed: free space in {self.path.parent}"
+                ) from exc
+            log.info(kv(event="backup", database=self.path, version=version, copy=copy))
         for target in range(version + 1, known + 1):
             script = schema.MIGRATIONS[target - 1]
             # executescript commits first; the whole step plus the version bump is one
