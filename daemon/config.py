@@ -413,6 +413,41 @@ class MqttConfig(_Section):
     )
 
 
+class SendingConfig(_Section):
+    """[sending]: how this process sends its texts: its own modems, or a modem bank over
+    the MQTT broker of [mqtt] (several offices: README "Several offices")."""
+
+    via: Literal["modem", "broker"] = Field(
+        "modem",
+        description="modem: the modems of this machine; broker: each text is a job on"
+        " <topic_prefix>/jobs/<site> for the group's senders, its result read back on"
+        " <topic_prefix>/<site>/results",
+    )
+    in_flight: int = Field(
+        64, ge=1, le=10_000, description="via broker: jobs awaiting their result at once"
+    )
+    republish: Duration = Field(
+        30.0,
+        description="via broker: a job still unanswered after this long is published again"
+        " (same job_id: a sender that has it answers with its recorded result)",
+    )
+
+
+class JobsConfig(_Section):
+    """[jobs]: serve the texts of other offices (a sender of the modem bank)."""
+
+    serve: bool = Field(
+        False,
+        description="take jobs from $share/<group>/<topic_prefix>/jobs/+ on the [mqtt]"
+        " broker and send them through this machine's modems",
+    )
+    group: str = Field(
+        "textback",
+        description="the shared-subscription group: the senders of one group share the jobs;"
+        " also names the group's do-not-text list topic",
+    )
+
+
 class ContactsConfig(_Section):
     """[contacts]: the callers the office knows by name; texts greet no one else by name."""
 
@@ -499,6 +534,8 @@ class Config(BaseSettings):
     contacts: ContactsConfig = Field(default_factory=ContactsConfig)  # type: ignore[arg-type]
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)  # type: ignore[arg-type]
     mqtt: MqttConfig = Field(default_factory=MqttConfig)  # type: ignore[arg-type]
+    sending: SendingConfig = Field(default_factory=SendingConfig)  # type: ignore[arg-type]
+    jobs: JobsConfig = Field(default_factory=JobsConfig)  # type: ignore[arg-type]
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)  # type: ignore[arg-type]
     log: LogConfig = Field(default_factory=LogConfig)  # type: ignore[arg-type]
 

@@ -46,6 +46,7 @@ UNITS: dict[str, str] = {
     "textback.pumping_prefix_digits": "digits",
     "replies.forward_per_hour": "replies",
     "smtp.port": "TCP port",
+    "sending.in_flight": "jobs",
 }
 
 #: Values shown (commented out) for keys whose default is "not set".
