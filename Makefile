@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv test lint pytest test-clock demo bench clean lock
+.PHONY: all venv test lint pytest test-clock demo bench clean lock deb try-live
 
 all: test
 
@@ -37,6 +37,17 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.run
+
+# `textback check --live` against the replay server (a fake Asterisk) and the modem
+# simulator: from a fresh clone, this one command is the whole way to a green check.
+try-live: $(STAMP)
+	$(BIN)/python -m tests.trylive
+
+# build/textback_<version>_<arch>.deb for fleets (packaging/build-deb.sh says why not
+# dh-virtualenv); lintian's verdict when lintian is installed.
+deb:
+	packaging/build-deb.sh build
+	if command -v lintian >/dev/null; then lintian --fail-on error build/textback_*.deb; fi
 
 # requirements.lock: every dependency (and setuptools, to build textback itself) pinned
 # with the sha256 of every file PyPI has for that version, so install.sh's

@@ -138,6 +138,8 @@ class Account:
     groups: frozenset[int]
     exists: bool
     group_names: dict[int, str] = field(default_factory=dict)
+    wanted: str = ""
+    """The service user asked for, when it does not exist (`name` is then this user)."""
 
     def can(self, st: os.stat_result, want: int) -> bool:
         """Would this user get `want` (os.R_OK | os.W_OK | os.X_OK) on a file with `st`?
@@ -216,8 +218,12 @@ def resolve_account(host: Host, unit: Unit) -> Account:
             }
             extra = {gid_ for gid_, n in names.items() if n in unit.supplementary}
             return Account(name, uid, gid, frozenset({gid, *member, *extra}), True, names)
+    me = next(
+        (r[0] for r in _read_colon_file(host.passwd) if len(r) > 2 and r[2] == str(os.getuid())),
+        str(os.getuid()),
+    )
     return Account(
-        name, os.getuid(), os.getgid(), frozenset({os.getgid(), *os.getgroups()}), False, names
+        me, os.getuid(), os.getgid(), frozenset({os.getgid(), *os.getgroups()}), False, names, name
     )
 
 
@@ -226,8 +232,8 @@ def _account_findings(acct: Account, unit: Unit) -> list[Finding]:
         return [
             _warn(
                 "service user",
-                f"{acct.name!r} does not exist, so the checks below are for the user"
-                f" running this ({os.getuid()})",
+                f"{acct.wanted!r} does not exist, so the checks below are for the user"
+                f" running this ({acct.name})",
                 "install -m 0644 systemd/textback.sysusers /etc/sysusers.d/textback.conf"
                 " && systemd-sysusers (install.sh does it)",
             )

@@ -146,7 +146,7 @@ def test_scripts_pass_shellcheck() -> None:
     scripts = [REPO / "install.sh", REPO / "uninstall.sh", *sorted(REPO.glob("packaging/**/*.sh"))]
     scripts += [p for p in sorted(REPO.glob("packaging/deb/*")) if p.name in MAINTAINER_SCRIPTS]
     done = subprocess.run(
-        [exe, "--shell=bash", *map(str, scripts)],
+        [exe, *map(str, scripts)],
         capture_output=True,
         text=True,
         timeout=60,
