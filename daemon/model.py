@@ -173,6 +173,7 @@ class MessageKind(StrEnum):
     HELP = "help"
     STAFF_FORWARD = "staff_forward"
     TEST = "test"
+    JOB = "job"  # another office's text, taken from the broker (daemon.jobs)
 
     @property
     def waits(self) -> bool:

@@ -25,6 +25,9 @@ ALLOWED: dict[str, set[str]] = {
     "contacts": {"decide"},  # caller numbers in E.164; the Asterisk database is handed in
     "metrics": {"sinks", "store", "replies"},  # counter names, stored counts, reply kinds
     "mqtt": {"sinks", "store"},  # the events; the state it shows and the pause it writes
+    # several offices: the wire helpers of mqtt, judged numbers and caps, the outbox it
+    # feeds on a sender, the Sender interface on a site
+    "jobs": {"decide", "mqtt", "outbox", "sending", "sinks", "store"},
     "app": {
         "intake",
         "replies",
@@ -32,6 +35,7 @@ ALLOWED: dict[str, set[str]] = {
         "contacts",
         "metrics",
         "mqtt",
+        "jobs",
         "decide",
         "store",
         "outbox",

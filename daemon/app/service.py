@@ -5,8 +5,10 @@ The parts: the AMI intake and tracker (unless `[ami] enabled = false`), the pipe
 with its sinks (the log and the counters). One TaskGroup supervises. The AMI protocol
 hands events to the tracker synchronously (it is cheap and in order); what the tracker
 emits goes through a queue to the pipeline, which writes to SQLite before anything is
-sent. The outbox owns no modem: it holds the supervisor as its sender, which is ready only
-while its modem is, and texts wait in the outbox meanwhile.
+sent (with `[sending] via = "broker"` the sender is daemon.jobs' BrokerSender, and with
+`[jobs] serve` the job server feeds this outbox from the broker). The outbox owns no
+modem: it holds the supervisor as its sender, which is ready only while its modem is,
+and texts wait in the outbox meanwhile.
 
 systemd: READY=1 once config and database are up (not waiting for the PBX or the modem),
 STATUS lines a person can read, WATCHDOG=1 from the event loop, SIGTERM finishes the AT
@@ -36,6 +38,8 @@ from daemon.forwarding.mail import MailForwarder
 from daemon.intake.client import AmiClient, AmiError
 from daemon.intake.frames import Message
 from daemon.intake.tracker import WANTED_EVENTS, WANTED_VARS, CallTracker
+from daemon.jobs import roles as jobs_roles
+from daemon.jobs.site import BrokerSender
 from daemon.logsetup import kv
 from daemon.metrics.collect import Metrics, ModemView
 from daemon.metrics.export import Exporter
@@ -83,6 +87,8 @@ RESTART_KEYS: dict[str, tuple[str, ...] | None] = {
     "database": None,
     "mqtt": None,
     "metrics": None,
+    "sending": None,
+    "jobs": None,
 }
 
 
@@ -114,7 +120,9 @@ class Service:
         self.outbox: Outbox | None = None
         self.pipeline: Pipeline | None = None
         self.ami: AmiClient | None = None
-        self.sender: ModemSupervisor | ModemPool | None = None
+        self.sender: ModemSupervisor | ModemPool | BrokerSender | None = None
+        #: Several offices over a broker ([sending] via = "broker", [jobs] serve).
+        self.jobs: jobs_roles.Roles | None = None
         self.inbox: Inbox | None = None
         self.mail: MailForwarder | None = None
         self.reply_command: ReplyCommand | None = None
@@ -186,6 +194,8 @@ class Service:
         """One supervisor per modem: the one `[modem]`, or each of `[[modems]]`."""
         if isinstance(self.sender, ModemPool):
             return [lane.supervisor for lane in self.sender.lanes]
+        if isinstance(self.sender, BrokerSender):
+            return []
         return [] if self.sender is None else [self.sender]
 
     def _line_key(self, did: str) -> str:
@@ -205,7 +215,13 @@ class Service:
         self.reply_command = ReplyCommand(cfg)
         self.retention = Retention(cfg, self.store, self.clock)
         self.bus.add(self.reply_command)
-        if cfg.modems:
+        if jobs_roles.wanted(cfg):
+            # several offices over a broker (daemon.jobs): ValueError without [mqtt] url
+            self.jobs = jobs_roles.Roles(cfg, self.store, self.clock)
+            self.jobs.add_sinks(self.bus)
+        if self.jobs is not None and self.jobs.sender is not None:
+            self.sender = self.jobs.sender  # each text a job for the group's senders
+        elif cfg.modems:
             # several modems: each its own send loop; texts routed by line, last sender,
             # shortest queue (daemon.sending.pool)
             self.sender = ModemPool(
@@ -294,7 +310,11 @@ class Service:
         )
 
     async def _serve(self) -> int:
-        self._assemble()
+        try:
+            self._assemble()
+        except ValueError as exc:  # [sending] via = broker or [jobs] serve, no broker
+            log.error(kv(event="start_failed", key="mqtt.url", error=exc))
+            return 1
         if self.metrics is not None:
             # before anything else writes: the stored counts, then every event after them
             await self.metrics.seed()
@@ -347,6 +367,8 @@ class Service:
                     work.append(tg.create_task(self.reply_command.run(), name="on_reply"))
                 if self.mqtt is not None:
                     work.append(tg.create_task(self.mqtt.run(), name="mqtt"))
+                if self.jobs is not None:
+                    work.append(tg.create_task(self.jobs.run(), name="jobs"))
                 if self.ami is not None:
                     work.append(tg.create_task(self.ami.run(), name="ami"))
                     # always running: a SIGHUP may turn enforce_ring_timeout on or off

@@ -38,7 +38,7 @@ from daemon.sinks.events import (
     ReplyReceived,
     TextChanged,
 )
-from daemon.store import settings
+from daemon.store import jobs, settings
 
 if TYPE_CHECKING:
     from daemon.store.store import Store
@@ -996,6 +996,12 @@ class StoreTx:
             " VALUES (?,?,?,?,?,?)",
             (number, int(opted_out), source, text, reply_id, now),
         )
+
+    # -- several offices (daemon.store.jobs) -------------------------------------------------
+
+    def jobs(self) -> jobs.Ledger:
+        """The jobs a sender took and the group's do-not-text events, in this transaction."""
+        return jobs.Ledger(self._conn)
 
     # -- run-time settings (daemon.store.settings) ------------------------------------------
 

@@ -211,5 +211,30 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX messages_sender ON messages(sender, state);
     """,
+    # 9: several offices over a broker (issue 14). `jobs`: on a sender, each job taken
+    # (job_id unique, recorded before AT+CMGS), the outbox row that sends it and, once
+    # known, the result it was answered with (a job seen again gets the same answer).
+    # `group_optouts`: the group's do-not-text events applied here, the latest per
+    # hashed number (an older event arriving late is not applied over a newer one).
+    """
+    CREATE TABLE jobs (
+        job_id TEXT PRIMARY KEY,
+        site TEXT NOT NULL,
+        message_id INTEGER REFERENCES messages(id),
+        state TEXT NOT NULL DEFAULT '',
+        detail TEXT NOT NULL DEFAULT '',
+        modem TEXT NOT NULL DEFAULT '',
+        received_at REAL NOT NULL,
+        answered_at REAL
+    );
+    CREATE INDEX jobs_message ON jobs(message_id);
+    CREATE TABLE group_optouts (
+        number_hash TEXT PRIMARY KEY,
+        event_id TEXT NOT NULL,
+        opted_out INTEGER NOT NULL,
+        at REAL NOT NULL,
+        applied_at REAL NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,145 @@
+"""The broker connection of the jobs roles: MQTT 5, reconnecting, one per process.
+
+`Link.run` connects to `[mqtt] url` (its own client id, `<client_id or textback-<site>>-jobs`),
+subscribes to what its users asked for and hands every message to `on_message` in order;
+a lost connection is retried by capped exponential backoff, one log line per change.
+A sender's session is persistent (clean start off, SESSION_EXPIRY): jobs the broker
+queued for it while it was away are delivered when it is back, not given to another
+sender that might send them twice. `publish` raises `LinkDown` while there is no
+connection: its callers keep the work durable and try again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from daemon.clock import Clock
+from daemon.config import Config
+from daemon.logsetup import kv
+from daemon.mqtt.broker import Broker
+from daemon.mqtt.payloads import site_of
+
+log = logging.getLogger("daemon.jobs")
+
+#: Reconnect backoff: first wait, doubling to the longest.
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+#: Connect, subscribe and publish acknowledgements: a broker silent this long has failed.
+BROKER_TIMEOUT = 10.0
+#: How long the broker keeps a persistent session (and its queued jobs) while away.
+SESSION_EXPIRY = 86400
+
+Handler = Callable[[str, bytes], Awaitable[None]]
+
+
+class LinkDown(ConnectionError):
+    """No broker connection now: nothing was published."""
+
+
+class Link:
+    """One MQTT 5 connection; see the module docstring."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        clock: Clock,
+        *,
+        subscriptions: Sequence[str],
+        on_message: Handler,
+        persistent: bool,
+    ) -> None:
+        self._cfg = cfg
+        self._clock = clock
+        self.broker = Broker.parse(cfg.mqtt.url)
+        self.site = site_of(cfg)
+        self._subs = list(subscriptions)
+        self._on_message = on_message
+        self._persistent = persistent
+        self._client: aiomqtt.Client | None = None
+        self.connected = asyncio.Event()
+        self._state_down = ""
+        #: Messages whose handler raised (logged; the link goes on).
+        self.bugs = 0
+
+    def _client_for(self) -> aiomqtt.Client:
+        m = self._cfg.mqtt
+        tls = ssl.create_default_context(cafile=m.ca_file or None) if self.broker.tls else None
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = SESSION_EXPIRY if self._persistent else 0
+        return aiomqtt.Client(
+            self.broker.host,
+            self.broker.port,
+            username=m.username or None,
+            password=m.password or None,
+            identifier=f"{m.client_id or f'textback-{self.site}'}-jobs",
+            keepalive=max(1, round(m.keepalive)),
+            tls_context=tls,
+            timeout=BROKER_TIMEOUT,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=not self._persistent,
+            properties=props,
+            logger=logging.getLogger("daemon.jobs.paho"),
+        )
+
+    async def run(self) -> None:
+        """Connect, subscribe, hand on messages, reconnect: until cancelled."""
+        delay = BACKOFF_FIRST
+        while True:
+            try:
+                client = self._client_for()
+                async with client:
+                    for topic in self._subs:
+                        await client.subscribe(topic, qos=1)
+                    self._client = client
+                    self.connected.set()
+                    log.info(kv(event="jobs_link_up", broker=self.broker, site=self.site))
+                    self._state_down = ""
+                    delay = BACKOFF_FIRST
+                    async for message in client.messages:
+                        raw = message.payload if isinstance(message.payload, bytes) else b""
+                        try:
+                            await self._on_message(message.topic.value, raw)
+                        except Exception as exc:  # one bad message never stops the link
+                            self.bugs += 1
+                            log.exception(kv(event="bug", during="jobs_message", error=exc))
+            except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:
+                self._down(exc, delay)
+            finally:
+                self._client = None
+                self.connected.clear()
+            await self._clock.sleep(delay * (0.75 + random.random() / 2))
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    def _down(self, exc: BaseException, retry_in: float) -> None:
+        error = str(exc) or type(exc).__name__
+        level = logging.DEBUG if error == self._state_down else logging.WARNING
+        self._state_down = error
+        log.log(
+            level,
+            kv(event="jobs_link_down", broker=self.broker, error=error, retry_in=f"{retry_in:g}s"),
+        )
+
+    async def publish(
+        self, topic: str, payload: bytes, *, retain: bool = False, expiry: float | None = None
+    ) -> None:
+        """QoS 1 (waits for the broker's acknowledgement); LinkDown without a connection.
+        `expiry`: MQTT 5 message expiry, in seconds (at least 1)."""
+        client = self._client
+        if client is None:
+            raise LinkDown("no broker connection")
+        props = None
+        if expiry is not None:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.MessageExpiryInterval = max(1, int(expiry))
+        try:
+            await client.publish(topic, payload, qos=1, retain=retain, properties=props)
+        except aiomqtt.MqttError as exc:
+            raise LinkDown(str(exc)) from exc
