@@ -1,0 +1,213 @@
+"""Several offices over one broker (issue 14), with real processes: a Mosquitto broker,
+a sender daemon (`[ami] enabled = false`, `[jobs] serve = true`, a simulator modem) and
+a site daemon (`[sending] via = "broker"`, the fake PBX replaying a recorded burst).
+The simulator's records are the judge of what reached the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import re
+import time
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from daemon.intake.replayserver import ReplayServer
+from gsm import simulator
+from tests.daemonproc import running_daemon
+from tests.mqtt_support import broker, free_port
+from tests.test_e2e import (
+    BURST,
+    TERMINAL,
+    body_of,
+    db_rows,
+    expectation,
+    messages,
+    ready,
+    stop,
+    wait_until,
+    write_config,
+)
+
+pytestmark = pytest.mark.timeout(90)
+
+LAB_NUMBER = "+12025550199"  # the directly published jobs' destination (not in the burst)
+
+
+def iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + "Z"
+
+
+def site_config(path: Path, *, port: int, device: str, db: Path, extra: str) -> Path:
+    write_config(path, port=port, device=device, db=db, extra=extra)
+    return path
+
+
+def sender_config(path: Path, device: str, db: Path, url: str) -> Path:
+    extra = (
+        f'[mqtt]\nurl = "{url}"\nsite = "bank"\ndiscovery = false\n'
+        '[jobs]\nserve = true\ngroup = "dental"\n'
+    )
+    write_config(path, port=free_port(), device=device, db=db, extra=extra)
+    text = path.read_text(encoding="utf-8")
+    text = re.sub(r"(?m)^\[ami\]\n", "[ami]\nenabled = false\n", text, count=1)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+class Results:
+    """A real MQTT 5 client that publishes jobs and keeps the results it hears."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.port = port
+        self.topic = topic
+        self.heard: list[dict[str, str]] = []
+        self._new = asyncio.Event()
+        self.client: aiomqtt.Client | None = None
+
+    async def run(self, up: asyncio.Event) -> None:
+        async with aiomqtt.Client(
+            "127.0.0.1", self.port, protocol=aiomqtt.ProtocolVersion.V5
+        ) as client:
+            self.client = client
+            await client.subscribe(self.topic, qos=1)
+            up.set()
+            async for m in client.messages:
+                assert isinstance(m.payload, bytes)
+                self.heard.append(json.loads(m.payload))
+                self._new.set()
+
+    async def wait(self, n: int, timeout: float = 20.0) -> None:
+        async def _wait() -> None:
+            while len(self.heard) < n:
+                self._new.clear()
+                await self._new.wait()
+
+        try:
+            await asyncio.wait_for(_wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"{len(self.heard)} results of {n}: {self.heard}") from None
+
+    async def publish(self, site: str, payload: bytes) -> None:
+        assert self.client is not None
+        await self.client.publish(f"textback/jobs/{site}", payload, qos=1)
+
+
+async def test_sender_and_site_over_a_broker(tmp_path: Path) -> None:
+    exp = expectation(BURST)
+    assert len(exp.sure) == 23
+    stopper = sorted(exp.sure)[0]  # texts STOP to the bank before the site starts
+    async with contextlib.AsyncExitStack() as stack:
+        mq = await stack.enter_async_context(broker(tmp_path))
+        sim = await stack.enter_async_context(
+            simulator.running("sim800", simulator.Faults(accept_delay=0.02))
+        )
+        sdb = tmp_path / "sender.db"
+        (tmp_path / "s").mkdir()
+        scfg = sender_config(tmp_path / "s" / "sender.toml", sim.device, sdb, mq.url)
+        sender = await stack.enter_async_context(running_daemon(scfg, tmp_path / "s"))
+        await ready(sender)
+        await sender.wait_log("event=jobs_link_up")
+
+        # -- a STOP received by the bank's modem goes to the whole group's list
+        sim.inject_text(stopper, "STOP")
+        await sender.wait_log("event=group_optout_published")
+
+        # -- jobs published by hand: repeated, expired, malformed
+        res = Results(mq.port, "textback/lab/results")
+        up = asyncio.Event()
+        task = asyncio.create_task(res.run(up))
+        stack.push_async_callback(_cancel, task)
+        await asyncio.wait_for(up.wait(), 10)
+        job = {
+            "job_id": "lab:1:1000",
+            "destination": LAB_NUMBER,
+            "text": "one text, three deliveries",
+            "line": "",
+            "not_after": iso(time.time() + 600),
+        }
+        for _ in range(3):
+            await res.publish("lab", json.dumps(job).encode())
+        old = dict(job, job_id="lab:2:1000", text="too late", not_after=iso(time.time() - 5))
+        await res.publish("lab", json.dumps(old).encode())
+        bad = [
+            b"not json at all",
+            json.dumps({"job_id": "lab:3:1"}).encode(),
+            json.dumps(dict(job, job_id="lab:4:1", destination="+1202555")).encode(),
+            json.dumps(dict(job, job_id="lab:5:1", text="x" * 10_000)).encode(),
+            json.dumps(dict(job, job_id="north:6:1")).encode(),  # forged: another site's id
+        ]
+        for payload in bad:
+            await res.publish("lab", payload)
+        # the two repeats came while the text was on its way: its one result follows
+        await res.wait(1 + 1 + len(bad))
+        # seen again after its result: answered from the record, not sent again
+        await res.publish("lab", json.dumps(job).encode())
+        await res.wait(2 + 1 + len(bad))
+        by_state = collections.Counter(r["state"] for r in res.heard)
+        assert by_state == {"sent": 2, "expired": 1, "refused": 5}, res.heard
+        assert {r["job_id"] for r in res.heard if r["state"] == "sent"} == {"lab:1:1000"}
+        refused = [r["detail"] for r in res.heard if r["state"] == "refused"]
+        assert any("not JSON" in d for d in refused)
+        assert any("missing" in d for d in refused)
+        assert any("not a valid number" in d or "E.164" in d for d in refused)
+        assert any("10000 characters" in d for d in refused)
+        assert any("not one of site" in d for d in refused)
+        assert [p.text for p in sim.parts if p.number == LAB_NUMBER] == [job["text"]]
+        assert sender.proc is not None
+        assert sender.proc.returncode is None
+
+        # -- a site joins later: it gets the group's list, then its burst goes by the bank
+        server = ReplayServer(body_of(BURST), username="e2e", secret="e2e-secret")
+        await server.start()
+        stack.push_async_callback(server.close)
+        db = tmp_path / "site.db"
+        extra = (
+            f'[mqtt]\nurl = "{mq.url}"\nsite = "north"\ndiscovery = false\n'
+            '[sending]\nvia = "broker"\n[jobs]\ngroup = "dental"\n'
+        )
+        cfg = site_config(
+            tmp_path / "site.toml", port=server.port, device="unused", db=db, extra=extra
+        )
+        async with running_daemon(cfg, tmp_path) as site:
+            await ready(site)
+            await wait_until(
+                site,
+                lambda: (
+                    len(messages(db)) == 22 and all(m["state"] in TERMINAL for m in messages(db))
+                ),
+            )
+            assert await stop(site) == 0
+        rows = messages(db)
+        assert collections.Counter(r["state"] for r in rows) == {"sent": 22}
+        assert all(r["sender"] == "bank/modem" for r in rows)
+        optout = db_rows(
+            db,
+            "SELECT d.action, d.reason FROM decisions d JOIN calls c ON c.id = d.call_id"
+            " WHERE c.destination = ?",
+            (stopper,),
+        )
+        assert [(r["action"], r["reason"]) for r in optout][:1] == [("suppress", "opted_out")]
+        assert await stop(sender) == 0
+
+    # every expected text reached the network once; the stopper got only its confirmation
+    reached = collections.Counter(p.number for p in sim.parts if p.number != LAB_NUMBER)
+    want = collections.Counter(n for n in exp.sure if n != stopper)
+    want[stopper] = 1  # the opt-out confirmation
+    assert reached == want
+    assert {p.number: p.text for p in sim.parts if p.number in want and p.number != stopper} == {
+        n: t for n, t in exp.sure.items() if n != stopper
+    }
+    jobs = db_rows(sdb, "SELECT state FROM jobs")
+    assert collections.Counter(r["state"] for r in jobs) == {"sent": 23, "expired": 1}
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+        await task
