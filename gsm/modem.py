@@ -74,6 +74,8 @@ from gsm.transport import SerialLink
 log = logging.getLogger(__name__)
 
 Keeper = Callable[[Inbound], Awaitable[bool]]
+#: Awaited before each read of what is stored on the SIM (see `set_read_gate`).
+ReadGate = Callable[[], Awaitable[None]]
 """Stores an inbound item for good: True once its SIM slots may be deleted (set_keeper)."""
 
 Reports = Literal["auto", "stored", "direct"]
@@ -354,6 +356,7 @@ class Modem:
         self._ops: asyncio.Queue[_SimOp] = asyncio.Queue()
         self._sweep_queued = False
         self._keeper: Keeper | None = None
+        self._read_gate: ReadGate | None = None
         self._keeping: asyncio.Queue[Ready] = asyncio.Queue()
         self._assembler = Assembler(wait=self.t.part_wait)
         self._part_timer: asyncio.TimerHandle | None = None
@@ -1376,6 +1379,13 @@ class Modem:
     # said True (a _Delete op back to the worker). The keeper is awaited by its own task,
     # never under the lock, so a slow database holds up no send.
 
+    def set_read_gate(self, gate: ReadGate | None) -> None:
+        """Await `gate()` before each read of stored messages (a +CMTI, a sweep), so that
+        an application can put its own work first, e.g. a burst of sends: what waits
+        stays on the SIM meanwhile, so nothing is lost. The gate should be bounded; one
+        that raises is logged and passed."""
+        self._read_gate = gate
+
     def set_keeper(self, keeper: Keeper | None) -> None:
         """Hand every inbound item to `keeper` instead of `incoming()`.
 
@@ -1577,6 +1587,12 @@ class Modem:
     async def _inbound_worker(self) -> None:
         while True:
             op = await self._ops.get()
+            gate = self._read_gate
+            if gate is not None and not isinstance(op, _Delete):
+                try:
+                    await gate()
+                except Exception:  # the application's bug must not end receiving
+                    log.exception("the read gate failed")
             if isinstance(op, _Sweep):
                 self._sweep_queued = False
             try:

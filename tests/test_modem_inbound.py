@@ -553,3 +553,36 @@ async def test_a_text_names_the_sim_slots_it_was_read_from(sim: Simulator) -> No
     assert isinstance(direct, Deliver)
     assert (long.text, sorted(long.slots)) == (LONG, ["SM:1", "SM:2", "SM:3"])
     assert (direct.text, direct.slots) == ("direct", ())
+
+
+async def test_a_read_gate_holds_the_reading_and_the_text_waits_on_the_sim(
+    sim: Simulator,
+) -> None:
+    """An application's gate (sends first) is awaited before a stored text is read: the
+    text stays on the SIM, unread and unkept, until the gate opens."""
+    keeper = Keeper(sim, lambda _item: True)
+    entered = asyncio.Event()
+    release = asyncio.Event()
+    hold = False
+
+    async def gate() -> None:
+        if hold:
+            entered.set()
+            await release.wait()
+
+    modem = Modem(sim.device, timeouts=FAST)
+    modem.set_keeper(keeper)
+    modem.set_read_gate(gate)  # before start, as the service does
+    await asyncio.wait_for(modem.start(), 10)
+    try:
+        # the start-up sweep lists the SIM first: hold the reads once it has
+        await _until(sim, lambda: any(c.startswith("AT+CMGL") for c in sim.commands))
+        hold = True
+        sim.inject_text(CALLER, "call me back")
+        await asyncio.wait_for(entered.wait(), WAIT)
+        assert keeper.items == []
+        assert len(sim.stored()) == 1  # safe on the SIM while the gate holds
+        release.set()
+        await _until(sim, lambda: keeper.texts() == ["call me back"] and not sim.stored())
+    finally:
+        await modem.close()

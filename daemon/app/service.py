@@ -231,6 +231,7 @@ class Service:
                 clock=self.clock,
                 timeouts=self._modem_timeouts,
                 keep_text=self._keep_text,
+                read_gate=self._inbound_gate,
                 line_key=self._line_key,
             )
         else:
@@ -241,6 +242,7 @@ class Service:
                 clock=self.clock,
                 timeouts=self._modem_timeouts,
                 keep_text=self._keep_text,
+                read_gate=self._inbound_gate,
             )
         self.outbox = Outbox(cfg, self.store, self.clock, sender=self.sender)
         if cfg.metrics.textfile or cfg.metrics.listen:
@@ -289,6 +291,12 @@ class Service:
             dbm = None if rssi is None else csq_dbm(rssi)
             views.append(ModemView(sup.name, sup.ready, dbm))
         return views
+
+    async def _inbound_gate(self) -> None:
+        """Before the driver reads a text from the SIM: texts to callers first (at most
+        INBOUND_YIELD), the text waiting on the SIM meanwhile."""
+        if self.outbox is not None:
+            await self.outbox.quiet(INBOUND_YIELD)
 
     async def _keep_text(self, sms: InboundSms) -> None:
         """A modem's inbound text, to the inbox (StoreError: not kept).

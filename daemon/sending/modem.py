@@ -27,7 +27,7 @@ from daemon.sinks.events import ModemStateChanged
 from daemon.store.store import Store, StoreError
 from gsm.errors import GsmError, PinError
 from gsm.finder import find_by_imei
-from gsm.modem import Modem, ModemInfo, ModemState, Timeouts
+from gsm.modem import Modem, ModemInfo, ModemState, ReadGate, Timeouts
 from gsm.pdu import Deliver, StatusReport
 
 # The journal name operators filter on: kept stable when modules move.
@@ -108,8 +108,10 @@ class ModemSupervisor:
         keep_text: TextKeeper | None = None,
         vet: Vetter | None = None,
         finder: ImeiFinder | None = None,
+        read_gate: ReadGate | None = None,
     ) -> None:
         self._cfg = cfg
+        self._read_gate = read_gate
         self._vet = vet
         self._finder = finder
         #: What the last probe said (None before, or when the probe failed).
@@ -240,6 +242,7 @@ class ModemSupervisor:
             # Before start: the start-up sweep reads what arrived while we were down, and
             # each of those too must be stored before the SIM lets go of it.
             modem.set_keeper(self._keep)
+            modem.set_read_gate(self._read_gate)
             try:
                 await modem.start()
             except PinError as exc:

@@ -37,7 +37,7 @@ from daemon.sending.sender import Sender, SendRequest, SendResult, SendStatus
 from daemon.sinks.bus import EventBus
 from daemon.store.routing import QueuedText
 from daemon.store.store import Store, StoreError
-from gsm.modem import ModemInfo, Timeouts
+from gsm.modem import ModemInfo, ReadGate, Timeouts
 
 # The journal name operators filter on.
 log = logging.getLogger("daemon.service")
@@ -127,6 +127,7 @@ class ModemPool:
         keep_text: TextKeeper | None = None,
         line_key: Callable[[str], str] | None = None,
         finder: ImeiFinder | None = None,
+        read_gate: ReadGate | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -143,6 +144,7 @@ class ModemPool:
                 keep_text=keep_text,
                 vet=self._vet,
                 finder=finder,
+                read_gate=read_gate,
             )
             self.lanes.append(Lane(entry, sup, i))
         self._by_name = {lane.name: lane for lane in self.lanes}
