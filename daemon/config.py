@@ -427,9 +427,11 @@ class SendingConfig(_Section):
         64, ge=1, le=10_000, description="via broker: jobs awaiting their result at once"
     )
     republish: Duration = Field(
-        30.0,
+        0.0,
         description="via broker: a job still unanswered after this long is published again"
-        " (same job_id: a sender that has it answers with its recorded result)",
+        " (same job_id: a sender that has it answers with its recorded result); 0s: never."
+        " Safe with one sender only: with several, a job still queued at one may go to"
+        " another and be sent twice",
     )
 
 
