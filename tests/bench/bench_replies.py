@@ -786,15 +786,16 @@ scratch runs; none of that is part of `make bench`):
   {share:.0f}% of one core, so a slowdown of about {share:.0f}% is to be expected from
   CPU alone (measured: {100 * (verdicts["stream"][1] - 1):+.0f}% at p99,
   {100 * (s50 - 1):+.0f}% at p50).{flip} Mail forwarding was what cost the margin
-  before this run's code: with `forward_email` off the same rounds slowed the sends by
-  1.05x at p99; with it on, 1.32x-1.53x, for 7-10 ms of daemon CPU per inbound text, about
-  half of it building and sending mail (a py-spy profile). The mail of a reply waited for
-  queued texts then only 10 s, so in a steady flow of replies every mail still left
-  during the burst, 10 s late. Now a mail waits while texts are queued for up to a
-  minute (longer than a burst the daemon's own pace sets), the mails held back leave
-  together over one SMTP session after the burst, and what remains during a burst is
-  reading and storing each text (AT+CMGR, the inbox's transaction, AT+CMGD under the
-  modem's command lock, between two sends).
+  first: with `forward_email` off the same rounds slowed the sends by 1.05x at p99;
+  with it on, 1.32x-1.53x. Since then, while the outbox has due texts in hand, a mail
+  waits (up to a minute; the held-back mails then share one SMTP session) and so does
+  an inbound text, on the SIM, before it is read and stored (up to 10 s:
+  `Outbox.quiet`, the driver's read gate): the "most texts on the SIM" column shows
+  them waiting. The bursts with a stream are still slower than those alone, with none
+  of the inbox's work left inside them; what else costs them (the +CMTI lines, the
+  pass boundaries where a waiting text slips through, this process, which runs the
+  simulator that answers every AT command and also injects the stream) is not measured
+  step by step yet.
 - The harsh stream ({h0["inbound"] / h0["window"]:.0f} texts/s, far beyond the issue's
   rate): nothing was lost, but the driver reads one text at a time (AT+CMGR, the
   inbox's transaction, AT+CMGD) under the command lock the sends use too: about
