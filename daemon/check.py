@@ -117,7 +117,41 @@ def validate(cfg: Config) -> list[Problem]:
     out += _check_contacts(cfg)
     out += _check_metrics(cfg)
     out += _check_mqtt(cfg)
+    out += _check_jobs(cfg)
     out += _check_texts(cfg)
+    return out
+
+
+def _check_jobs(cfg: Config) -> list[Problem]:
+    """[sending] via = "broker" and [jobs] serve need the broker of [mqtt]; a sender with
+    AMI on also judges calls of its own (allowed, but rarely meant)."""
+    out = []
+    no_broker = not cfg.mqtt.url.strip()
+    if cfg.sending.via == "broker" and no_broker:
+        out.append(
+            _err(
+                "sending.via",
+                '"broker" sends every text as a job over MQTT, but [mqtt] url is empty',
+                'set [mqtt] url = "mqtt://<central broker>:1883", or via = "modem"',
+            )
+        )
+    if cfg.jobs.serve and no_broker:
+        out.append(
+            _err(
+                "jobs.serve",
+                "a sender takes the group's jobs from MQTT, but [mqtt] url is empty",
+                'set [mqtt] url = "mqtt://<central broker>:1883", or serve = false',
+            )
+        )
+    if cfg.jobs.serve and cfg.sending.via == "broker":
+        out.append(
+            _err(
+                "jobs.serve",
+                'a sender must send through its own modems: [sending] via = "broker" here'
+                " would hand its texts back to the broker",
+                'set [sending] via = "modem" on the sender',
+            )
+        )
     return out
 
 

@@ -487,3 +487,22 @@ def test_modem_device_without_permission_is_a_warning(monkeypatch: pytest.Monkey
     assert ("modem.device", "warning", "/dev/null is not readable and writable by this user") in [
         (k, s, m) for k, s, m in found
     ]
+
+
+def test_check_names_a_broker_role_without_a_broker(tmp_path: Path) -> None:
+    _, problems = check_config(write(tmp_path, '[sending]\nvia = "broker"\n'))
+    assert [(p.key, p.severity.name) for p in problems if p.key == "sending.via"] == [
+        ("sending.via", "ERROR")
+    ]
+    _, problems = check_config(
+        write(tmp_path, '[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n[jobs]\nserve = true\n')
+    )
+    assert not [p for p in problems if p.key.startswith(("jobs.", "sending."))]
+    _, problems = check_config(
+        write(
+            tmp_path,
+            '[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n[jobs]\nserve = true\n'
+            '[sending]\nvia = "broker"\n',
+        )
+    )
+    assert [p.key for p in problems if p.key == "jobs.serve"] == ["jobs.serve"]
