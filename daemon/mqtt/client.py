@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import ssl
@@ -54,6 +55,8 @@ from daemon.store.store import Store, StoreError
 
 log = logging.getLogger("daemon.mqtt")
 
+#: Events published at once, each awaiting its PUBACK (under paho's max_inflight, 20).
+IN_FLIGHT = 16
 #: Events held while the broker is away (a few hundred bytes each).
 MAX_QUEUED = 10_000
 #: The state is published at most this often (it changes with every call and text).
@@ -307,13 +310,25 @@ class MqttSink:
 
     async def _flush_events(self, client: aiomqtt.Client) -> None:
         while self._queue:
-            topic, payload = self._queue[0]
-            await _publish(client, topic, payload, qos=1, retain=False)
+            # Up to IN_FLIGHT at once: one publish and its PUBACK at a time cost a turn of
+            # the loop and a socket write and read each; the packets still leave in order
+            # on the one connection, and the broker keeps that order.
+            batch = list(itertools.islice(self._queue, IN_FLIGHT))
+            results = await asyncio.gather(
+                *(
+                    _publish(client, topic, payload, qos=1, retain=False)
+                    for topic, payload in batch
+                ),
+                return_exceptions=True,
+            )
             # gone from the queue only once the broker has it (PUBACK): an event cut off
             # by a lost link goes again; its event_id lets consumers drop the repeat
-            if self._queue and self._queue[0][1] is payload:
-                self._queue.popleft()
-            self.published += 1
+            for (_, payload), result in zip(batch, results, strict=True):
+                if isinstance(result, BaseException):
+                    raise result
+                if self._queue and self._queue[0][1] is payload:
+                    self._queue.popleft()
+                self.published += 1
 
     async def _flush_retained(self, client: aiomqtt.Client) -> None:
         while self._retained:
