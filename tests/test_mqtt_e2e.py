@@ -68,6 +68,8 @@ def cli(config: Path, *args: str) -> str:
 
 async def place(server: BenchServer, maker: CallMaker, index: int) -> None:
     """One missed call (abandoned while ringing), written at once."""
+    # The real daemon runs on the system clock, so its events carry "now"; nothing asserted
+    # depends on the hour (the config keeps the office open all week, no caps).
     before, hangup, after = maker.render(index, time.time())
     server.write(before + hangup + after)
     await server.drain()

@@ -124,6 +124,8 @@ async def test_sender_and_site_over_a_broker(tmp_path: Path) -> None:
         task = asyncio.create_task(res.run(up))
         stack.push_async_callback(_cancel, task)
         await asyncio.wait_for(up.wait(), 10)
+        # The sender daemon judges not_after on the system clock: only the +-600 s and -5 s
+        # windows around "now" matter, never the hour.
         job = {
             "job_id": "lab:1:1000",
             "destination": LAB_NUMBER,
