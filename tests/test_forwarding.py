@@ -8,7 +8,7 @@ import email
 import socket
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from email.message import Message
 from pathlib import Path
 from typing import Any
@@ -97,7 +97,7 @@ class Office:
         self.sender = FakeSender(clock=self.clock)
         self.outbox = Outbox(cfg, store, self.clock, self.sender)
         self.inbox = Inbox(cfg, store, self.clock)
-        self.mail = MailForwarder(cfg, store, self.clock)
+        self.mail = MailForwarder(cfg, store, self.clock, texts_first=self.outbox)
         store.bus.add(self.mail)
 
 
@@ -356,7 +356,7 @@ async def test_texts_to_callers_go_before_mail_for_at_most_a_minute(
 ) -> None:
     server, port = smtp
     office = Office(store, _cfg(port))
-    office.sender.ready = False  # a burst waits in the outbox
+    office.sender.gate = asyncio.Event()  # the text's send is under way until released
     await office.outbox.enqueue(
         destination=NUMBERS[1],
         text="sorry we missed you",
@@ -365,13 +365,53 @@ async def test_texts_to_callers_go_before_mail_for_at_most_a_minute(
         parts=1,
         kind=MessageKind.TEST,
     )
+    sending = asyncio.create_task(office.outbox.process_due())
+    await asyncio.wait_for(office.sender.started.wait(), 5)
+    assert office.outbox.busy()
     await office.inbox.receive(NUMBERS[0], "call me")
-    assert await office.mail.process_due() == 0  # the text is still queued: mail waits
+    assert await office.mail.process_due() == 0  # a text is being sent: mail waits
     office.clock.advance(59)
     assert await office.mail.process_due() == 0
     office.clock.advance(1)
     assert await office.mail.process_due() == 1  # never more than MAIL_YIELD
     assert len(server.mails) == 1
+    office.sender.gate.set()
+    assert await sending == 1
+    assert not office.outbox.busy()
+
+
+async def test_held_mail_leaves_when_the_texts_are_out(
+    store: Store, smtp: tuple[Inbox_, int]
+) -> None:
+    """The worker waits for the outbox to be quiet, not for its next look: the mail
+    leaves as soon as the burst's last text is handed over, and no sooner."""
+    server, port = smtp
+    office = Office(store, _cfg(port))
+    office.sender.gate = asyncio.Event()
+    await office.outbox.enqueue(
+        destination=NUMBERS[1],
+        text="sorry we missed you",
+        template_kind=None,
+        call_ids=[],
+        parts=1,
+        kind=MessageKind.TEST,
+    )
+    sending = asyncio.create_task(office.outbox.process_due())
+    await asyncio.wait_for(office.sender.started.wait(), 5)
+    await office.inbox.receive(NUMBERS[0], "call me")
+    worker = asyncio.create_task(office.mail.run())
+    try:
+        # the worker's pass finds the outbox busy: it waits on the clock for MAIL_YIELD
+        # at most (one sleeper), having mailed nothing
+        await _until(lambda: office.clock.pending == 1)
+        assert server.mails == []
+        office.sender.gate.set()
+        assert await sending == 1
+        await _until(lambda: len(server.mails) == 1)  # with no clock advanced
+    finally:
+        office.sender.gate.set()
+        worker.cancel()
+        await asyncio.gather(worker, sending, return_exceptions=True)
 
 
 async def test_a_stop_landing_while_the_worker_wakes_ends_it(store: Store) -> None:
@@ -382,3 +422,12 @@ async def test_a_stop_landing_while_the_worker_wakes_ends_it(store: Store) -> No
     await assert_a_stop_ends_the_wait(
         lambda: office.mail._wait(3600.0), lambda: office.mail.reconfigure(cfg)
     )
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for work on other threads (the database's, the SMTP server's)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.005)

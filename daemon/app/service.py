@@ -245,6 +245,7 @@ class Service:
                 read_gate=self._inbound_gate,
             )
         self.outbox = Outbox(cfg, self.store, self.clock, sender=self.sender)
+        self.mail.texts_first = self.outbox  # mail waits while a burst of texts goes out
         if cfg.metrics.textfile or cfg.metrics.listen:
             # a sink like the others: it hears the bus and reads probes, nobody calls it
             metrics = Metrics(

@@ -26,6 +26,7 @@ import sqlite3
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
+from typing import Protocol
 
 import aiosmtplib
 import phonenumbers
@@ -35,7 +36,6 @@ from daemon.config import Config
 from daemon.decide.hours import office_zone
 from daemon.decide.templates import clean_text
 from daemon.logsetup import kv
-from daemon.model import MessageState
 from daemon.sinks.events import Event, ReplyReceived
 from daemon.store.reports import ReplyRow
 from daemon.store.store import Store, StoreError, StoreTx
@@ -51,15 +51,13 @@ GIVE_UP_AFTER = 86_400.0
 IDLE_POLL = 3600.0
 #: A whole mail may take this many SMTP timeouts (connect, hello, TLS, login, mail, data).
 SEND_STEPS = 6
-#: The longest a mail waits for queued texts to go first. A burst that the daemon's own
+#: The longest a mail waits for due texts to go first. A burst that the daemon's own
 #: CPU paces (texts queued faster than it can hand them to the modem) lasts seconds, so
 #: this bound is rarely reached there; behind a real modem's pace (3-7 s a text) a queue
 #: can last long, and a mail about a reply then still leaves within a minute. A shorter
 #: bound does not spare the texts anything in a steady flow of replies: each mail only
 #: leaves that much later, and the mails still go out during the burst.
 MAIL_YIELD = 60.0
-#: How often a held-back mail looks again.
-YIELD_POLL = 0.5
 
 _KIND_WORDS = {
     "opt_out": "Opt-out",
@@ -137,17 +135,34 @@ def compose(cfg: Config, row: ReplyRow, *, recipients: list[str], extra: int = 0
     return msg
 
 
+class TextsFirst(Protocol):
+    """What mail waits for: the outbox (daemon.outbox.Outbox), given by the assembly."""
+
+    def busy(self) -> bool:
+        """Due texts are in hand now."""
+        ...
+
+    async def quiet(self, at_most: float) -> None:
+        """Return once no due text is in hand, or after `at_most` seconds."""
+        ...
+
+
 class MailForwarder:
     """The mail sink and its worker (`run()` in the service's TaskGroup)."""
 
     name = "mail"
 
-    def __init__(self, cfg: Config, store: Store, clock: Clock) -> None:
+    def __init__(
+        self, cfg: Config, store: Store, clock: Clock, texts_first: TextsFirst | None = None
+    ) -> None:
         self._cfg = cfg
         self._store = store
         self._clock = clock
         self._wake = asyncio.Event()
-        self._yielded = False
+        #: The outbox, set by the assembly; without it mail never waits for texts.
+        self.texts_first = texts_first
+        #: When the oldest mail held back for texts may wait no longer (None: none held).
+        self._held_until: float | None = None
 
     def reconfigure(self, cfg: Config) -> None:
         """New addresses and server from now on (SIGHUP)."""
@@ -174,11 +189,12 @@ class MailForwarder:
                 log.exception(kv(event="bug", during="forwarding", error=repr(exc)))
                 nxt = self._clock.now() + RETRY_FIRST
             delay = IDLE_POLL if nxt is None else max(0.0, nxt - self._clock.now())
-            if self._yielded:
-                # Mail held back for texts: look again soon, but not at every reply that
-                # comes meanwhile (two queries each, on the connection the sends use).
-                self._yielded = False
-                await self._clock.sleep(min(delay, YIELD_POLL))
+            held, self._held_until = self._held_until, None
+            if held is not None and self.texts_first is not None:
+                # Mail held back for texts: wait for the burst to end (or the oldest
+                # mail's bound). Not a look at every reply that comes meanwhile: each
+                # look is queries on the database connection the sends use.
+                await self.texts_first.quiet(max(0.0, held - self._clock.now()))
                 continue
             await self._wait(min(delay, IDLE_POLL))
 
@@ -197,9 +213,10 @@ class MailForwarder:
     async def process_due(self) -> int:
         """Try every due mail once; returns how many the server took.
 
-        Texts to callers go first: while the outbox has texts queued (a burst of missed
-        calls), a mail younger than MAIL_YIELD waits for the next pass, so building and
-        sending mail never delays a missed-call text; no mail waits longer than that.
+        Texts to callers go first: while the outbox has due texts in hand (a burst of
+        missed calls), a mail younger than MAIL_YIELD waits until the outbox is quiet,
+        so building and sending mail never delays a missed-call text; no mail waits
+        longer than that.
 
         The mails of one pass share one SMTP session (one connection, EHLO, STARTTLS and
         login for up to a pass's 50 mails: after a burst the held-back mails leave
@@ -209,10 +226,11 @@ class MailForwarder:
         """
         now = self._clock.now()
         due = await self._store.read(lambda tx: tx.due_forwards(now))
-        if due and await self._store.count_messages((MessageState.QUEUED,)):
-            due = [f for f in due if now - float(f["created_at"]) >= MAIL_YIELD]
+        if due and self.texts_first is not None and self.texts_first.busy():
+            held = [float(f["created_at"]) + MAIL_YIELD for f in due]
+            due = [f for f, until in zip(due, held, strict=True) if until <= now]
             if not due:
-                self._yielded = True
+                self._held_until = min(held)
         if not due:
             return 0
         session = _Session(self._cfg)

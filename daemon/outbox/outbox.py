@@ -256,6 +256,8 @@ class Outbox:
         #: Set while no due text is in hand: see `quiet`.
         self._quiet = asyncio.Event()
         self._quiet.set()
+        #: The worker (`run`) drives the passes (process_due may also be called alone).
+        self._working = False
         store.bus.add(_WakeOnNewText(self))
 
     # -- wiring ------------------------------------------------------------------------------
@@ -495,6 +497,8 @@ class Outbox:
         await self._store.batch(lambda tx: self._release_due_in(tx, now))
         attempts = 0
         if not self._can_send():
+            if not isinstance(self._sender, LaneSender):
+                self._quiet.set()  # nothing goes out now: nothing for other work to wait for
             return attempts
         if isinstance(self._sender, LaneSender):
             return await self._dispatch(self._sender, now)
@@ -510,8 +514,16 @@ class Outbox:
                 if await self._send_one(mid):
                     attempts += 1
         finally:
-            self._quiet.set()
+            # Texts of a burst that came during this pass (the worker was woken) go in
+            # the worker's next pass, at once: stay busy across that boundary, or the
+            # work held back for texts (a reply read, a mail) slips in between.
+            if not (self._working and self._wake.is_set()):
+                self._quiet.set()
         return attempts
+
+    def busy(self) -> bool:
+        """Due texts are in hand now (`quiet` would wait)."""
+        return not self._quiet.is_set()
 
     async def quiet(self, at_most: float) -> None:
         """Return once no due text is in hand (a pass through the queue has ended), or
@@ -832,6 +844,7 @@ class Outbox:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _work(self) -> None:
+        self._working = True
         while True:
             self._loops_started += 1
             self._wake.clear()
@@ -850,6 +863,8 @@ class Outbox:
                 self._store_error("outbox", exc, self._store_retry)
                 delay = self._store_retry
                 self._store_retry = min(self._store_retry * 2, STORE_RETRY_MAX)
+            if not self._wake.is_set() and not isinstance(self._sender, LaneSender):
+                self._quiet.set()  # no pass follows at once (see process_due)
             self._loops_done += 1
             async with self._cond:
                 self._cond.notify_all()

@@ -49,6 +49,7 @@ from tests.bench.bench_service import (
     BenchServer,
     CallMaker,
     DbPoll,
+    _profiler,
     burst,
     pct,
     proc_cpu,
@@ -232,6 +233,7 @@ async def one_run(variant: str, workdir: Path, maker: CallMaker) -> dict[str, An
 
                 task = asyncio.create_task(scraper()) if http_port else None
                 poll = DbPoll(db)
+                spy = _profiler(pid, f".{variant}")
                 cpu0 = proc_cpu(pid)
                 try:
                     res = await burst(
@@ -239,6 +241,9 @@ async def one_run(variant: str, workdir: Path, maker: CallMaker) -> dict[str, An
                     )
                 finally:
                     poll.close()
+                    if spy is not None:
+                        spy.send_signal(signal.SIGINT)
+                        spy.wait(30)
                     stop_scraping.set()
                     if task is not None:
                         await task

@@ -257,7 +257,12 @@ async def stream_texts(
             injected[token] = time.time()
             i += 1
         peak = max(peak, len(sim.stored("SM")))
-        await asyncio.sleep(0.002)
+        # Sleep until the next text is due (at most 50 ms, so the peak is still sampled
+        # during a harsh stream): this process also runs the simulator that answers every
+        # AT command of the burst, and waking every 2 ms to find nothing due cost it ~10%
+        # more CPU in the bursts with a stream than in those alone, a cost no modem has.
+        next_due = start + i * window / n
+        await asyncio.sleep(min(0.05, max(0.0, next_due - time.monotonic())))
     out["injected"] = n
     out["stream_s"] = time.monotonic() - start
     # texts still arrive on the SIM after the last injection only if the daemon lags
