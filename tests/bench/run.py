@@ -22,6 +22,7 @@ MODULES = [
     "tests.bench.bench_observe",
     "tests.bench.bench_mqtt",
     "tests.bench.bench_pool",
+    "tests.bench.bench_sites",
 ]
 OUT = Path(__file__).resolve().parents[2] / "BENCHMARKS.md"
 
