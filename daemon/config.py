@@ -427,11 +427,11 @@ class SendingConfig(_Section):
         64, ge=1, le=10_000, description="via broker: jobs awaiting their result at once"
     )
     republish: Duration = Field(
-        0.0,
-        description="via broker: a job still unanswered after this long is published again"
-        " (same job_id: a sender that has it answers with its recorded result); 0s: never."
-        " Safe with one sender only: with several, a job still queued at one may go to"
-        " another and be sent twice",
+        10.0,
+        description="via broker: a job that no sender has claimed after this long is offered"
+        " again, and again after as long (a sender that died, or lost its broker"
+        " connection, while the broker held jobs for it: the broker hands them to no"
+        " other sender); a claimed job never is (only its owner may send it); 0s: never",
     )
 
 

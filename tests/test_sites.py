@@ -61,12 +61,14 @@ def sender_config(path: Path, device: str, db: Path, url: str) -> Path:
 
 
 class Results:
-    """A real MQTT 5 client that publishes jobs and keeps the results it hears."""
+    """A real MQTT 5 client that publishes jobs and keeps the results it hears; it grants
+    each claim (a `taken` result) to the job's first claimant, as a site does."""
 
     def __init__(self, port: int, topic: str) -> None:
         self.port = port
         self.topic = topic
         self.heard: list[dict[str, str]] = []
+        self.owners: dict[str, str] = {}
         self._new = asyncio.Event()
         self.client: aiomqtt.Client | None = None
 
@@ -79,7 +81,15 @@ class Results:
             up.set()
             async for m in client.messages:
                 assert isinstance(m.payload, bytes)
-                self.heard.append(json.loads(m.payload))
+                heard = json.loads(m.payload)
+                if heard["state"] == "taken":
+                    owner = self.owners.setdefault(heard["job_id"], heard["sender"])
+                    grant = {"job_id": heard["job_id"], "sender": heard["sender"]}
+                    grant["go"] = owner == heard["sender"]
+                    grants = self.topic.rsplit("/", 1)[0] + "/grants"
+                    await client.publish(grants, json.dumps(grant).encode(), qos=1)
+                    continue
+                self.heard.append(heard)
                 self._new.set()
 
     async def wait(self, n: int, timeout: float = 20.0) -> None:

@@ -3,10 +3,16 @@
 `Link.run` connects to `[mqtt] url` (its own client id, `<client_id or textback-<site>>-jobs`),
 subscribes to what its users asked for and hands every message to `on_message` in order;
 a lost connection is retried by capped exponential backoff, one log line per change.
-A sender's session is persistent (clean start off, SESSION_EXPIRY): jobs the broker
-queued for it while it was away are delivered when it is back, not given to another
-sender that might send them twice. `publish` raises `LinkDown` while there is no
-connection: its callers keep the work durable and try again.
+A site's session is persistent (clean start off, SESSION_EXPIRY): results published
+while it was away are delivered when it is back. A sender's is not (clean start, expiry
+0): Mosquitto (2.0.11, observed) gives each message of a shared subscription to the next
+member in turn when it is published, an absent member with a live session included, and
+drops what a session held when it ends; it never hands it to the others. A sender's
+session ending with its connection keeps new jobs off a dead sender at once, and the site
+offers again what no sender claimed (daemon.jobs.site). QoS 1 jobs are acknowledged on
+receipt (aiomqtt's default): a job is the sender's only once the site granted its claim.
+`publish` raises `LinkDown` while there is no connection: its callers keep the work
+durable and try again.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 #: Connect, subscribe and publish acknowledgements: a broker silent this long has failed.
 BROKER_TIMEOUT = 10.0
-#: How long the broker keeps a persistent session (and its queued jobs) while away.
+#: How long the broker keeps a site's session (and the results queued for it) while away.
 SESSION_EXPIRY = 86400
 
 Handler = Callable[[str, bytes], Awaitable[None]]

@@ -7,8 +7,18 @@ is only a waiting task, `[sending] in_flight` of them at once. The outbox row is
 `sending` (durable) from before the publish until the result, so the existing semantics
 hold: a crash while a job is out makes it `uncertain` at the restart (never resent).
 
+Claims: a sender asks for a job (a `taken` result) before it records it; the first
+sender to claim a job still awaited here owns it (told `go` on `<p>/<site>/grants`,
+again if it asks again), every other one is told no, and results from anyone but the
+owner are ignored. A job nobody has claimed after `[sending] republish` is offered again:
+Mosquitto gives each job of a shared subscription to one sender when it is published,
+and drops what a sender's session held when the sender dies (seen with 2.0.11), so the
+site, which still awaits the job, is where it is recovered. An owned job is never offered
+again: its owner answers it (if it died, when it is back; else not_after + RESULT_GRACE).
+
 Results, as the outbox writes them: sent -> `sent`; uncertain -> `uncertain`; failed and
 refused -> `failed` (permanent: the sender already retried through its own outbox);
+released (claimed, never taken, given back) -> a retryable failure: offered again;
 expired -> a retryable failure past max_age, which the outbox's next pass writes
 `expired` (reason max_age). No result by not_after + RESULT_GRACE -> `uncertain`: some
 sender may have sent it. The broker down: `ready` is False, texts stay `queued` and
@@ -18,13 +28,23 @@ expire as today.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 
 from daemon.clock import Clock
 from daemon.config import Config
 from daemon.jobs.link import Link, LinkDown
-from daemon.jobs.wire import Job, JobResult, JobState, job_id, jobs_topic, parse_result
+from daemon.jobs.wire import (
+    Grant,
+    Job,
+    JobResult,
+    JobState,
+    grants_topic,
+    job_id,
+    jobs_topic,
+    parse_result,
+)
 from daemon.logsetup import kv
 from daemon.mqtt.payloads import site_of
 from daemon.sending.sender import Sender, SendRequest, SendResult, SendStatus
@@ -72,8 +92,14 @@ class BrokerSender:
         self._lane = _Lane(self)
         self._busy = 0
         self._waiting: dict[str, asyncio.Future[JobResult]] = {}
+        #: job_id -> the sender that claimed it first (for jobs in _waiting only).
+        self._owner: dict[str, str] = {}
         #: Results that came for no job in flight (late, or another process's).
         self.unmatched = 0
+        #: Claims refused (another sender owns the job, or it is no longer awaited).
+        self.denied = 0
+        #: Jobs offered again because no sender had claimed them.
+        self.reoffered = 0
 
     # -- Sender / LaneSender -------------------------------------------------------------------
 
@@ -140,6 +166,7 @@ class BrokerSender:
             result = await self._await(job, fut)
         finally:
             self._waiting.pop(job.job_id, None)
+            self._owner.pop(job.job_id, None)
         if result is None:
             return SendResult(
                 SendStatus.UNCERTAIN,
@@ -149,15 +176,22 @@ class BrokerSender:
         return _as_send_result(result)
 
     async def _await(self, job: Job, fut: asyncio.Future[JobResult]) -> JobResult | None:
-        """Publish (once connected; again after `republish` when set), await the result."""
+        """Publish (once connected; again after `republish` while no sender has claimed
+        it), await the result."""
         deadline = job.not_after + RESULT_GRACE
         republish = self._cfg.sending.republish
         next_publish: float | None = self._clock.now()
+        first = True
         while not fut.done():
             now = self._clock.now()
             if now >= deadline:
                 return None
+            if job.job_id in self._owner:
+                next_publish = None  # claimed: its owner answers it, nobody else may
             if next_publish is not None and now >= next_publish and now < job.not_after:
+                if not first:
+                    self.reoffered += 1
+                    log.info(kv(event="job_offered_again", job_id=job.job_id))
                 try:
                     await self.link.publish(
                         jobs_topic(self.prefix, self.site),
@@ -165,6 +199,7 @@ class BrokerSender:
                         expiry=job.not_after - now,
                     )
                     log.debug(kv(event="job_published", job_id=job.job_id))
+                    first = False
                     next_publish = now + republish if republish > 0 else None
                 except LinkDown:
                     next_publish = now  # when the broker is back
@@ -191,11 +226,44 @@ class BrokerSender:
             log.warning(kv(event="bad_result", topic=topic, error=exc))
             return
         fut = self._waiting.get(result.job_id)
+        if result.state is JobState.TAKEN:
+            await self._grant(
+                result.job_id, result.sender, awaited=fut is not None and not fut.done()
+            )
+            return
         if fut is None or fut.done():
             self.unmatched += 1
             log.info(kv(event="result_unmatched", job_id=result.job_id, state=result.state))
             return
+        owner = self._owner.get(result.job_id)
+        if owner is not None and result.sender != owner:
+            # another sender's answer (a copy it judged, say expired): the owner's counts
+            self.unmatched += 1
+            log.info(
+                kv(
+                    event="result_not_owner",
+                    job_id=result.job_id,
+                    state=result.state,
+                    sender=result.sender,
+                    owner=owner,
+                )
+            )
+            return
         fut.set_result(result)
+
+    async def _grant(self, jid: str, sender: str, *, awaited: bool) -> None:
+        """Answer a claim: the first claimant of an awaited job owns it."""
+        go = False
+        if awaited and sender:
+            go = self._owner.setdefault(jid, sender) == sender
+        if not go:
+            self.denied += 1
+        log.debug(kv(event="job_claim", job_id=jid, sender=sender, go=go))
+        # no broker now: the sender asks again, and the answer will be the same
+        with contextlib.suppress(LinkDown):
+            await self.link.publish(
+                grants_topic(self.prefix, self.site), Grant(jid, sender, go).payload()
+            )
 
 
 def _as_send_result(result: JobResult) -> SendResult:
@@ -205,6 +273,10 @@ def _as_send_result(result: JobResult) -> SendResult:
         return SendResult(SendStatus.SENT, sender=who)
     if result.state is JobState.UNCERTAIN:
         return SendResult(SendStatus.UNCERTAIN, error=detail, sender=who)
+    if result.state is JobState.RELEASED:
+        # retryable: the outbox requeues it and the next attempt offers it again
+        error = f"released: {detail}"
+        return SendResult(SendStatus.FAILED, error=error, retryable=True, sender=who)
     if result.state is JobState.EXPIRED:
         # retryable: the outbox requeues it, and its next pass finds it past max_age
         return SendResult(SendStatus.FAILED, error=f"expired: {detail}", retryable=True, sender=who)

@@ -2,13 +2,20 @@
 
 Topics (`<p>` = [mqtt] topic_prefix): a site publishes its jobs to `<p>/jobs/<site>`
 (QoS 1, MQTT 5 message expiry from not_after); the senders share
-`$share/<group>/<p>/jobs/+`; results go to `<p>/<site>/results`; the group's do-not-text
-list is `<p>/group/<group>/optout/<hash>` (retained, one topic per hashed number).
+`$share/<group>/<p>/jobs/+`; results go to `<p>/<site>/results`; the site's grants go to
+`<p>/<site>/grants`; the group's do-not-text list is `<p>/group/<group>/optout/<hash>`
+(retained, one topic per hashed number).
 
 A job: {job_id, destination (E.164), text, line, not_after (ISO 8601 UTC)}. job_id is
 `<site>:<message id>:<created>`, created being the outbox row's creation time in
 milliseconds: stable across attempts and republishing, and not reused by a rebuilt
 database whose ids start again. A result: {job_id, state, detail, sender, modem, at}.
+
+A claim is a result of state `taken` (not final): a sender asks the site for a job before
+it records it. The site answers every claim with a grant {job_id, sender, go}: go is true
+for the first sender that claimed the job while the site still awaits it (and again for
+that sender), false for anyone else. Only a granted sender sends, so a job the site offers
+again (a sender died holding it at the broker) is never sent by two senders.
 """
 
 from __future__ import annotations
@@ -40,6 +47,11 @@ class JobState(StrEnum):
     UNCERTAIN = "uncertain"
     EXPIRED = "expired"
     REFUSED = "refused"
+    #: Not final: a sender claims the job (see the module docstring).
+    TAKEN = "taken"
+    #: Not sent: the sender gives back a job it claimed and never took (it stopped
+    #: before the grant came); the site offers it again.
+    RELEASED = "released"
 
 
 def jobs_topic(prefix: str, site: str) -> str:
@@ -55,6 +67,11 @@ def shared_jobs(prefix: str, group: str) -> str:
 def results_topic(prefix: str, site: str) -> str:
     """Where a site hears its results."""
     return f"{prefix}/{site}/results"
+
+
+def grants_topic(prefix: str, site: str = "+") -> str:
+    """Where a site answers the claims on its jobs (senders subscribe with `+`)."""
+    return f"{prefix}/{site}/grants"
 
 
 def optout_topic(prefix: str, group: str, number_hash: str = "+") -> str:
@@ -118,6 +135,30 @@ class JobResult:
                 "at": iso(self.at),
             }
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A site's answer to a claim: may `sender` send job `job_id`?"""
+
+    job_id: str
+    sender: str
+    go: bool
+
+    def payload(self) -> bytes:
+        """The grant as published."""
+        return dumps({"job_id": self.job_id, "sender": self.sender, "go": self.go})
+
+
+def parse_grant(raw: bytes) -> Grant:
+    """Read one grant; ValueError when it is not one."""
+    data = json.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    jid, sender, go = data.get("job_id"), data.get("sender"), data.get("go")
+    if not isinstance(jid, str) or not isinstance(sender, str) or not isinstance(go, bool):
+        raise ValueError("not {job_id, sender, go}")
+    return Grant(jid, sender, go)
 
 
 class BadJob(ValueError):

@@ -3,7 +3,8 @@ do-not-text events applied here.
 
 `Ledger` runs on the database thread inside one transaction (`StoreTx.jobs()`): a job is
 recorded (its job_id unique) in the same transaction that writes its text to the outbox,
-so it is on disk before any AT+CMGS, and a job seen again finds it.
+so it is on disk before any AT+CMGS, and a job seen again finds it. A job claimed from
+its site and not yet granted is a row with no text (message_id NULL) and no state.
 """
 
 from __future__ import annotations
@@ -73,6 +74,25 @@ class Ledger:
             "UPDATE jobs SET state = ?, detail = ?, modem = ?, answered_at = ?"
             " WHERE job_id = ? AND state = ''",
             (state, detail, modem, now, job_id),
+        )
+
+    def attach(self, job_id: str, message_id: int) -> None:
+        """A claimed job granted: the outbox row that sends it."""
+        self._conn.execute("UPDATE jobs SET message_id = ? WHERE job_id = ?", (message_id, job_id))
+
+    def claimed(self) -> list[tuple[str, str]]:
+        """Jobs claimed and neither granted (no text) nor answered: (job_id, site)."""
+        rows = self._conn.execute(
+            "SELECT job_id, site FROM jobs WHERE message_id IS NULL AND state = ''"
+            " ORDER BY received_at"
+        ).fetchall()
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def forget(self, job_id: str) -> None:
+        """Drop a claim that was not granted (or given back): the job was never ours."""
+        self._conn.execute(
+            "DELETE FROM jobs WHERE job_id = ? AND message_id IS NULL AND state = ''",
+            (job_id,),
         )
 
     def group_optout_at(self, number_hash: str) -> tuple[str, float] | None:
