@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import pytest
 
 from daemon.intake.replayserver import ReplayServer
@@ -244,4 +247,58 @@ async def test_central_broker_restarted_mid_burst(tmp_path: Path) -> None:
     assert states(sdb) == {"sent": 23}
     assert reached(a.sim, b.sim) == collections.Counter(exp.sure.keys())
     assert {s.number: s.text for sim in (a.sim, b.sim) for s in sim.sent} == exp.sure
-    assert a.sim.sent and b.sim.sent  # both senders worked
+    assert a.sim.sent  # both senders worked
+    assert b.sim.sent
+
+
+async def test_a_claim_left_by_a_killed_sender_is_given_back(tmp_path: Path) -> None:
+    """A sender killed after claiming a job and before its grant came answers it
+    `released` when it is back (never taken, never sent), so the site may offer it again."""
+    async with contextlib.AsyncExitStack() as stack:
+        mq = await stack.enter_async_context(started(Mosquitto(tmp_path)))
+        a, da = await bank(stack, tmp_path, "bank1", mq.url)
+        client = await stack.enter_async_context(
+            aiomqtt.Client("127.0.0.1", mq.port, protocol=aiomqtt.ProtocolVersion.V5)
+        )
+        await client.subscribe("textback/lab/results", qos=1)
+        # the daemon judges not_after on the system clock: only "10 min from now" matters
+        not_after = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 600))
+        job = {
+            "job_id": "lab:1:1000",
+            "destination": "+12025550142",
+            "text": "claimed, never granted",
+            "line": "",
+            "not_after": not_after,
+        }
+        await client.publish("textback/jobs/lab", json.dumps(job).encode(), qos=1)
+        heard: list[dict[str, str]] = []
+
+        async def next_result() -> dict[str, str]:
+            async for m in client.messages:
+                assert isinstance(m.payload, bytes)
+                got: dict[str, str] = json.loads(m.payload)
+                heard.append(got)
+                return got
+            raise AssertionError("the client stopped")
+
+        claim = await asyncio.wait_for(next_result(), 20)
+        assert (claim["job_id"], claim["state"], claim["sender"]) == (
+            "lab:1:1000",
+            "taken",
+            "bank1",
+        )
+        # no grant: the claim is on bank1's disk, the job not in its outbox
+        assert [(r["job_id"], r["state"], r["message_id"]) for r in jobs_of(a.db)] == [
+            ("lab:1:1000", "", None)
+        ]
+        await da.kill()
+
+        (tmp_path / "bank1-again").mkdir()
+        da = await start_sender(stack, a, tmp_path / "bank1-again")
+        released = await asyncio.wait_for(next_result(), 20)
+        assert (released["job_id"], released["state"]) == ("lab:1:1000", "released")
+        assert "not sent" in released["detail"]
+        await da.wait_log("event=job_released")  # logged once it is off the ledger
+        assert jobs_of(a.db) == []  # forgotten: a copy offered again is claimed anew
+        assert await stop(da) == 0
+    assert a.sim.sent == []

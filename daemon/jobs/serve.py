@@ -126,25 +126,32 @@ class JobServer(QueueSink):
     async def deliver(self, event: Event) -> None:
         """Record the answer of a job whose text ended, and publish it."""
         assert isinstance(event, TextChanged)
-        now = self._clock.now()
-        state = _ANSWERS[event.state]
-        detail = event.error or event.reason or ""
-
-        def unit(tx: StoreTx) -> JobRow | None:
-            row = tx.jobs().job_of_message(event.message_id)
-            if row is not None and not row.state:
-                tx.jobs().answer_job(row.job_id, state, detail, event.sender, now)
-            return row
-
-        row = await self._store.batch(unit)
+        row = await self._store.batch(lambda tx: tx.jobs().job_of_message(event.message_id))
         if row is None:
             return
         self._release(row.job_id)
         if row.state:  # answered before (a delivery report after sent, say)
             return
-        await self._publish(
-            row.site, JobResult(row.job_id, state, detail, self.me, event.sender, now)
+        detail = event.error or event.reason or ""
+        await self._answer(row, _ANSWERS[event.state], detail, event.sender)
+
+    async def _answer(self, row: JobRow, state: JobState, detail: str, modem: str) -> None:
+        """Publish a job's answer, then record it: a stop between the two leaves it
+        unrecorded, and the next run publishes it again (_answer_left); the site takes
+        the first and ignores a repeat."""
+        now = self._clock.now()
+        await self._publish(row.site, JobResult(row.job_id, state, detail, self.me, modem, now))
+        await self._store.batch(
+            lambda tx: tx.jobs().answer_job(row.job_id, state, detail, modem, now)
         )
+
+    async def _answer_left(self) -> None:
+        """Answer the jobs whose text ended while the previous run stopped before it
+        answered them (the site awaits the answer)."""
+        states = tuple(str(s) for s in _ANSWERS)
+        left = await self._store.batch(lambda tx: tx.jobs().ended_unanswered(states))
+        for row, text_state, why, modem in left:
+            await self._answer(row, _ANSWERS[MessageState(text_state)], why, modem)
 
     async def _publish(self, site: str, result: JobResult) -> None:
         """Publish a result, waiting for the broker while it is away."""
@@ -203,6 +210,7 @@ class JobServer(QueueSink):
     async def run_claims(self) -> None:
         """Give back the claims a previous run left ungranted, then claim the waiting
         jobs in order, while fewer than `capacity` are held."""
+        await self._answer_left()
         await self._release_left_claims()
         async with asyncio.TaskGroup() as tg:
             while True:
@@ -224,6 +232,7 @@ class JobServer(QueueSink):
             why = "claimed by a sender that stopped before taking it; not sent"
             await self._publish(site, JobResult(jid, JobState.RELEASED, why, self.me, "", now))
             await self._forget(jid)
+            log.info(kv(event="job_released", job_id=jid, site=site))
 
     async def _forget(self, jid: str) -> None:
         """Drop a claim that is not (or no longer) ours from the ledger."""

@@ -80,6 +80,19 @@ class Ledger:
         """A claimed job granted: the outbox row that sends it."""
         self._conn.execute("UPDATE jobs SET message_id = ? WHERE job_id = ?", (message_id, job_id))
 
+    def ended_unanswered(self, states: tuple[str, ...]) -> list[tuple[JobRow, str, str, str]]:
+        """Jobs whose text ended (its state one of `states`) with no answer recorded (a
+        stop between the two): each with the text's state, its why and its sender."""
+        marks = ",".join("?" * len(states))
+        rows = self._conn.execute(
+            "SELECT j.job_id, j.site, j.message_id, j.state, j.detail, j.modem, j.answered_at,"
+            " m.state, COALESCE(m.last_error, m.reason, ''), m.sender"
+            " FROM jobs j JOIN messages m ON m.id = j.message_id"
+            f" WHERE j.state = '' AND m.state IN ({marks}) ORDER BY j.received_at",
+            states,
+        ).fetchall()
+        return [(JobRow(*r[:7]), str(r[7]), str(r[8]), str(r[9])) for r in rows]
+
     def claimed(self) -> list[tuple[str, str]]:
         """Jobs claimed and neither granted (no text) nor answered: (job_id, site)."""
         rows = self._conn.execute(
