@@ -1,10 +1,11 @@
 """A site behind its own Mosquitto, bridged to the central one (issue 14), with real
-processes: the central broker, a site-side broker whose bridge settings are the lines of
-the shipped config/mosquitto-bridge.conf (only the central broker's address and this
-broker's port filled in), two sender daemons with two simulator modems each on the
-central broker, site "north" behind the bridge and site "south" directly on the central
-broker, both replaying the recorded burst. The simulators' records are the judge of
-what reached the network.
+processes: the central broker with a login per site and sender and the ACL of README
+"Several offices"; a site-side broker whose bridge settings are the lines of the shipped
+config/mosquitto-bridge.conf (only the central broker's address, this broker's port and
+the bridge's login, commented there, filled in); two sender daemons with two simulator
+modems each on the central broker; site "north" behind the bridge and site "south"
+directly on the central broker, both replaying the recorded burst. The simulators'
+records are the judge of what reached the network.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 from daemon.intake.replayserver import ReplayServer
 from gsm import simulator
 from tests.daemonproc import Daemon, running_daemon
-from tests.mqtt_support import Mosquitto, Recorder, broker, free_port
+from tests.mqtt_support import Mosquitto, Recorder, free_port
 from tests.test_e2e import (
     BURST,
     BUSINESS,
@@ -39,7 +40,12 @@ from tests.test_e2e import (
 
 pytestmark = pytest.mark.timeout(90)
 
-SHIPPED = Path(__file__).resolve().parents[1] / "config" / "mosquitto-bridge.conf"
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "config" / "mosquitto-bridge.conf"
+README = ROOT / "README.md"
+#: Every login's password at the central broker (the logins are the sites' and senders'
+#: names, as the README's ACL wants).
+PASSWORD = "bridge-test-secret"
 #: The site and group the shipped file is written for.
 SITE = "north"
 GROUP = "dental"
@@ -49,13 +55,19 @@ BUSINESS_OF = {"north": "North Dental", "south": "South Dental"}
 PROFILES = ("sim800", "huawei", "quectel", "wavecom")
 
 
-def bridge_settings(listen_port: int, central_port: int) -> list[str]:
+def bridge_settings(listen_port: int, central_port: int, password: str = "") -> list[str]:
     """The shipped file's settings (comments dropped), with this broker's port and the
-    central broker's address filled in."""
+    central broker's address filled in; with a password, its login lines too."""
     out = []
     filled = collections.Counter[str]()
     for raw in SHIPPED.read_text(encoding="utf-8").splitlines():
         line = raw.strip()
+        if password and line == f"#remote_username {SITE}":
+            line = line[1:]
+            filled["login"] += 1
+        elif password and line.startswith("#remote_password "):
+            line = f"remote_password {password}"
+            filled["login"] += 1
         if not line or line.startswith("#"):
             continue
         if line.startswith("listener "):
@@ -67,14 +79,26 @@ def bridge_settings(listen_port: int, central_port: int) -> list[str]:
             line = f"address 127.0.0.1:{central_port}"
             filled["address"] += 1
         out.append(line)
-    assert filled == {"listener": 1, "address": 1}, filled
+    assert filled == {"listener": 1, "address": 1, "login": 2 if password else 0}, filled
     return out
+
+
+def readme_acl(senders: tuple[str, ...], reader: str) -> str:
+    """The central broker's ACL as README "Several offices" shows it (the one source), with
+    its sender block repeated for each sender, and `reader` allowed to read textback/#."""
+    text = README.read_text(encoding="utf-8")
+    block = text[text.index("The broker ACL keeps each site") :].split("```\n", 2)[1]
+    sites, _, sender = block.partition("\nuser bank1\n")
+    assert "pattern write textback/jobs/%u" in sites
+    assert sender
+    each = "".join(f"\nuser {s}\n" + sender.replace("bank1", s) for s in senders)
+    return sites + each + f"\nuser {reader}\ntopic read textback/#\n"
 
 
 class SiteBroker(Mosquitto):
     """A site's own broker: the shipped bridge file, pointed at `central`."""
 
-    def __init__(self, workdir: Path, central: Mosquitto) -> None:
+    def __init__(self, workdir: Path, central: Mosquitto, password: str = "") -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         super().__init__(workdir)
         lines = [
@@ -83,15 +107,17 @@ class SiteBroker(Mosquitto):
             "persistence false",
             f"log_dest file {self.log}",
             "log_type all",
-            *bridge_settings(self.port, central.port),
+            *bridge_settings(self.port, central.port, password),
         ]
         self.conf.write_text("\n".join(lines) + "\n")
 
 
 @contextlib.asynccontextmanager
-async def site_broker(workdir: Path, central: Mosquitto) -> AsyncIterator[SiteBroker]:
+async def site_broker(
+    workdir: Path, central: Mosquitto, password: str = ""
+) -> AsyncIterator[SiteBroker]:
     """A started site broker, stopped afterwards whatever happened."""
-    b = SiteBroker(workdir, central)
+    b = SiteBroker(workdir, central, password)
     b.start()
     try:
         yield b
@@ -99,12 +125,19 @@ async def site_broker(workdir: Path, central: Mosquitto) -> AsyncIterator[SiteBr
         b.stop()
 
 
-def site_config(workdir: Path, site: str, ami_port: int, url: str) -> tuple[Path, Path]:
+def login(name: str, password: str) -> str:
+    """[mqtt] username and password lines (none without a password)."""
+    return f'username = "{name}"\npassword = "{password}"\n' if password else ""
+
+
+def site_config(
+    workdir: Path, site: str, ami_port: int, url: str, password: str = ""
+) -> tuple[Path, Path]:
     """A site's config (via the broker) and its database."""
     workdir.mkdir(parents=True, exist_ok=True)
     db = workdir / "site.db"
     extra = (
-        f'[mqtt]\nurl = "{url}"\nsite = "{site}"\ndiscovery = false\n'
+        f'[mqtt]\nurl = "{url}"\nsite = "{site}"\ndiscovery = false\n{login(site, password)}'
         f'[sending]\nvia = "broker"\n[jobs]\ngroup = "{GROUP}"\n'
     )
     cfg = write_config(workdir / "site.toml", port=ami_port, device="unused", db=db, extra=extra)
@@ -113,12 +146,14 @@ def site_config(workdir: Path, site: str, ami_port: int, url: str) -> tuple[Path
     return cfg, db
 
 
-def sender_config(workdir: Path, name: str, devices: list[str], url: str) -> tuple[Path, Path]:
+def sender_config(
+    workdir: Path, name: str, devices: list[str], url: str, password: str
+) -> tuple[Path, Path]:
     """A sender's config (no PBX, jobs served, two [[modems]]) and its database."""
     workdir.mkdir(parents=True, exist_ok=True)
     db = workdir / "sender.db"
     extra = (
-        f'[mqtt]\nurl = "{url}"\nsite = "{name}"\ndiscovery = false\n'
+        f'[mqtt]\nurl = "{url}"\nsite = "{name}"\ndiscovery = false\n{login(name, password)}'
         f'[jobs]\nserve = true\ngroup = "{GROUP}"\n'
     ) + "".join(
         f'\n[[modems]]\nname = "m{i}"\ndevice = {json.dumps(d)}\n' for i, d in enumerate(devices)
@@ -143,10 +178,23 @@ async def test_two_sites_one_behind_a_bridge_two_senders(tmp_path: Path) -> None
     assert not exp.maybe
     stopper, late_stopper = sorted(exp.sure)[:2]
     async with contextlib.AsyncExitStack() as stack:
+        # the central broker as the README has it: a login per site and sender, its ACL;
+        # the bridge logs in as the site "north"
         (tmp_path / "central").mkdir()
-        central = await stack.enter_async_context(broker(tmp_path / "central"))
-        heard = await stack.enter_async_context(Recorder(central, ("textback/#",)))
-        local = await stack.enter_async_context(site_broker(tmp_path / "north-broker", central))
+        logins = ("north", "south", "bank1", "bank2", "watcher")
+        central = Mosquitto(tmp_path / "central", users=dict.fromkeys(logins, PASSWORD))
+        acl = tmp_path / "central" / "acl"
+        acl.write_text(readme_acl(("bank1", "bank2"), "watcher"), encoding="utf-8")
+        with central.conf.open("a", encoding="utf-8") as f:
+            f.write(f"acl_file {acl}\n")
+        central.start()
+        stack.callback(central.stop)
+        heard = await stack.enter_async_context(
+            Recorder(central, ("textback/#",), username="watcher", password=PASSWORD)
+        )
+        local = await stack.enter_async_context(
+            site_broker(tmp_path / "north-broker", central, PASSWORD)
+        )
         # the bridge's own notification, retained at the central broker: it is up
         await heard.wait(
             lambda: [h.payload for h in heard.on(f"textback/{SITE}/bridge")][-1:] == [b"1"],
@@ -164,7 +212,9 @@ async def test_two_sites_one_behind_a_bridge_two_senders(tmp_path: Path) -> None
         sender_dbs: dict[str, Path] = {}
         for k, name in enumerate(("bank1", "bank2")):
             devices = [s.device for s in sims[2 * k : 2 * k + 2]]
-            cfg, sender_dbs[name] = sender_config(tmp_path / name, name, devices, central.url)
+            cfg, sender_dbs[name] = sender_config(
+                tmp_path / name, name, devices, central.url, PASSWORD
+            )
             d = await stack.enter_async_context(running_daemon(cfg, tmp_path / name))
             senders[name] = d
         for d in senders.values():
@@ -182,11 +232,12 @@ async def test_two_sites_one_behind_a_bridge_two_senders(tmp_path: Path) -> None
         # -- two sites replay the burst: north through its own broker, south directly
         sites: dict[str, Daemon] = {}
         site_dbs: dict[str, Path] = {}
-        for site, url in (("north", local.url), ("south", central.url)):
+        # north on its own broker (no login there), south on the central one
+        for site, url, password in (("north", local.url, ""), ("south", central.url, PASSWORD)):
             server = ReplayServer(body_of(BURST), username="e2e", secret="e2e-secret")
             await server.start()
             stack.push_async_callback(server.close)
-            cfg, site_dbs[site] = site_config(tmp_path / site, site, server.port, url)
+            cfg, site_dbs[site] = site_config(tmp_path / site, site, server.port, url, password)
             sites[site] = await stack.enter_async_context(running_daemon(cfg, tmp_path / site))
         for site, d in sites.items():
             await ready(d)
