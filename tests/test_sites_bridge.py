@@ -79,7 +79,7 @@ def bridge_settings(listen_port: int, central_port: int, password: str = "") -> 
             line = f"address 127.0.0.1:{central_port}"
             filled["address"] += 1
         out.append(line)
-    assert filled == {"listener": 1, "address": 1, "login": 2 if password else 0}, filled
+    assert filled == collections.Counter(listener=1, address=1, login=2 if password else 0)
     return out
 
 
