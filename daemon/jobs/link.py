@@ -40,6 +40,8 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 #: Connect, subscribe and publish acknowledgements: a broker silent this long has failed.
 BROKER_TIMEOUT = 10.0
+#: Publishes awaiting their acknowledgement beyond which aiomqtt logs a warning (at least).
+PENDING_WARN = 100
 #: How long the broker keeps a site's session (and the results queued for it) while away.
 SESSION_EXPIRY = 86400
 
@@ -80,7 +82,7 @@ class Link:
         tls = ssl.create_default_context(cafile=m.ca_file or None) if self.broker.tls else None
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY if self._persistent else 0
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self.broker.host,
             self.broker.port,
             username=m.username or None,
@@ -94,6 +96,10 @@ class Link:
             properties=props,
             logger=logging.getLogger("daemon.jobs.paho"),
         )
+        # aiomqtt warns above 10 publishes awaiting their PUBACK; a site offering its
+        # in-flight jobs again, or answering a burst of claims, has that many as a rule
+        client.pending_calls_threshold = max(PENDING_WARN, 2 * self._cfg.sending.in_flight)
+        return client
 
     async def run(self) -> None:
         """Connect, subscribe, hand on messages, reconnect: until cancelled."""
