@@ -21,7 +21,11 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from daemon.clock import ManualClock
+from daemon.config import load_config
 from daemon.intake.replayserver import ReplayServer
+from daemon.jobs.site import BrokerSender
+from daemon.sending.sender import SendRequest, SendResult
 from gsm import simulator
 from tests.daemonproc import Daemon, running_daemon
 from tests.mqtt_support import Mosquitto, free_port
@@ -309,3 +313,135 @@ async def test_a_claim_left_by_a_killed_sender_is_given_back(tmp_path: Path) -> 
         assert jobs_of(a.db) == []  # forgotten: a copy offered again is claimed anew
         assert await stop(da) == 0
     assert a.sim.sent == []
+
+
+# -- the site's rules for claims, in process (a fake link, the clock injected) -----------
+
+
+class FakeLink:
+    """What BrokerSender needs of daemon.jobs.link.Link: it keeps what was published."""
+
+    def __init__(self) -> None:
+        self.connected = asyncio.Event()
+        self.connected.set()
+        self.published: list[tuple[str, dict[str, Any]]] = []
+        self.new = asyncio.Event()
+
+    async def publish(
+        self, topic: str, payload: bytes, *, retain: bool = False, expiry: float | None = None
+    ) -> None:
+        self.published.append((topic, json.loads(payload)))
+        self.new.set()
+
+    def on(self, topic: str) -> list[dict[str, Any]]:
+        return [p for t, p in self.published if t == topic]
+
+    async def wait(self, topic: str, n: int) -> None:
+        async def _wait() -> None:
+            while len(self.on(topic)) < n:
+                self.new.clear()
+                await self.new.wait()
+
+        await asyncio.wait_for(_wait(), 5)
+
+
+@dataclass
+class FakeRow:
+    """The outbox row BrokerSender reads (its id and creation time)."""
+
+    id: int
+    created_at: float
+
+
+class FakeStore:
+    """What BrokerSender needs of the store: the row a send is for."""
+
+    def __init__(self, created_at: float) -> None:
+        self.created_at = created_at
+
+    async def get_message(self, message_id: int) -> FakeRow:
+        return FakeRow(message_id, self.created_at)
+
+
+def claim(jid: str, sender: str, state: str = "taken") -> bytes:
+    """A claim (or a result) as a sender publishes it."""
+    payload = {"job_id": jid, "state": state, "detail": "", "sender": sender, "modem": "m"}
+    return json.dumps(payload | {"at": "2026-11-24T15:00:00Z"}).encode()
+
+
+@contextlib.asynccontextmanager
+async def one_job(
+    republish: str = "10s",
+) -> AsyncIterator[tuple[BrokerSender, FakeLink, ManualClock, asyncio.Task[SendResult]]]:
+    """A BrokerSender of site "north" sending one text (message 7) as a job."""
+    cfg = load_config(
+        None,
+        overrides={
+            "mqtt": {"url": "mqtt://127.0.0.1:1", "site": "north"},
+            "sending": {"via": "broker", "republish": republish},
+        },
+    )
+    clock = ManualClock()
+    link = FakeLink()
+    # the fakes have what BrokerSender uses of a Store and a Link (tests are not type-checked)
+    sender = BrokerSender(cfg, FakeStore(clock.now()), clock, link=link)  # type: ignore[arg-type]
+    request = SendRequest("+12025550142", "hello", message_id=7)
+    task = asyncio.create_task(sender.send(request))
+    await link.wait("textback/jobs/north", 1)
+    try:
+        yield sender, link, clock, task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_the_first_claim_wins_and_only_its_sender_answers() -> None:
+    async with one_job() as (sender, link, clock, task):
+        [job] = link.on("textback/jobs/north")
+        jid = job["job_id"]
+        await sender.on_message("textback/north/results", claim(jid, "bank2"))
+        await sender.on_message("textback/north/results", claim(jid, "bank1"))
+        await sender.on_message("textback/north/results", claim(jid, "bank2"))  # asked again
+        assert [(g["sender"], g["go"]) for g in link.on("textback/north/grants")] == [
+            ("bank2", True),
+            ("bank1", False),
+            ("bank2", True),
+        ]
+        # claimed: never offered again, however long it waits
+        clock.advance(60)
+        await asyncio.sleep(0)
+        assert len(link.on("textback/jobs/north")) == 1
+        # bank1's word on a job it does not own counts for nothing
+        await sender.on_message("textback/north/results", claim(jid, "bank1", "expired"))
+        assert not task.done()
+        await sender.on_message("textback/north/results", claim(jid, "bank2", "sent"))
+        result = await asyncio.wait_for(task, 5)
+        assert (result.status, result.sender) == ("sent", "bank2/m")
+        # the job is no longer awaited: a late claim is refused
+        await sender.on_message("textback/north/results", claim(jid, "bank1"))
+        assert link.on("textback/north/grants")[-1] == {
+            "job_id": jid,
+            "sender": "bank1",
+            "go": False,
+        }
+
+
+async def test_a_job_nobody_claims_is_offered_again_until_one_does() -> None:
+    async with one_job("10s") as (sender, link, clock, task):
+        jid = link.on("textback/jobs/north")[0]["job_id"]
+        for n in (2, 3):
+            clock.advance(10)
+            await link.wait("textback/jobs/north", n)
+        assert {j["job_id"] for j in link.on("textback/jobs/north")} == {jid}
+        assert sender.reoffered == 2
+        await sender.on_message("textback/north/results", claim(jid, "bank1"))
+        clock.advance(30)
+        await asyncio.sleep(0)
+        assert len(link.on("textback/jobs/north")) == 3
+        # given back by a sender that stopped before taking it: a retryable failure, so
+        # the outbox requeues the text and its next attempt offers it to anyone again
+        await sender.on_message("textback/north/results", claim(jid, "bank1", "released"))
+        result = await asyncio.wait_for(task, 5)
+        assert (result.status, result.retryable) == ("failed", True)
+        assert result.error.startswith("released")
