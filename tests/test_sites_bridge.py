@@ -232,15 +232,24 @@ async def test_two_sites_one_behind_a_bridge_two_senders(tmp_path: Path) -> None
         # -- two sites replay the burst: north through its own broker, south directly
         sites: dict[str, Daemon] = {}
         site_dbs: dict[str, Path] = {}
+        pbx: dict[str, ReplayServer] = {}
         # north on its own broker (no login there), south on the central one
         for site, url, password in (("north", local.url, ""), ("south", central.url, PASSWORD)):
             server = ReplayServer(body_of(BURST), username="e2e", secret="e2e-secret")
+            # the PBX holds its calls until the site has the group's list: a starting
+            # site applies the retained list as it arrives, and a call decided before
+            # would be texted (the STOP's number calls early in the burst)
+            server.flowing.clear()
             await server.start()
             stack.push_async_callback(server.close)
             cfg, site_dbs[site] = site_config(tmp_path / site, site, server.port, url, password)
             sites[site] = await stack.enter_async_context(running_daemon(cfg, tmp_path / site))
+            pbx[site] = server
         for site, d in sites.items():
             await ready(d)
+            await d.wait_log("event=group_optout_applied")
+            pbx[site].flowing.set()
+        for site, d in sites.items():
             db = site_dbs[site]
             await wait_until(
                 d,
