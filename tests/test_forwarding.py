@@ -356,17 +356,7 @@ async def test_texts_to_callers_go_before_mail_for_at_most_a_minute(
 ) -> None:
     server, port = smtp
     office = Office(store, _cfg(port))
-    office.sender.gate = asyncio.Event()  # the text's send is under way until released
-    await office.outbox.enqueue(
-        destination=NUMBERS[1],
-        text="sorry we missed you",
-        template_kind=None,
-        call_ids=[],
-        parts=1,
-        kind=MessageKind.TEST,
-    )
-    sending = asyncio.create_task(office.outbox.process_due())
-    await asyncio.wait_for(office.sender.started.wait(), 5)
+    sending = await _sending(office)
     assert office.outbox.busy()
     await office.inbox.receive(NUMBERS[0], "call me")
     assert await office.mail.process_due() == 0  # a text is being sent: mail waits
@@ -387,17 +377,7 @@ async def test_held_mail_leaves_when_the_texts_are_out(
     leaves as soon as the burst's last text is handed over, and no sooner."""
     server, port = smtp
     office = Office(store, _cfg(port))
-    office.sender.gate = asyncio.Event()
-    await office.outbox.enqueue(
-        destination=NUMBERS[1],
-        text="sorry we missed you",
-        template_kind=None,
-        call_ids=[],
-        parts=1,
-        kind=MessageKind.TEST,
-    )
-    sending = asyncio.create_task(office.outbox.process_due())
-    await asyncio.wait_for(office.sender.started.wait(), 5)
+    sending = await _sending(office)
     await office.inbox.receive(NUMBERS[0], "call me")
     worker = asyncio.create_task(office.mail.run())
     try:
@@ -431,3 +411,19 @@ async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     while not predicate():
         assert loop.time() < deadline, "timed out"
         await asyncio.sleep(0.005)
+
+
+async def _sending(office: Office) -> asyncio.Task[int]:
+    """A text's send under way (until `office.sender.gate` is set): the outbox is busy."""
+    office.sender.gate = asyncio.Event()
+    await office.outbox.enqueue(
+        destination=NUMBERS[1],
+        text="sorry we missed you",
+        template_kind=None,
+        call_ids=[],
+        parts=1,
+        kind=MessageKind.TEST,
+    )
+    sending = asyncio.create_task(office.outbox.process_due())
+    await asyncio.wait_for(office.sender.started.wait(), 5)
+    return sending
