@@ -24,6 +24,7 @@ import pytest
 from daemon.clock import ManualClock
 from daemon.config import load_config
 from daemon.intake.replayserver import ReplayServer
+from daemon.jobs.link import LinkDown
 from daemon.jobs.site import BrokerSender
 from daemon.sending.sender import SendRequest, SendResult
 from gsm import simulator
@@ -326,10 +327,15 @@ class FakeLink:
         self.connected.set()
         self.published: list[tuple[str, dict[str, Any]]] = []
         self.new = asyncio.Event()
+        #: Publishes tried, LinkDown ones included.
+        self.attempts = 0
 
     async def publish(
         self, topic: str, payload: bytes, *, retain: bool = False, expiry: float | None = None
     ) -> None:
+        self.attempts += 1
+        if not self.connected.is_set():
+            raise LinkDown("no broker connection")
         self.published.append((topic, json.loads(payload)))
         self.new.set()
 
@@ -403,6 +409,7 @@ async def test_the_first_claim_wins_and_only_its_sender_answers() -> None:
         await sender.on_message("textback/north/results", claim(jid, "bank2"))
         await sender.on_message("textback/north/results", claim(jid, "bank1"))
         await sender.on_message("textback/north/results", claim(jid, "bank2"))  # asked again
+        await link.wait("textback/north/grants", 3)  # each published by a task of its own
         assert [(g["sender"], g["go"]) for g in link.on("textback/north/grants")] == [
             ("bank2", True),
             ("bank1", False),
@@ -420,6 +427,7 @@ async def test_the_first_claim_wins_and_only_its_sender_answers() -> None:
         assert (result.status, result.sender) == ("sent", "bank2/m")
         # the job is no longer awaited: a late claim is refused
         await sender.on_message("textback/north/results", claim(jid, "bank1"))
+        await link.wait("textback/north/grants", 4)
         assert link.on("textback/north/grants")[-1] == {
             "job_id": jid,
             "sender": "bank1",
@@ -445,3 +453,16 @@ async def test_a_job_nobody_claims_is_offered_again_until_one_does() -> None:
         result = await asyncio.wait_for(task, 5)
         assert (result.status, result.retryable) == ("failed", True)
         assert result.error.startswith("released")
+
+
+async def test_an_offer_due_while_the_broker_is_away_waits_for_it_without_spinning() -> None:
+    async with one_job("10s") as (sender, link, clock, task):
+        link.connected.clear()
+        clock.advance(10)  # the offer again is due; the publish finds no broker
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert link.attempts == 2  # tried once, then waits for the broker, not in a loop
+        link.connected.set()
+        await link.wait("textback/jobs/north", 2)
+        assert sender.reoffered == 1
+        assert not task.done()

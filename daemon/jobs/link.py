@@ -40,6 +40,8 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 #: Connect, subscribe and publish acknowledgements: a broker silent this long has failed.
 BROKER_TIMEOUT = 10.0
+#: After a failed publish while the link still looked up: wait this long (seconds).
+LINK_RETRY = 1.0
 #: Publishes awaiting their acknowledgement beyond which aiomqtt logs a warning (at least).
 PENDING_WARN = 100
 #: How long the broker keeps a site's session (and the results queued for it) while away.
@@ -138,6 +140,15 @@ class Link:
             level,
             kv(event="jobs_link_down", broker=self.broker, error=error, retry_in=f"{retry_in:g}s"),
         )
+
+    async def back(self) -> None:
+        """After a LinkDown: wait until the connection is back. A publish can fail a moment
+        before the link knows it is lost: then wait LINK_RETRY, not nothing (a loop of
+        publish, LinkDown, publish would spin meanwhile)."""
+        if self.connected.is_set():
+            await self._clock.sleep(LINK_RETRY)
+        else:
+            await self.connected.wait()
 
     async def publish(
         self, topic: str, payload: bytes, *, retain: bool = False, expiry: float | None = None

@@ -91,7 +91,7 @@ class GroupList(QueueSink):
                 log.info(kv(event="group_optout_published", opted_out=event.opted_out))
                 return
             except LinkDown:
-                await self.link.connected.wait()
+                await self.link.back()
 
     async def on_message(self, topic: str, raw: bytes) -> None:
         """A list change from the group (or a retained one at subscribe): apply it."""

@@ -170,7 +170,7 @@ class JobServer(QueueSink):
                 )
                 return
             except LinkDown:
-                await self.link.connected.wait()
+                await self.link.back()
 
     async def on_job(self, topic: str, raw: bytes) -> None:
         """One message on the jobs topic (see the module docstring)."""
@@ -262,7 +262,7 @@ class JobServer(QueueSink):
                 try:
                     await self.link.publish(results_topic(self.prefix, site), claim.payload())
                 except LinkDown:
-                    await self.link.connected.wait()
+                    await self.link.back()
                     continue
                 waiters: list[asyncio.Future[object]] = [
                     asyncio.ensure_future(asyncio.shield(fut)),

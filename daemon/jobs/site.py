@@ -34,7 +34,7 @@ from collections.abc import Sequence
 
 from daemon.clock import Clock
 from daemon.config import Config
-from daemon.jobs.link import Link, LinkDown
+from daemon.jobs.link import LINK_RETRY, Link, LinkDown
 from daemon.jobs.wire import (
     Grant,
     Job,
@@ -94,6 +94,8 @@ class BrokerSender:
         self._waiting: dict[str, asyncio.Future[JobResult]] = {}
         #: job_id -> the sender that claimed it first (for jobs in _waiting only).
         self._owner: dict[str, str] = {}
+        #: Grants being published (kept so that they are not collected midway).
+        self._granting: set[asyncio.Task[None]] = set()
         #: Results that came for no job in flight (late, or another process's).
         self.unmatched = 0
         #: Claims refused (another sender owns the job, or it is no longer awaited).
@@ -142,7 +144,11 @@ class BrokerSender:
         await asyncio.get_running_loop().create_future()
 
     async def close(self) -> None:
-        """Nothing to close: the link ends with its task."""
+        """Stop publishing grants (a claim not answered is made again); the link ends
+        with its task."""
+        for task in list(self._granting):
+            task.cancel()
+        await asyncio.gather(*self._granting, return_exceptions=True)
 
     # -- one job ---------------------------------------------------------------------------------
 
@@ -189,9 +195,6 @@ class BrokerSender:
             if job.job_id in self._owner:
                 next_publish = None  # claimed: its owner answers it, nobody else may
             if next_publish is not None and now >= next_publish and now < job.not_after:
-                if not first:
-                    self.reoffered += 1
-                    log.info(kv(event="job_offered_again", job_id=job.job_id))
                 try:
                     await self.link.publish(
                         jobs_topic(self.prefix, self.site),
@@ -199,17 +202,22 @@ class BrokerSender:
                         expiry=job.not_after - now,
                     )
                     log.debug(kv(event="job_published", job_id=job.job_id))
+                    if not first:
+                        self.reoffered += 1
+                        log.info(kv(event="job_offered_again", job_id=job.job_id))
                     first = False
                     next_publish = now + republish if republish > 0 else None
                 except LinkDown:
-                    next_publish = now  # when the broker is back
+                    # when the broker is back; a link not yet known lost: a moment later
+                    gone = not self.link.connected.is_set()
+                    next_publish = now if gone else now + LINK_RETRY
             wake = deadline if next_publish is None else min(deadline, next_publish)
-            waiters: list[asyncio.Future[object]] = [
-                asyncio.ensure_future(asyncio.shield(fut)),
-                asyncio.ensure_future(self._clock.sleep(max(0.0, wake - now))),
-            ]
+            waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(asyncio.shield(fut))]
             if next_publish is not None and not self.link.connected.is_set():
+                # the broker's return wakes it, not a timer (a due publish would spin)
                 waiters.append(asyncio.ensure_future(self.link.connected.wait()))
+                wake = deadline
+            waiters.append(asyncio.ensure_future(self._clock.sleep(max(0.0, wake - now))))
             try:
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -227,9 +235,7 @@ class BrokerSender:
             return
         fut = self._waiting.get(result.job_id)
         if result.state is JobState.TAKEN:
-            await self._grant(
-                result.job_id, result.sender, awaited=fut is not None and not fut.done()
-            )
+            self._grant(result.job_id, result.sender, awaited=fut is not None and not fut.done())
             return
         if fut is None or fut.done():
             self.unmatched += 1
@@ -251,19 +257,25 @@ class BrokerSender:
             return
         fut.set_result(result)
 
-    async def _grant(self, jid: str, sender: str, *, awaited: bool) -> None:
-        """Answer a claim: the first claimant of an awaited job owns it."""
+    def _grant(self, jid: str, sender: str, *, awaited: bool) -> None:
+        """Answer a claim: the first claimant of an awaited job owns it. The answer is
+        published by a task of its own: the link's message loop (which calls this) never
+        waits for a broker's acknowledgement, which a broker that just went away would
+        keep it waiting for until BROKER_TIMEOUT (seen with aiomqtt 2.5)."""
         go = False
         if awaited and sender:
             go = self._owner.setdefault(jid, sender) == sender
         if not go:
             self.denied += 1
         log.debug(kv(event="job_claim", job_id=jid, sender=sender, go=go))
+        task = asyncio.create_task(self._publish_grant(Grant(jid, sender, go)))
+        self._granting.add(task)
+        task.add_done_callback(self._granting.discard)
+
+    async def _publish_grant(self, grant: Grant) -> None:
         # no broker now: the sender asks again, and the answer will be the same
         with contextlib.suppress(LinkDown):
-            await self.link.publish(
-                grants_topic(self.prefix, self.site), Grant(jid, sender, go).payload()
-            )
+            await self.link.publish(grants_topic(self.prefix, self.site), grant.payload())
 
 
 def _as_send_result(result: JobResult) -> SendResult:
