@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from daemon import livecheck
+from daemon.cli import check as cli_check
 from daemon.cli import main as cli_main
 from daemon.config import Config, load_config
 from daemon.intake.replayserver import ReplayServer
@@ -371,9 +373,22 @@ def test_secret_file_mode_warns_in_plain_check(
     assert secret_file_problems(cfgp, load_config(cfgp)) == []
 
 
-def test_cli_live_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_live_exit_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The command line: --live runs the live checks; an unreachable PBX and a missing
     modem are errors: exit 1, one line each."""
+    # The host as on a fresh machine, whatever this one has: a `textback` user left by an
+    # install (CI's package check makes one) would add its own findings about tmp_path.
+    (tmp_path / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (tmp_path / "group").write_text("root:x:0:\ndialout:x:20:\n")
+    fresh = Host(passwd=tmp_path / "passwd", group=tmp_path / "group", unit_paths=())
+    real = livecheck.run_live
+
+    async def run_live(cfg: Config, path: Path | None, host: Host | None = None) -> Any:
+        return await real(cfg, path, host or fresh)
+
+    monkeypatch.setattr(cli_check, "run_live", run_live)
     cfgp = tmp_path / "t.toml"
     with __import__("socket").socket() as s:
         s.bind(("127.0.0.1", 0))
