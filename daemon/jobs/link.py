@@ -30,7 +30,7 @@ from paho.mqtt.properties import Properties
 from daemon.clock import Clock
 from daemon.config import Config
 from daemon.logsetup import kv
-from daemon.mqtt.broker import Broker
+from daemon.mqtt.broker import SOCKET_OPTIONS, Broker
 from daemon.mqtt.payloads import site_of
 
 log = logging.getLogger("daemon.jobs")
@@ -97,6 +97,7 @@ class Link:
             clean_start=not self._persistent,
             properties=props,
             logger=logging.getLogger("daemon.jobs.paho"),
+            socket_options=SOCKET_OPTIONS,
         )
         # aiomqtt warns above 10 publishes awaiting their PUBACK; a site offering its
         # in-flight jobs again, or answering a burst of claims, has that many as a rule
