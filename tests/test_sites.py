@@ -18,6 +18,7 @@ import aiomqtt
 import pytest
 
 from daemon.intake.replayserver import ReplayServer
+from daemon.jobs.wire import number_hash, optout_topic
 from gsm import simulator
 from tests.daemonproc import running_daemon
 from tests.mqtt_support import broker, free_port
@@ -223,3 +224,75 @@ async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
         await task
+
+
+#: Fictional 555-01xx numbers of real area codes: the group list's filler.
+FILLER_AREAS = (202, 206, 212, 213, 303, 305, 312, 404, 415, 512, 617, 702, 713, 718, 801)
+
+
+async def test_a_new_site_sends_nothing_before_the_group_list_is_in(tmp_path: Path) -> None:
+    """A new site's calls come as soon as its link is up: the group's retained do-not-text
+    list (1,500 numbers, so it takes a while to apply) is in by then, so a number opted
+    out elsewhere gets no job, rather than one the sender must refuse or, worse, send."""
+    exp = expectation(BURST)
+    out = set(exp.sure) | set(exp.maybe)  # every number the burst could text
+    fillers = [f"+1{ac}55501{n:02d}" for ac in FILLER_AREAS for n in range(100)]
+    listed = sorted(out) + [n for n in fillers if n not in out]
+    async with contextlib.AsyncExitStack() as stack:
+        mq = await stack.enter_async_context(broker(tmp_path))
+        sim = await stack.enter_async_context(simulator.running("sim800"))
+        async with aiomqtt.Client("127.0.0.1", mq.port) as office:
+            for i, number in enumerate(listed):
+                payload = {
+                    "event_id": f"0190f0b2-0000-7000-8000-{i:012d}",
+                    "number": number,
+                    "opted_out": True,
+                    "source": "keyword",
+                    "origin": "elsewhere",
+                    "at": "2026-11-01T12:00:00.000Z",
+                }
+                await office.publish(
+                    optout_topic("textback", "dental", number_hash("dental", number)),
+                    json.dumps(payload).encode(),
+                    qos=1,
+                    retain=True,
+                )
+        sdb = tmp_path / "sender.db"
+        (tmp_path / "s").mkdir()
+        scfg = sender_config(tmp_path / "s" / "sender.toml", sim.device, sdb, mq.url)
+        sender = await stack.enter_async_context(running_daemon(scfg, tmp_path / "s"))
+        await ready(sender)
+        await sender.wait_log("event=jobs_link_up", 60)
+
+        server = ReplayServer(body_of(BURST), username="e2e", secret="e2e-secret")
+        server.flowing.clear()  # the PBX is quiet until the site's link is up
+        await server.start()
+        stack.push_async_callback(server.close)
+        db = tmp_path / "site.db"
+        extra = (
+            f'[mqtt]\nurl = "{mq.url}"\nsite = "north"\ndiscovery = false\n'
+            '[sending]\nvia = "broker"\n[jobs]\ngroup = "dental"\n'
+        )
+        cfg = site_config(
+            tmp_path / "site.toml", port=server.port, device="unused", db=db, extra=extra
+        )
+        async with running_daemon(cfg, tmp_path) as site:
+            await ready(site)
+            await site.wait_log("event=jobs_link_up", 60)
+            server.flowing.set()
+            await wait_until(
+                site,
+                lambda: (
+                    len(db_rows(db, "SELECT id FROM calls")) == exp.calls
+                    and all(m["state"] in TERMINAL for m in messages(db))
+                ),
+            )
+            assert await stop(site) == 0
+        assert await stop(sender) == 0
+    rows = messages(db)
+    assert [r["state"] for r in rows if r["state"] != "cancelled"] == [], rows
+    assert db_rows(sdb, "SELECT job_id FROM jobs") == []  # no job ever reached a sender
+    assert [p.number for p in sim.parts] == []
+    # the whole list came (Mosquitto queues a subscriber's retained messages past its
+    # max_queued_messages of 1,000)
+    assert len(db_rows(db, "SELECT number FROM optouts")) == len(listed)

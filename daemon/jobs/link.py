@@ -13,6 +13,15 @@ offers again what no sender claimed (daemon.jobs.site). QoS 1 jobs are acknowled
 receipt (aiomqtt's default): a job is the sender's only once the site granted its claim.
 `publish` raises `LinkDown` while there is no connection: its callers keep the work
 durable and try again.
+
+The link is up (`connected`, `jobs_link_up`) only once it has heard back a marker it
+publishes to `<p>/<site>/sync` after subscribing: the broker sends what a subscription
+holds (the group's retained do-not-text list, results queued while away) before a
+message published after it, and every message is handled in order, so by then the list
+is applied here. A site sends no job before (`BrokerSender.ready`): a text decided in
+its first moment to a number opted out elsewhere is cancelled when the list applies,
+not sent. A marker that never comes back (an ACL that refuses the topic) is waited for
+SYNC_TIMEOUT, then the link goes up anyway with a warning.
 """
 
 from __future__ import annotations
@@ -21,7 +30,8 @@ import asyncio
 import logging
 import random
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Sequence
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -46,6 +56,8 @@ LINK_RETRY = 1.0
 PENDING_WARN = 100
 #: How long the broker keeps a site's session (and the results queued for it) while away.
 SESSION_EXPIRY = 86400
+#: The longest wait for the link's own sync marker (see the module docstring).
+SYNC_TIMEOUT = 10.0
 
 Handler = Callable[[str, bytes], Awaitable[None]]
 
@@ -65,12 +77,22 @@ class Link:
         subscriptions: Sequence[str],
         on_message: Handler,
         persistent: bool,
+        state_topics: Collection[str] = (),
     ) -> None:
         self._cfg = cfg
         self._clock = clock
         self.broker = Broker.parse(cfg.mqtt.url)
         self.site = site_of(cfg)
         self._subs = list(subscriptions)
+        #: Subscribed at QoS 0: retained state (the group's list, one topic per number)
+        #: that the broker sends whole at every subscribe. At QoS 1 Mosquitto queues a
+        #: subscriber at most max_queued_messages (1,000 by default) beyond those in
+        #: flight and drops the rest: a list of 1,500 numbers arrived as 1,020 (seen with
+        #: 2.0.11). At QoS 0 there is no such queue; what is missed while away comes
+        #: again, as the latest word per number, at the next connect's subscribe.
+        self._state_topics = frozenset(state_topics)
+        self.sync_topic = f"{cfg.mqtt.topic_prefix}/{self.site}/sync"
+        self._marker = b""
         self._on_message = on_message
         self._persistent = persistent
         self._client: aiomqtt.Client | None = None
@@ -110,28 +132,58 @@ class Link:
         while True:
             try:
                 client = self._client_for()
+                late: asyncio.Task[None] | None = None
                 async with client:
-                    for topic in self._subs:
-                        await client.subscribe(topic, qos=1)
+                    for topic in [*self._subs, self.sync_topic]:
+                        await client.subscribe(topic, qos=0 if topic in self._state_topics else 1)
                     self._client = client
-                    self.connected.set()
-                    log.info(kv(event="jobs_link_up", broker=self.broker, site=self.site))
                     self._state_down = ""
                     delay = BACKOFF_FIRST
+                    self._marker = uuid.uuid4().hex.encode()
+                    await client.publish(self.sync_topic, self._marker, qos=1)
+                    late = asyncio.create_task(self._late(), name="jobs-sync-late")
                     async for message in client.messages:
                         raw = message.payload if isinstance(message.payload, bytes) else b""
+                        topic = message.topic.value
+                        if topic == self.sync_topic:
+                            if raw == self._marker:
+                                self._up()
+                            continue
                         try:
-                            await self._on_message(message.topic.value, raw)
+                            await self._on_message(topic, raw)
                         except Exception as exc:  # one bad message never stops the link
                             self.bugs += 1
                             log.exception(kv(event="bug", during="jobs_message", error=exc))
             except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:
                 self._down(exc, delay)
             finally:
+                if late is not None:
+                    late.cancel()
+                    await asyncio.gather(late, return_exceptions=True)
                 self._client = None
                 self.connected.clear()
             await self._clock.sleep(delay * (0.75 + random.random() / 2))
             delay = min(delay * 2, BACKOFF_MAX)
+
+    def _up(self, *, late: bool = False) -> None:
+        if self.connected.is_set():
+            return
+        if late:
+            log.warning(
+                kv(
+                    event="jobs_sync_late",
+                    topic=self.sync_topic,
+                    waited=f"{SYNC_TIMEOUT:g}s",
+                    note="the group's do-not-text list may still be arriving",
+                    fix=f"let {self.site} read and write {self.sync_topic} in the broker's ACL",
+                )
+            )
+        self.connected.set()
+        log.info(kv(event="jobs_link_up", broker=self.broker, site=self.site))
+
+    async def _late(self) -> None:
+        await self._clock.sleep(SYNC_TIMEOUT)
+        self._up(late=True)
 
     def _down(self, exc: BaseException, retry_in: float) -> None:
         error = str(exc) or type(exc).__name__

@@ -57,6 +57,7 @@ class Roles:
             subscriptions=subs,
             on_message=self._dispatch,
             persistent=cfg.sending.via == "broker",
+            state_topics=[self.optouts.topic],
         )
         if cfg.sending.via == "broker":
             self.sender = BrokerSender(cfg, store, clock, link=self.link)
