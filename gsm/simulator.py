@@ -39,6 +39,7 @@ import signal
 import sys
 import tempfile
 import tty
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -55,6 +56,11 @@ from gsm.pdu import (
     encode_status_report,
     tpdu_length,
 )
+
+#: Slots of each message store. Far more than a real SIM's SM (AT+CPMS tells; a few tens),
+#: so that benchmarks measure the daemon; when they are all taken the network holds what
+#: comes (see `inject_pdu`).
+STORE_SLOTS = 999
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,6 +373,8 @@ class Simulator:
         self.on_command: Callable[[str], None] | None = None
         """Called with each command line as it is parsed (benchmarks time AT+CMGS by it)."""
         self.pin_attempts = 0
+        self.network_held: deque[str] = deque()
+        """Texts the network holds because SM was full (delivered as slots free up)."""
         self.duplicates = 0
         self.vanished = 0
         self.raw_echo = False
@@ -844,6 +852,7 @@ class Simulator:
             elif index.isdigit():
                 st.storage[st.read_mem].pop(int(index), None)
                 await self._answer([])
+                self._deliver_held()
             else:
                 await self._answer([], self._error(321, cms=True))
         else:
@@ -1141,12 +1150,20 @@ class Simulator:
 
     # ------------------------------------------------------------------ injection
 
-    def _store(self, mem: str, pdu: str) -> int:
+    def _store(self, mem: str, pdu: str) -> int | None:
+        """Its index, or None: `mem` is full."""
         box = self._state.storage.setdefault(mem, {})
-        index = next(i for i in range(1, 1000) if i not in box)
+        index = next((i for i in range(1, STORE_SLOTS + 1) if i not in box), None)
+        if index is None:
+            return None
         box[index] = ("0", pdu)
         self._notify()
         return index
+
+    def _deliver_held(self) -> None:
+        """The network tries again what it held while SM was full (a slot was freed)."""
+        while self.network_held and len(self._state.storage.get("SM", {})) < STORE_SLOTS:
+            self.inject_pdu(self.network_held.popleft(), direct=False)
 
     def stored(self, mem: str = "SM") -> dict[int, str]:
         """What is stored in `mem` now: index -> PDU."""
@@ -1183,6 +1200,11 @@ class Simulator:
         noise = self._noise() if self.faults.urc_noise and self.profile.noise else b""
         if not direct:
             index = self._store("SM", pdu)
+            if index is None:
+                # SM full: the modem refuses it and the network (the SMSC) keeps it and
+                # tries again later, as networks do; here when AT+CMGD frees a slot
+                self.network_held.append(pdu)
+                return None
             if mt == 1:
                 self._send(noise + f'\r\n+CMTI: "SM",{index}\r\n'.encode() + noise)
             return index
@@ -1226,7 +1248,8 @@ class Simulator:
         elif ds == 2:
             mem = self.profile.report_memory or "SR"
             index = self._store(mem, pdu)
-            self._send(f'\r\n+CDSI: "{mem}",{index}\r\n'.encode())
+            if index is not None:  # a full report store loses it (no network retries one)
+                self._send(f'\r\n+CDSI: "{mem}",{index}\r\n'.encode())
 
 
 TEXT_STATS = ("REC UNREAD", "REC READ", "STO UNSENT", "STO SENT")

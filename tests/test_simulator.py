@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from gsm.pdu import encode_submit, tpdu_length
-from gsm.simulator import PROFILES, Faults, Simulator, running
+from gsm.simulator import PROFILES, STORE_SLOTS, Faults, Simulator, running
 
 
 class RawPort:
@@ -259,3 +259,22 @@ async def test_direct_texts_and_a_withheld_part_on_the_wire(
         b'\r\n+CMT: "+12025550142",,"26/01/02,03:04:05+00"\r\nOK\r\n'
     )
     assert len(sim.stored()) == 2  # the direct ones were not stored
+
+
+async def test_a_full_sim_leaves_texts_with_the_network_until_a_slot_frees(
+    port_sim: tuple[RawPort, Simulator],
+) -> None:
+    """As an SMSC does with a phone whose memory is full: nothing raised, nothing lost;
+    the held text comes (stored, +CMTI) once AT+CMGD frees a slot."""
+    port, sim = port_sim
+    await port.ask(b"ATE0\r")
+    for i in range(STORE_SLOTS):
+        sim.inject_text("+12025550142", f"text {i}")
+    await port.ask(b"AT+CNMI=2,1,0,1,0\r")
+    assert sim.inject_text("+12025550143", "one too many")
+    assert len(sim.stored("SM")) == STORE_SLOTS
+    (held,) = sim.network_held
+    reply = await port.ask(b"AT+CMGD=7\r", b'"SM",7\r\n')
+    assert reply.endswith(b'OK\r\n\r\n+CMTI: "SM",7\r\n')
+    assert not sim.network_held
+    assert sim.stored("SM")[7] == held
