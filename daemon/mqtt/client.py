@@ -32,7 +32,7 @@ from daemon.clock import Clock, SystemClock
 from daemon.config import Config
 from daemon.logsetup import kv
 from daemon.mqtt import discovery
-from daemon.mqtt.broker import SOCKET_OPTIONS, Broker
+from daemon.mqtt.broker import Broker
 from daemon.mqtt.payloads import (
     EventPayloads,
     Topics,
@@ -185,7 +185,6 @@ class MqttSink:
             timeout=BROKER_TIMEOUT,
             clean_session=True,
             logger=logging.getLogger("daemon.mqtt.paho"),
-            socket_options=SOCKET_OPTIONS,
         )
         # aiomqtt warns past 10 publishes awaiting their PUBACK, once per publish: with
         # IN_FLIGHT at once by design that was a journal line per event in a burst (and
