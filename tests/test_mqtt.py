@@ -23,7 +23,7 @@ from daemon.config import Config
 from daemon.model import FinishedCall, MessageKind, MessageState, Outcome
 from daemon.mqtt import discovery
 from daemon.mqtt.broker import Broker
-from daemon.mqtt.client import MqttSink
+from daemon.mqtt.client import BURST_BACKLOG, EVENT_YIELD, MqttSink
 from daemon.mqtt.payloads import EventPayloads, Topics, event_message, rssi_dbm
 from daemon.mqtt.uuid7 import uuid7
 from daemon.sinks.bus import EventBus
@@ -262,6 +262,50 @@ async def test_connect_online_state_discovery_events_and_clean_offline(
         await rec.wait(
             lambda: rec.on("textback/lab/status")[-1].payload == b"offline", what="offline"
         )
+
+
+class Burst:
+    """The outbox as the sink sees it: busy until `over` is set."""
+
+    def __init__(self) -> None:
+        self.over = asyncio.Event()
+        self.waited: list[float] = []
+        self.waiting = asyncio.Event()
+
+    def busy(self) -> bool:
+        return not self.over.is_set()
+
+    async def quiet(self, at_most: float) -> None:
+        self.waited.append(at_most)
+        self.waiting.set()
+        await self.over.wait()
+
+
+async def test_a_bursts_events_wait_for_its_texts_a_single_calls_do_not(
+    tmp_path: Path, store: Store
+) -> None:
+    clock = ManualClock()
+    topic = "textback/lab/event/missed_call"
+    async with (
+        broker(tmp_path) as b,
+        Recorder(b) as rec,
+        worker(cfg_for(b.url), store, clock) as sink,
+    ):
+        await rec.wait(lambda: rec.on("textback/lab/state"), what="the state")
+        sink.texts_first = burst = Burst()
+        sink.handle(decided(call("1795331033.1")))  # one call while a text goes out
+        await rec.wait(lambda: len(rec.on(topic)) == 1, what="the single call's event")
+        assert burst.waited == []
+        for i in range(BURST_BACKLOG):  # a burst: these wait for its texts
+            sink.handle(decided(call(f"1795331034.{i}")))
+        await asyncio.wait_for(burst.waiting.wait(), 10)
+        assert burst.waited == [EVENT_YIELD]
+        assert len(rec.on(topic)) == 1
+        assert sink.backlog == BURST_BACKLOG
+        burst.over.set()  # the texts are out
+        await rec.wait(lambda: len(rec.on(topic)) == 1 + BURST_BACKLOG, what="the burst")
+        linkedids = [h.json()["linkedid"] for h in rec.on(topic)[1:]]
+        assert linkedids == [f"1795331034.{i}" for i in range(BURST_BACKLOG)]  # in order
 
 
 async def test_home_assistant_online_resends_discovery(tmp_path: Path, store: Store) -> None:

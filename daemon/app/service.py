@@ -266,6 +266,7 @@ class Service:
             except ValueError as exc:  # `textback check` says so too; texting goes on
                 log.error(kv(event="mqtt_off", key="mqtt.url", error=exc))
             else:
+                self.mqtt.texts_first = self.outbox  # a burst's events wait for its texts
                 self.bus.add(self.mqtt)
         if cfg.ami.enabled:
             self.ami = AmiClient(

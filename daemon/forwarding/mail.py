@@ -26,7 +26,6 @@ import sqlite3
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
-from typing import Protocol
 
 import aiosmtplib
 import phonenumbers
@@ -36,6 +35,7 @@ from daemon.config import Config
 from daemon.decide.hours import office_zone
 from daemon.decide.templates import clean_text
 from daemon.logsetup import kv
+from daemon.sinks.bus import TextsFirst
 from daemon.sinks.events import Event, ReplyReceived
 from daemon.store.reports import ReplyRow
 from daemon.store.store import Store, StoreError, StoreTx
@@ -133,18 +133,6 @@ def compose(cfg: Config, row: ReplyRow, *, recipients: list[str], extra: int = 0
     msg["References"] = thread
     msg.set_content("\n".join(lines) + "\n")
     return msg
-
-
-class TextsFirst(Protocol):
-    """What mail waits for: the outbox (daemon.outbox.Outbox), given by the assembly."""
-
-    def busy(self) -> bool:
-        """Due texts are in hand now."""
-        ...
-
-    async def quiet(self, at_most: float) -> None:
-        """Return once no due text is in hand, or after `at_most` seconds."""
-        ...
 
 
 class MailForwarder:

@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Iterable
+from typing import Protocol
 
 from daemon.logsetup import kv
 from daemon.sinks.counters import CounterSink
@@ -141,3 +142,17 @@ class QueueSink:
     async def deliver(self, event: Event) -> None:
         """Do the slow work for one event."""
         raise NotImplementedError
+
+
+class TextsFirst(Protocol):
+    """What a sink's worker waits for while a burst of texts goes out: the outbox
+    (daemon.outbox.Outbox), handed to the sink by the assembly. Texts to callers go
+    first; a mail or a burst's MQTT events wait (a bounded time)."""
+
+    def busy(self) -> bool:
+        """Due texts are in hand now."""
+        ...
+
+    async def quiet(self, at_most: float) -> None:
+        """Return once no due text is in hand, or after `at_most` seconds."""
+        ...
