@@ -78,7 +78,7 @@ CLOSE_GRACE = 1.0
 #: and a burst's events wait for the texts (see `_flush_events`) ...
 BURST_BACKLOG = 32
 #: ... this long at most at a time.
-EVENT_YIELD = 5.0
+EVENT_YIELD = 10.0
 #: CONNACK codes (MQTT 3.1.1) that mean the login is wrong: 4 bad user name or
 #: password, 5 not authorised (MQTT 5: 134, 135).
 AUTH_CODES = frozenset({4, 5, 134, 135})
