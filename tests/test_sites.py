@@ -177,6 +177,10 @@ async def test_sender_and_site_over_a_broker(tmp_path: Path) -> None:
 
         # -- a site joins later: it gets the group's list, then its burst goes by the bank
         server = ReplayServer(body_of(BURST), username="e2e", secret="e2e-secret")
+        # The PBX is quiet until the site's link is up, the group's list in: the stopper's
+        # call is then suppress/opted_out (a call decided before would have its text
+        # cancelled when the list applies; test_a_new_site_sends_nothing_... covers that)
+        server.flowing.clear()
         await server.start()
         stack.push_async_callback(server.close)
         db = tmp_path / "site.db"
@@ -189,6 +193,8 @@ async def test_sender_and_site_over_a_broker(tmp_path: Path) -> None:
         )
         async with running_daemon(cfg, tmp_path) as site:
             await ready(site)
+            await site.wait_log("event=jobs_link_up", 30)
+            server.flowing.set()
             await wait_until(
                 site,
                 lambda: (
