@@ -61,6 +61,24 @@ def sender_config(path: Path, device: str, db: Path, url: str) -> Path:
     return path
 
 
+async def quiet_site(
+    stack: contextlib.AsyncExitStack, tmp_path: Path, url: str
+) -> tuple[ReplayServer, Path, Path]:
+    """Site north's fake PBX replaying the burst (quiet until `flowing` is set), its
+    database and its config (via the broker at `url`, group dental)."""
+    server = ReplayServer(body_of(BURST), username="e2e", secret="e2e-secret")
+    server.flowing.clear()
+    await server.start()
+    stack.push_async_callback(server.close)
+    db = tmp_path / "site.db"
+    extra = (
+        f'[mqtt]\nurl = "{url}"\nsite = "north"\ndiscovery = false\n'
+        '[sending]\nvia = "broker"\n[jobs]\ngroup = "dental"\n'
+    )
+    cfg = site_config(tmp_path / "site.toml", port=server.port, device="unused", db=db, extra=extra)
+    return server, db, cfg
+
+
 class Results:
     """A real MQTT 5 client that publishes jobs and keeps the results it hears; it grants
     each claim (a `taken` result) to the job's first claimant, as a site does."""
@@ -176,21 +194,10 @@ async def test_sender_and_site_over_a_broker(tmp_path: Path) -> None:
         assert sender.proc.returncode is None
 
         # -- a site joins later: it gets the group's list, then its burst goes by the bank
-        server = ReplayServer(body_of(BURST), username="e2e", secret="e2e-secret")
         # The PBX is quiet until the site's link is up, the group's list in: the stopper's
         # call is then suppress/opted_out (a call decided before would have its text
         # cancelled when the list applies; test_a_new_site_sends_nothing_... covers that)
-        server.flowing.clear()
-        await server.start()
-        stack.push_async_callback(server.close)
-        db = tmp_path / "site.db"
-        extra = (
-            f'[mqtt]\nurl = "{mq.url}"\nsite = "north"\ndiscovery = false\n'
-            '[sending]\nvia = "broker"\n[jobs]\ngroup = "dental"\n'
-        )
-        cfg = site_config(
-            tmp_path / "site.toml", port=server.port, device="unused", db=db, extra=extra
-        )
+        server, db, cfg = await quiet_site(stack, tmp_path, mq.url)
         async with running_daemon(cfg, tmp_path) as site:
             await ready(site)
             await site.wait_log("event=jobs_link_up", 30)
@@ -270,18 +277,7 @@ async def test_a_new_site_sends_nothing_before_the_group_list_is_in(tmp_path: Pa
         await ready(sender)
         await sender.wait_log("event=jobs_link_up", 60)
 
-        server = ReplayServer(body_of(BURST), username="e2e", secret="e2e-secret")
-        server.flowing.clear()  # the PBX is quiet until the site's link is up
-        await server.start()
-        stack.push_async_callback(server.close)
-        db = tmp_path / "site.db"
-        extra = (
-            f'[mqtt]\nurl = "{mq.url}"\nsite = "north"\ndiscovery = false\n'
-            '[sending]\nvia = "broker"\n[jobs]\ngroup = "dental"\n'
-        )
-        cfg = site_config(
-            tmp_path / "site.toml", port=server.port, device="unused", db=db, extra=extra
-        )
+        server, db, cfg = await quiet_site(stack, tmp_path, mq.url)
         async with running_daemon(cfg, tmp_path) as site:
             await ready(site)
             await site.wait_log("event=jobs_link_up", 60)
