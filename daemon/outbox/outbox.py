@@ -836,6 +836,8 @@ class Outbox:
         try:
             await self._work()
         finally:
+            self._working = False
+            self._quiet.set()  # no worker, no pass to wait for
             # a pool's sends in flight end with the worker: their rows stay `sending`,
             # which the next start marks `uncertain`
             tasks = list(self._inflight.values())
