@@ -4,6 +4,7 @@ loopback port), staff texts through the outbox, and the on_reply command."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import socket
 import sqlite3
@@ -388,6 +389,9 @@ async def test_held_mail_leaves_when_the_texts_are_out(
         office.sender.gate.set()
         assert await sending == 1
         await _until(lambda: len(server.mails) == 1)  # with no clock advanced
+        # the worker ends its session and records the mail, then idles: only then is it
+        # cancelled (a cancel landing in aiosmtplib's last read can be swallowed there)
+        await _until(lambda: _forward_states(store) == ["sent"] and office.clock.pending == 1)
     finally:
         office.sender.gate.set()
         worker.cancel()
@@ -427,3 +431,9 @@ async def _sending(office: Office) -> asyncio.Task[int]:
     sending = asyncio.create_task(office.outbox.process_due())
     await asyncio.wait_for(office.sender.started.wait(), 5)
     return sending
+
+
+def _forward_states(store: Store) -> list[str]:
+    """The forwards' states, read on a connection of this thread."""
+    with contextlib.closing(sqlite3.connect(store.path)) as db:
+        return [str(r[0]) for r in db.execute("SELECT state FROM forwards ORDER BY id")]
