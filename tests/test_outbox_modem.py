@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -103,6 +104,12 @@ async def test_unplugged_modem_keeps_the_text_queued(store: Store) -> None:
             assert m.attempts <= 1
             assert m.attempts == 0 or "ModemGone" in (m.last_error or "")
             assert sim.sent == []
+            # the driver notices the closed port on its own (its reader's EOF): under load
+            # that can come a moment after the failed send returned
+            for _ in range(500):
+                if not modem.ready:
+                    break
+                await asyncio.sleep(0.01)
             assert not modem.ready
         finally:
             await modem.close()
