@@ -6,6 +6,7 @@ import asyncio
 import heapq
 import itertools
 import time
+from collections.abc import Awaitable
 from typing import Protocol
 
 
@@ -74,3 +75,18 @@ class ManualClock:
     def pending(self) -> int:
         """How many sleepers are waiting."""
         return sum(1 for _, _, f in self._waiters if not f.done())
+
+
+async def first_of(*aws: Awaitable[object]) -> None:
+    """Wait until the first of `aws` is done, then cancel the others and let them end.
+
+    Gathered, never awaited under suppress(CancelledError): a stop that lands while this
+    waits ends the caller instead of being swallowed as one of theirs.
+    """
+    waiters = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)

@@ -30,7 +30,7 @@ from email.utils import formatdate, make_msgid
 import aiosmtplib
 import phonenumbers
 
-from daemon.clock import Clock
+from daemon.clock import Clock, first_of
 from daemon.config import Config
 from daemon.decide.hours import office_zone
 from daemon.decide.templates import clean_text
@@ -187,16 +187,7 @@ class MailForwarder:
             await self._wait(min(delay, IDLE_POLL))
 
     async def _wait(self, delay: float) -> None:
-        sleeper = asyncio.ensure_future(self._clock.sleep(delay))
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait([sleeper, waker], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for f in (sleeper, waker):
-                f.cancel()
-            # gather, not `await f` under suppress(CancelledError): a stop that lands
-            # while this waits for them must end the worker, not be swallowed as theirs
-            await asyncio.gather(sleeper, waker, return_exceptions=True)
+        await first_of(self._clock.sleep(delay), self._wake.wait())
 
     async def process_due(self) -> int:
         """Try every due mail once; returns how many the server took.

@@ -35,7 +35,7 @@ import logging
 from collections import OrderedDict
 from enum import Enum
 
-from daemon.clock import Clock
+from daemon.clock import Clock, first_of
 from daemon.config import Config
 from daemon.decide.policy import cap_pause
 from daemon.jobs.link import Link, LinkDown
@@ -264,16 +264,7 @@ class JobServer(QueueSink):
                 except LinkDown:
                     await self.link.back()
                     continue
-                waiters: list[asyncio.Future[object]] = [
-                    asyncio.ensure_future(asyncio.shield(fut)),
-                    asyncio.ensure_future(self._clock.sleep(CLAIM_RETRY)),
-                ]
-                try:
-                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for w in waiters:
-                        w.cancel()
-                    await asyncio.gather(*waiters, return_exceptions=True)
+                await first_of(asyncio.shield(fut), self._clock.sleep(CLAIM_RETRY))
             if fut.done() and not fut.result():
                 self.denied += 1
                 log.info(kv(event="job_claim_denied", job_id=job.job_id, site=site))

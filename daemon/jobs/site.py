@@ -30,9 +30,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
-from daemon.clock import Clock
+from daemon.clock import Clock, first_of
 from daemon.config import Config
 from daemon.jobs.link import LINK_RETRY, Link, LinkDown
 from daemon.jobs.wire import (
@@ -212,18 +212,13 @@ class BrokerSender:
                     gone = not self.link.connected.is_set()
                     next_publish = now if gone else now + LINK_RETRY
             wake = deadline if next_publish is None else min(deadline, next_publish)
-            waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(asyncio.shield(fut))]
+            waiters: list[Awaitable[object]] = [asyncio.shield(fut)]
             if next_publish is not None and not self.link.connected.is_set():
                 # the broker's return wakes it, not a timer (a due publish would spin)
-                waiters.append(asyncio.ensure_future(self.link.connected.wait()))
+                waiters.append(self.link.connected.wait())
                 wake = deadline
-            waiters.append(asyncio.ensure_future(self._clock.sleep(max(0.0, wake - now))))
-            try:
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waiters:
-                    w.cancel()
-                await asyncio.gather(*waiters, return_exceptions=True)
+            waiters.append(self._clock.sleep(max(0.0, wake - now)))
+            await first_of(*waiters)
         return fut.result()
 
     async def on_message(self, topic: str, raw: bytes) -> None:

@@ -30,7 +30,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 
-from daemon.clock import Clock
+from daemon.clock import Clock, first_of
 from daemon.config import Config
 from daemon.decide.policy import Pause, cap_pause
 from daemon.errors import TextbackError
@@ -536,16 +536,7 @@ class Outbox:
         """
         if self._quiet.is_set():
             return
-        waiters = [
-            asyncio.ensure_future(self._quiet.wait()),
-            asyncio.ensure_future(self._clock.sleep(at_most)),
-        ]
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+        await first_of(self._quiet.wait(), self._clock.sleep(at_most))
 
     async def _dispatch(self, pool: LaneSender, now: float) -> int:
         """One pass through a pool: each due text a free lane takes is sent in its own
@@ -883,17 +874,10 @@ class Outbox:
         self._store_retry = min(self._store_retry * 2, STORE_RETRY_MAX)
 
     async def _wait(self, delay: float | None) -> None:
-        waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(self._wake.wait())]
-        if delay is not None:
-            waiters.append(asyncio.ensure_future(self._clock.sleep(delay)))
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
-            # gather, not `await w` under suppress(CancelledError): a stop that lands
-            # while this waits for them must end the loop, not be swallowed as theirs
-            await asyncio.gather(*waiters, return_exceptions=True)
+        if delay is None:
+            await self._wake.wait()
+        else:
+            await first_of(self._wake.wait(), self._clock.sleep(delay))
 
     def stop_sending(self) -> None:
         """Shutdown, first step: start no new send from now on (texts stay queued)."""
